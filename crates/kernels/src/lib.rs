@@ -1,0 +1,22 @@
+//! Numeric kernels for bora, with no knowledge of models.
+//!
+//! - [`DType`]: the storage types a weight can have (float and GGUF block-quantized).
+//! - [`blocks`]: the `#[repr(C)]` quant block layouts, size-checked at compile time.
+//! - [`dot`]: a stored row (any dtype) · an f32 vector, dequantizing block by block;
+//!   [`dequantize_row`] turns one stored row into f32.
+//! - [`MatRef`] + [`matmul`]: `out[t] = W · x[t]` for a batch of activation rows, split over
+//!   threads by weight rows, each weight row read once for the whole batch.
+//! - [`ops`]: RMSNorm, SiLU, softmax, rotary embedding.
+//!
+//! Every kernel here is the plain reference implementation; SIMD versions will sit beside them
+//! and be tested against them.
+
+pub mod blocks;
+pub mod dot;
+pub mod dtype;
+pub mod matmul;
+pub mod ops;
+
+pub use dot::{dequantize_row, dot_f32, dot_row};
+pub use dtype::{DType, DTypeError};
+pub use matmul::{matmul, MatRef};

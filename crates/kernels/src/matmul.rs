@@ -1,0 +1,125 @@
+//! `out[t] = W · x[t]` for a batch of activation rows, W in any stored dtype.
+
+use rayon::prelude::*;
+
+use crate::dot::{dequantize_row, dot_f32, dot_row};
+use crate::DType;
+
+/// A borrowed weight matrix: `rows` stored rows of `cols` elements each, row-major.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+    /// Bytes per stored row (`dtype.row_bytes(cols)`), precomputed by the constructor.
+    row_bytes: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Returns `None` when `data` does not hold exactly `rows × cols` elements of `dtype`.
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
+        let row_bytes = dtype.row_bytes(cols).ok()?;
+        (row_bytes.checked_mul(rows)? == data.len()).then_some(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+            row_bytes,
+        })
+    }
+
+    pub fn row(&self, i: usize) -> &'a [u8] {
+        &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    /// Rows `start..end` as a matrix of their own (an expert's slice of a stacked tensor).
+    pub fn rows_range(&self, start: usize, end: usize) -> MatRef<'a> {
+        MatRef {
+            data: &self.data[start * self.row_bytes..end * self.row_bytes],
+            rows: end - start,
+            ..*self
+        }
+    }
+
+    /// Row `i` expanded to f32.
+    pub fn dequantize_row_into(&self, i: usize, out: &mut [f32]) {
+        dequantize_row(self.dtype, self.row(i), out);
+    }
+}
+
+/// Rows of W handled by one task: enough work to amortize scheduling, enough tasks to balance.
+fn rows_per_task(rows: usize) -> usize {
+    let tasks = rayon::current_num_threads() * 8;
+    rows.div_ceil(tasks).clamp(1, 256)
+}
+
+/// `out[t][r] = Σ_c W[r][c] · x[t][c]`, with `x` = [T, cols] and `out` = [T, rows].
+///
+/// Work is split by weight rows, so each row is read from memory once for the whole batch.
+/// For a batch, a row is expanded to f32 once and reused by every token.
+pub fn matmul(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(x.len() % cols, 0, "activation length is not a multiple of cols");
+    let t = x.len() / cols;
+    assert_eq!(out.len(), t * rows, "output has the wrong length");
+    let chunk = rows_per_task(rows);
+    if t == 1 {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+            for (j, oj) in o.iter_mut().enumerate() {
+                *oj = dot_row(w.dtype, w.row(ci * chunk + j), x);
+            }
+        });
+        return;
+    }
+    // Row-major over W: fill out_t = [rows, T], then transpose into [T, rows].
+    let mut out_t = vec![0f32; rows * t];
+    out_t
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            let mut wrow = vec![0f32; cols];
+            for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                w.dequantize_row_into(ci * chunk + j, &mut wrow);
+                for (ti, v) in orow.iter_mut().enumerate() {
+                    *v = dot_f32(&wrow, &x[ti * cols..(ti + 1) * cols]);
+                }
+            }
+        });
+    for (r, col) in out_t.chunks_exact(t).enumerate() {
+        for (ti, v) in col.iter().enumerate() {
+            out[ti * rows + r] = *v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_matmul_matches_per_row_dots() {
+        let (rows, cols) = (37, 64);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5).collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&w);
+        let m = MatRef::new(DType::F32, rows, cols, bytes).unwrap();
+        for t in [1usize, 2, 5] {
+            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+            let mut out = vec![0f32; t * rows];
+            matmul(&m, &x, &mut out);
+            for ti in 0..t {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[ti * cols + c]).sum();
+                    assert!((out[ti * rows + r] - want).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matref_rejects_wrong_size() {
+        assert!(MatRef::new(DType::F32, 2, 3, &[0u8; 23]).is_none());
+        assert!(MatRef::new(DType::Q8_0, 2, 32, &[0u8; 68]).is_some());
+        assert!(MatRef::new(DType::Q8_0, 2, 33, &[0u8; 68]).is_none());
+    }
+}

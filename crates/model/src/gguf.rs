@@ -1,0 +1,339 @@
+//! GGUF v2/v3 reader: header, metadata, tensor directory, aligned data, all bounds-checked.
+//!
+//! Layout: `"GGUF" | u32 version | u64 n_tensors | u64 n_kv | kv… | tensor infos… | pad | data`.
+//! Every count and length read from the file is checked against the bytes that remain before
+//! anything is allocated for it, so a lying header gives an error, not an allocation or a panic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bora_kernels::dtype::ggml_type_name;
+use bora_kernels::DType;
+
+use crate::error::{ModelError, Result};
+use crate::mmap::MappedFile;
+use crate::tensor::TensorRef;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed GGUF file: metadata and the tensors, which stay in the mapped file.
+pub struct GgufFile {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: BTreeMap<String, TensorRef>,
+    pub file: Arc<MappedFile>,
+}
+
+/// (elements per block, bytes per block) of every ggml type whose layout we know, so the
+/// directory can be checked even for tensors of types bora does not compute with.
+fn ggml_block_layout(id: u32) -> Option<(usize, usize)> {
+    Some(match id {
+        0 => (1, 4),
+        1 | 30 => (1, 2),
+        2 => (32, 18),
+        3 => (32, 20),
+        6 => (32, 22),
+        7 => (32, 24),
+        8 => (32, 34),
+        9 => (32, 36),
+        10 => (256, 84),
+        11 => (256, 110),
+        12 => (256, 144),
+        13 => (256, 176),
+        14 => (256, 210),
+        15 => (256, 292),
+        24 => (1, 1),
+        25 => (1, 2),
+        26 => (1, 4),
+        27 | 28 => (1, 8),
+        _ => return None,
+    })
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl Into<String>) -> ModelError {
+        ModelError::format(self.path, format!("at byte {}: {}", self.pos, msg.into()))
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            self.err(format!("truncated: {what} needs {n} bytes, {} remain", self.bytes.len() - self.pos))
+        })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1, "u8")?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, "u16")?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, "u32")?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, "u64")?.try_into().expect("8")))
+    }
+
+    /// A count that will drive a loop reading items of at least `min_item` bytes each.
+    fn count(&mut self, what: &str, min_item: usize) -> Result<usize> {
+        let n = self.u64()?;
+        if n > (self.remaining() / min_item.max(1)) as u64 {
+            return Err(self.err(format!("{what} count {n} is larger than the file could hold")));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.u64()?;
+        if n > self.remaining() as u64 {
+            return Err(self.err(format!("{what}: string length {n} runs past the end of the file")));
+        }
+        let raw = self.take(n as usize, what)?;
+        Ok(String::from_utf8_lossy(raw).into_owned())
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.u8()?),
+            1 => Value::I8(self.u8()? as i8),
+            2 => Value::U16(self.u16()?),
+            3 => Value::I16(self.u16()? as i16),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(self.u32()? as i32),
+            6 => Value::F32(f32::from_bits(self.u32()?)),
+            7 => match self.u8()? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.err(format!("bool value {b} is neither 0 nor 1"))),
+            },
+            8 => Value::Str(self.string("string value")?),
+            9 => {
+                if depth > 2 {
+                    return Err(self.err("arrays nested too deeply"));
+                }
+                let elem_ty = self.u32()?;
+                let min = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 9 | 10..=12 => 8,
+                    t => return Err(self.err(format!("unknown array element type {t}"))),
+                };
+                let n = self.count("array", min)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(elem_ty, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(self.u64()? as i64),
+            12 => Value::F64(f64::from_bits(self.u64()?)),
+            t => return Err(self.err(format!("unknown metadata value type {t}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = MappedFile::open(path)?;
+        Self::parse(file)
+    }
+
+    pub fn parse(file: Arc<MappedFile>) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let bytes = file.bytes();
+        let mut c = Cursor {
+            bytes,
+            pos: 0,
+            path: &path,
+        };
+        let magic = c.take(4, "magic")?;
+        if magic != b"GGUF" {
+            return Err(ModelError::format(&path, format!("bad magic {magic:?}: not a GGUF file")));
+        }
+        let version = c.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::format(&path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        }
+        // A tensor info is at least 8 (name len) + 4 + 8 + 4 + 8 bytes; a kv at least 8 + 4 + 1.
+        let n_tensors = c.count("tensor", 32)?;
+        let n_kv = c.count("metadata", 13)?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string("metadata key")?;
+            let ty = c.u32()?;
+            let value = c.value(ty, 0).map_err(|e| match e {
+                ModelError::Format { path, msg } => ModelError::Format {
+                    path,
+                    msg: format!("metadata '{key}': {msg}"),
+                },
+                other => other,
+            })?;
+            metadata.insert(key, value);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
+                _ => return Err(ModelError::format(&path, format!("general.alignment {v:?} is not a power of two"))),
+            },
+        };
+        struct Info {
+            name: String,
+            dims: Vec<u64>,
+            ty: u32,
+            offset: u64,
+        }
+        let mut infos = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string("tensor name")?;
+            let n_dims = c.u32()?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(ModelError::format(&path, format!("tensor '{name}' has {n_dims} dimensions (1 to 4 allowed)")));
+            }
+            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
+            let ty = c.u32()?;
+            let offset = c.u64()?;
+            infos.push(Info { name, dims, ty, offset });
+        }
+        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let data_len = bytes.len().saturating_sub(data_start);
+        let mut tensors = BTreeMap::new();
+        for info in infos {
+            let bad = |msg: String| ModelError::Tensor {
+                path: path.clone(),
+                name: info.name.clone(),
+                msg,
+            };
+            let (block_elems, block_bytes) = ggml_block_layout(info.ty)
+                .ok_or_else(|| bad(format!("unknown tensor type id {}", info.ty)))?;
+            let numel = info
+                .dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .filter(|&n| n <= usize::MAX as u64 / 8)
+                .ok_or_else(|| bad(format!("dimensions {:?} overflow", info.dims)))? as usize;
+            if info.dims[0] as usize % block_elems != 0 {
+                return Err(bad(format!(
+                    "row length {} is not a multiple of the {} block size {block_elems}",
+                    info.dims[0],
+                    ggml_type_name(info.ty)
+                )));
+            }
+            let size = numel / block_elems * block_bytes;
+            if info.offset % alignment as u64 != 0 {
+                return Err(bad(format!("data offset {} is not aligned to {alignment}", info.offset)));
+            }
+            let end = info.offset.checked_add(size as u64);
+            if end.is_none_or(|e| e > data_len as u64) {
+                return Err(bad(format!(
+                    "data [{}, +{size}) runs past the end of the file (tensor data is {data_len} bytes): truncated file?",
+                    info.offset
+                )));
+            }
+            let dtype = DType::from_ggml_id(info.ty).ok_or_else(|| ggml_type_name(info.ty).to_string());
+            let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
+            tensors.insert(
+                info.name.clone(),
+                TensorRef {
+                    name: info.name,
+                    dtype,
+                    shape,
+                    file: Arc::clone(&file),
+                    start: data_start + info.offset as usize,
+                    len: size,
+                },
+            );
+        }
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            file,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+}

@@ -1,0 +1,216 @@
+//! The transformer: one batched forward pass for prefill chunks and decode steps alike.
+
+use bora_kernels::{matmul, ops};
+
+use crate::attention::{attend, AttentionShape, QueryRow};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::{KvLayout, KvPool, SeqKv};
+use crate::moe::moe_forward;
+use crate::rope::Rope;
+use crate::weights::{Ffn, Mlp, ModelWeights};
+
+/// Which rows of a sequence's chunk need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsRows {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's part of a step: its next tokens, continuing its own cache.
+pub struct SeqStep<'a> {
+    pub tokens: &'a [u32],
+    pub kv: &'a mut SeqKv,
+    pub logits: LogitsRows,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    rope: Rope,
+}
+
+/// Default positions per KV block.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+impl Model {
+    /// Takes the weights of `ckpt` for `config` (the checkpoint's own, or one with overrides).
+    pub fn new(ckpt: &Checkpoint, config: ModelConfig) -> Result<Self> {
+        config.validate(&ckpt.path.display().to_string())?;
+        let weights = ModelWeights::load(ckpt, &config)?;
+        let rope = Rope::new(config.head_dim, config.rope_theta);
+        Ok(Self { config, weights, rope })
+    }
+
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        KvLayout {
+            n_layers: self.config.n_layers,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+        }
+    }
+
+    /// Blocks one sequence can hold at once: the window plus one step's chunk, or the context.
+    pub fn blocks_per_sequence(&self, block_size: usize, max_chunk: usize) -> usize {
+        let span = match self.config.sliding_window {
+            Some(w) => (w + max_chunk).min(self.config.max_context + 1),
+            None => self.config.max_context,
+        };
+        span.div_ceil(block_size) + 1
+    }
+
+    /// Runs one step over every sequence's new tokens; returns, per sequence, the logits of
+    /// the rows it asked for, row-major `[rows, vocab]`.
+    pub fn forward(&self, pool: &mut KvPool, steps: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.config;
+        let window = cfg.sliding_window;
+        for s in steps.iter() {
+            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: cfg.vocab_size,
+                });
+            }
+            let end = s.kv.len() + s.tokens.len();
+            if end > cfg.max_context {
+                return Err(ModelError::ContextOverflow {
+                    pos: end - 1,
+                    limit: cfg.max_context,
+                });
+            }
+        }
+        for s in steps.iter_mut() {
+            s.kv.prepare(pool, s.tokens.len(), window)?;
+        }
+        let hidden = self.run_layers(pool, steps)?;
+        let logits = self.logits(steps, &hidden);
+        for s in steps.iter_mut() {
+            s.kv.advance(pool, s.tokens.len(), window);
+        }
+        Ok(logits)
+    }
+
+    /// Embedding and every layer; returns the residual stream `[T, hidden]`.
+    fn run_layers(&self, pool: &mut KvPool, steps: &[SeqStep<'_>]) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let (h, qd, kvd, hd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let rows: Vec<QueryRow<'_>> = steps
+            .iter()
+            .flat_map(|s| {
+                let kv: &SeqKv = s.kv;
+                (0..s.tokens.len()).map(move |i| QueryRow { kv, pos: kv.len() + i })
+            })
+            .collect();
+        let tokens: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let t = tokens.len();
+        let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
+        let angles = self.rope.angles(&positions);
+        let block_size = pool.layout().block_size;
+        let slots: Vec<(u32, usize)> = rows.iter().map(|r| r.kv.locate(r.pos, block_size)).collect();
+
+        let embed = self.weights.embed.mat();
+        let mut x = vec![0f32; t * h]; // [T, hidden] residual stream
+        for (xr, &id) in x.chunks_exact_mut(h).zip(&tokens) {
+            embed.dequantize_row_into(id as usize, xr);
+        }
+        let mut xn = vec![0f32; t * h];
+        let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * kvd], vec![0f32; t * kvd]);
+        let mut att = vec![0f32; t * qd];
+        let mut delta = vec![0f32; t * h];
+        let shape = AttentionShape {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            window: cfg.sliding_window,
+        };
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            // Attention block: x += Wo · attend(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))
+            rms_norm_rows(&x, &layer.attn_norm, cfg.rms_eps, &mut xn);
+            matmul(&layer.wq.mat(), &xn, &mut q);
+            matmul(&layer.wk.mat(), &xn, &mut k);
+            matmul(&layer.wv.mat(), &xn, &mut v);
+            for ti in 0..t {
+                let (cos, sin) = angles.row(ti);
+                for head in q[ti * qd..(ti + 1) * qd].chunks_exact_mut(hd) {
+                    ops::rope(head, cos, sin, cfg.rope_layout);
+                }
+                for head in k[ti * kvd..(ti + 1) * kvd].chunks_exact_mut(hd) {
+                    ops::rope(head, cos, sin, cfg.rope_layout);
+                }
+                pool.write(slots[ti], li, &k[ti * kvd..(ti + 1) * kvd], &v[ti * kvd..(ti + 1) * kvd]);
+            }
+            attend(pool, li, &shape, &rows, &q, &mut att);
+            matmul(&layer.wo.mat(), &att, &mut delta);
+            add_into(&mut x, &delta);
+
+            // Feed-forward block: x += FFN(n(x))
+            rms_norm_rows(&x, &layer.ffn_norm, cfg.rms_eps, &mut xn);
+            match &layer.ffn {
+                Ffn::Dense(mlp) => mlp_forward(mlp, &xn, &mut delta),
+                Ffn::Moe { router, experts } => {
+                    let top_k = cfg.moe.map_or(1, |m| m.top_k);
+                    moe_forward(router, experts, top_k, &xn, &mut delta);
+                }
+            }
+            add_into(&mut x, &delta);
+        }
+        Ok(x)
+    }
+
+    /// Final norm and LM head, only for the rows that want logits.
+    fn logits(&self, steps: &[SeqStep<'_>], x: &[f32]) -> Vec<Vec<f32>> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let mut picked: Vec<(usize, usize)> = Vec::new(); // (step index, row in x)
+        let mut row = 0;
+        for (si, s) in steps.iter().enumerate() {
+            let n = s.tokens.len();
+            match s.logits {
+                LogitsRows::None => {}
+                LogitsRows::Last if n > 0 => picked.push((si, row + n - 1)),
+                LogitsRows::Last => {}
+                LogitsRows::All => picked.extend((row..row + n).map(|r| (si, r))),
+            }
+            row += n;
+        }
+        let mut xn = vec![0f32; picked.len() * h];
+        for (dst, &(_, r)) in xn.chunks_exact_mut(h).zip(&picked) {
+            ops::rms_norm(&x[r * h..(r + 1) * h], &self.weights.final_norm, self.config.rms_eps, dst);
+        }
+        let mut all = vec![0f32; picked.len() * vocab];
+        if !picked.is_empty() {
+            matmul(&self.weights.lm_head.mat(), &xn, &mut all);
+        }
+        let mut out = vec![Vec::new(); steps.len()];
+        for (lr, &(si, _)) in all.chunks_exact(vocab).zip(&picked) {
+            out[si].extend_from_slice(lr);
+        }
+        out
+    }
+}
+
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let h = weight.len();
+    for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        ops::rms_norm(xr, weight, eps, or);
+    }
+}
+
+fn add_into(x: &mut [f32], delta: &[f32]) {
+    for (a, b) in x.iter_mut().zip(delta) {
+        *a += b;
+    }
+}
+
+/// SwiGLU over a batch: `out = Wdown · (silu(Wgate·x) ⊙ Wup·x)`, `x` and `out` `[T, hidden]`.
+pub(crate) fn mlp_forward(mlp: &Mlp, x: &[f32], out: &mut [f32]) {
+    let t = x.len() / mlp.gate.cols;
+    let mut gate = vec![0f32; t * mlp.gate.rows];
+    let mut up = vec![0f32; t * mlp.up.rows];
+    matmul(&mlp.gate.mat(), x, &mut gate);
+    matmul(&mlp.up.mat(), x, &mut up);
+    ops::silu_mul(&mut gate, &up);
+    matmul(&mlp.down.mat(), &gate, out);
+}

@@ -1,0 +1,165 @@
+//! The model's weights, taken from a checkpoint by role and checked against the config.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::names::{gguf_stacked_experts, Format, Role};
+use crate::tensor::Weight;
+
+/// SwiGLU feed-forward: `down(silu(gate·x) ⊙ up·x)`.
+pub struct Mlp {
+    pub gate: Weight, // [intermediate, hidden]
+    pub up: Weight,   // [intermediate, hidden]
+    pub down: Weight, // [hidden, intermediate]
+}
+
+pub enum Ffn {
+    Dense(Mlp),
+    Moe {
+        router: Weight, // [n_experts, hidden]
+        experts: Vec<Mlp>,
+    },
+}
+
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>, // [hidden]
+    pub wq: Weight,          // [n_heads·head_dim, hidden]
+    pub wk: Weight,          // [n_kv_heads·head_dim, hidden]
+    pub wv: Weight,          // [n_kv_heads·head_dim, hidden]
+    pub wo: Weight,          // [hidden, n_heads·head_dim]
+    pub ffn_norm: Vec<f32>,  // [hidden]
+    pub ffn: Ffn,
+}
+
+pub struct ModelWeights {
+    pub embed: Weight, // [vocab, hidden]
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>, // [hidden]
+    pub lm_head: Weight,      // [vocab, hidden]; the embedding itself when tied
+}
+
+struct Loader<'a> {
+    ckpt: &'a Checkpoint,
+}
+
+impl Loader<'_> {
+    fn name(&self, role: Role) -> String {
+        role.name(self.ckpt.format)
+    }
+
+    fn matrix(&self, role: Role, rows: usize, cols: usize) -> Result<Weight> {
+        let t = self.ckpt.tensor(&self.name(role))?;
+        t.expect_shape(&[rows, cols])?;
+        Weight::from_tensor(t, rows, cols)
+    }
+
+    fn vector(&self, role: Role, n: usize) -> Result<Vec<f32>> {
+        let t = self.ckpt.tensor(&self.name(role))?;
+        t.expect_shape(&[n])?;
+        t.to_f32_vec()
+    }
+
+    fn mlp(&self, roles: [Role; 3], hidden: usize, ff: usize) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: self.matrix(roles[0], ff, hidden)?,
+            up: self.matrix(roles[1], ff, hidden)?,
+            down: self.matrix(roles[2], hidden, ff)?,
+        })
+    }
+
+    /// GGUF stacks experts as `[n_expert, rows, cols]`; older files have one tensor each.
+    fn experts(&self, layer: usize, n: usize, hidden: usize, ff: usize) -> Result<Vec<Mlp>> {
+        let [g, u, d] = gguf_stacked_experts(layer);
+        if self.ckpt.format == Format::Gguf && self.ckpt.tensors.contains_key(&g) {
+            let stacked = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+                let t = self.ckpt.tensor(name)?;
+                t.expect_shape(&[n, rows, cols])?;
+                Weight::from_tensor(t, n * rows, cols)
+            };
+            let (g, u, d) = (stacked(&g, ff, hidden)?, stacked(&u, ff, hidden)?, stacked(&d, hidden, ff)?);
+            return Ok((0..n)
+                .map(|e| Mlp {
+                    gate: g.slice_rows(e * ff, ff),
+                    up: u.slice_rows(e * ff, ff),
+                    down: d.slice_rows(e * hidden, hidden),
+                })
+                .collect());
+        }
+        (0..n)
+            .map(|e| {
+                self.mlp(
+                    [Role::ExpertGate(layer, e), Role::ExpertUp(layer, e), Role::ExpertDown(layer, e)],
+                    hidden,
+                    ff,
+                )
+            })
+            .collect()
+    }
+}
+
+impl ModelWeights {
+    pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Self> {
+        let l = Loader { ckpt };
+        let (h, ff, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let embed = l.matrix(Role::Embed, v, h)?;
+        let lm_head_name = l.name(Role::LmHead);
+        let lm_head = if cfg.tie_embeddings && !ckpt.tensors.contains_key(&lm_head_name) {
+            embed.clone()
+        } else {
+            l.matrix(Role::LmHead, v, h)?
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let ffn = match cfg.moe {
+                None => Ffn::Dense(l.mlp([Role::Gate(i), Role::Up(i), Role::Down(i)], h, ff)?),
+                Some(m) => Ffn::Moe {
+                    router: l.matrix(Role::Router(i), m.n_experts, h)?,
+                    experts: l.experts(i, m.n_experts, h, ff)?,
+                },
+            };
+            layers.push(LayerWeights {
+                attn_norm: l.vector(Role::AttnNorm(i), h)?,
+                wq: l.matrix(Role::Wq(i), cfg.q_dim(), h)?,
+                wk: l.matrix(Role::Wk(i), cfg.kv_dim(), h)?,
+                wv: l.matrix(Role::Wv(i), cfg.kv_dim(), h)?,
+                wo: l.matrix(Role::Wo(i), h, cfg.q_dim())?,
+                ffn_norm: l.vector(Role::FfnNorm(i), h)?,
+                ffn,
+            });
+        }
+        let final_norm = l.vector(Role::FinalNorm, h)?;
+        if embed.cols != h {
+            return Err(ModelError::Shape {
+                name: l.name(Role::Embed),
+                expected: vec![v, h],
+                actual: vec![embed.rows, embed.cols],
+            });
+        }
+        Ok(Self {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Bytes of weight data the model reads (the embedding counted once when tied).
+    pub fn byte_len(&self) -> usize {
+        let mlp = |m: &Mlp| m.gate.byte_len() + m.up.byte_len() + m.down.byte_len();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.byte_len()
+                    + l.wk.byte_len()
+                    + l.wv.byte_len()
+                    + l.wo.byte_len()
+                    + match &l.ffn {
+                        Ffn::Dense(m) => mlp(m),
+                        Ffn::Moe { router, experts } => router.byte_len() + experts.iter().map(mlp).sum::<usize>(),
+                    }
+            })
+            .sum();
+        layers + self.embed.byte_len() + self.lm_head.byte_len()
+    }
+}
