@@ -1,1 +1,88 @@
+//! bora's engine: what turns a model into a text generator.
+//!
+//! - [`load`]: opens a checkpoint (HF folder or GGUF) with its [`Tokenizer`] into an [`Engine`].
+//! - [`Session`]: one sequence with its KV pool; chunked prefill and single steps.
+//! - [`generate`]: prefill + sampling loop; [`Sampler`] is the chain of sampling steps.
+//! - [`StreamDecoder`]: releases text only when it is whole (UTF-8, SentencePiece spaces).
 
+pub mod error;
+pub mod generate;
+pub mod sampler;
+pub mod session;
+pub mod spm;
+pub mod stream;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use bora_model::{Checkpoint, Model, ModelConfig};
+
+pub use error::{EngineError, Result};
+pub use generate::{default_prefill_chunk, generate, GenerateOptions, GenerationStats};
+pub use sampler::{argmax, Sampler, SamplingParams};
+pub use session::Session;
+pub use stream::StreamDecoder;
+pub use tokenizer::Tokenizer;
+
+/// Overrides of what the checkpoint says.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `Some(Some(w))`: attend within a window of w; `Some(None)`: full attention.
+    pub sliding_window: Option<Option<usize>>,
+    pub context_length: Option<usize>,
+    /// A tokenizer.json to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Skip the tokenizer (token ids in and out).
+    pub no_tokenizer: bool,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Option<Tokenizer>,
+    pub path: PathBuf,
+}
+
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
+    let ckpt = Checkpoint::open(path)?;
+    let mut config: ModelConfig = ckpt.config.clone();
+    if let Some(w) = opts.sliding_window {
+        config.sliding_window = w;
+    }
+    if let Some(c) = opts.context_length {
+        config.max_context = c;
+    }
+    let model = Model::new(&ckpt, config)?;
+    let tokenizer = if opts.no_tokenizer {
+        None
+    } else if let Some(t) = &opts.tokenizer {
+        Some(Tokenizer::from_json_file(t, model.config.bos_token_id, model.config.eos_token_ids.clone())?)
+    } else if let Some(g) = &ckpt.gguf {
+        Tokenizer::from_gguf(g)?
+    } else {
+        let file = path.join("tokenizer.json");
+        if file.exists() {
+            Some(Tokenizer::from_json_file(&file, model.config.bos_token_id, model.config.eos_token_ids.clone())?)
+        } else {
+            None
+        }
+    };
+    Ok(Engine {
+        model,
+        tokenizer,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Engine {
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| EngineError::NoTokenizer(self.path.clone()))
+    }
+
+    /// Tokens that end generation: the tokenizer's EOS, else the config's.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        match &self.tokenizer {
+            Some(t) if !t.eos.is_empty() => t.eos.clone(),
+            _ => self.model.config.eos_token_ids.clone(),
+        }
+    }
+}

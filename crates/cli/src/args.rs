@@ -1,0 +1,181 @@
+//! Command-line flags (raw), and their validation into engine options.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bora_engine::{LoadOptions, SamplingParams};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bora", version, about = "Run Mistral-family language models on the CPU")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text (or token ids) after a prompt.
+    Run(RunArgs),
+    /// Print the logits the model gives at each position, for checking numerics.
+    Logits(LogitsArgs),
+    /// Show how the model's tokenizer splits a text.
+    Tokenize(TokenizeArgs),
+}
+
+/// How to load the model: shared by every subcommand that runs it.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A Hugging Face folder (config.json + *.safetensors) or a GGUF file.
+    pub model: PathBuf,
+    /// Use this tokenizer.json instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Attend within this many positions (0: full attention); default: the checkpoint's.
+    #[arg(long)]
+    pub sliding_window: Option<usize>,
+    /// Context limit in tokens; default: the checkpoint's.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Prompt tokens per forward step during prefill (default: the window, at most 512).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            sliding_window: self.sliding_window.map(|w| (w > 0).then_some(w)),
+            context_length: self.ctx,
+            tokenizer: self.tokenizer.clone(),
+            no_tokenizer: false,
+        }
+    }
+
+    pub fn init_threads(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .context("cannot start the thread pool")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text.
+    #[arg(short = 'p', long, conflicts_with = "ids")]
+    pub prompt: Option<String>,
+    /// Prompt as token ids, comma-separated (no tokenizer needed).
+    #[arg(long)]
+    pub ids: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the generated token ids, space-separated on one line, instead of text.
+    #[arg(long)]
+    pub print_ids: bool,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Positions per KV-cache block.
+    #[arg(long, default_value_t = bora_model::DEFAULT_BLOCK_SIZE)]
+    pub block_size: usize,
+}
+
+impl RunArgs {
+    pub fn sampling(&self) -> Result<SamplingParams> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        };
+        p.validate()?;
+        if self.block_size == 0 || self.block_size > bora_model::kv_cache::MAX_BLOCK_SIZE {
+            bail!("--block-size must be between 1 and {}", bora_model::kv_cache::MAX_BLOCK_SIZE);
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Token ids, comma-separated (no tokenizer needed).
+    #[arg(long, conflicts_with = "text")]
+    pub ids: Option<String>,
+    /// Text, tokenized with the model's tokenizer (BOS added as the model expects).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Logits of every position, not just the last.
+    #[arg(long)]
+    pub all: bool,
+    /// One JSON object: {"ids": [...], "logits": [[vocab floats] per position]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to tokenize.
+    #[arg(long)]
+    pub text: String,
+    /// Don't prepend BOS even when the model expects it.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Print {"ids": [...], "pieces": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// "1,415,12332" or "1 415 12332" → ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let ids = s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().with_context(|| format!("--ids: '{t}' is not a token id")))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("--ids: no token ids given");
+    }
+    Ok(ids)
+}

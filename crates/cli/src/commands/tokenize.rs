@@ -1,0 +1,25 @@
+//! `bora tokenize`: ids and pieces as the model's tokenizer gives them.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::args::TokenizeArgs;
+
+pub fn run(a: TokenizeArgs) -> Result<()> {
+    let engine = super::load(&a.model, true)?;
+    let tok = engine.tokenizer()?;
+    let ids = if a.no_bos { tok.encode(&a.text)? } else { tok.encode_prompt(&a.text)? };
+    let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "ids": ids, "pieces": pieces }))?;
+        writeln!(out)?;
+    } else {
+        for (id, p) in ids.iter().zip(&pieces) {
+            writeln!(out, "{id:>8} {p:?}")?;
+        }
+    }
+    Ok(())
+}

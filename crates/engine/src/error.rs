@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+use bora_model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{0} has no tokenizer (no tokenizer.json / GGUF vocabulary): pass token ids with --ids, or a tokenizer with --tokenizer")]
+    NoTokenizer(PathBuf),
+    #[error("the prompt is empty: give at least one token")]
+    EmptyPrompt,
+    #[error("prompt of {prompt} tokens plus {requested} new tokens exceeds the context limit of {limit} tokens")]
+    TooLong {
+        prompt: usize,
+        requested: usize,
+        limit: usize,
+    },
+    #[error("invalid sampling option: {0}")]
+    Sampling(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

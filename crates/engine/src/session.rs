@@ -1,0 +1,70 @@
+//! One sequence and its own KV pool: the unit `run`, `logits` and the tests drive.
+
+use bora_model::{KvPool, LogitsRows, Model, SeqKv, SeqStep};
+
+use crate::error::Result;
+
+pub struct Session<'m> {
+    model: &'m Model,
+    pool: KvPool,
+    seq: SeqKv,
+}
+
+impl<'m> Session<'m> {
+    /// `max_chunk` bounds the tokens fed in one step, which sizes the pool under a window.
+    pub fn new(model: &'m Model, block_size: usize, max_chunk: usize) -> Self {
+        let capacity = model.blocks_per_sequence(block_size, max_chunk.max(1));
+        Self {
+            model,
+            pool: KvPool::new(model.kv_layout(block_size), capacity),
+            seq: SeqKv::new(),
+        }
+    }
+
+    /// Positions processed so far.
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    /// Runs `tokens` in one step; returns the logits of the rows asked for, `[rows, vocab]`.
+    pub fn step(&mut self, tokens: &[u32], rows: LogitsRows) -> Result<Vec<f32>> {
+        let mut steps = [SeqStep {
+            tokens,
+            kv: &mut self.seq,
+            logits: rows,
+        }];
+        let mut out = self.model.forward(&mut self.pool, &mut steps)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Feeds a prompt in chunks of at most `chunk` tokens. Returns the last position's logits,
+    /// or with `all` every position's, `[positions, vocab]`.
+    pub fn prefill(&mut self, tokens: &[u32], chunk: usize, all: bool) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let rows = match (all, i + 1 == chunks.len()) {
+                (true, _) => LogitsRows::All,
+                (false, true) => LogitsRows::Last,
+                (false, false) => LogitsRows::None,
+            };
+            let l = self.step(c, rows)?;
+            out.extend_from_slice(&l);
+        }
+        Ok(out)
+    }
+
+    /// KV blocks this sequence holds now.
+    pub fn blocks_held(&self) -> usize {
+        self.seq.blocks_held()
+    }
+
+    /// Bytes of KV storage the pool has allocated.
+    pub fn kv_bytes(&self) -> usize {
+        self.pool.bytes_allocated()
+    }
+}

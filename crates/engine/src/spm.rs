@@ -1,0 +1,162 @@
+//! SentencePiece-BPE as GGUF stores it (`tokenizer.ggml.model = "llama"`): pieces with scores,
+//! merged greedily by score, unknown characters spelled as `<0xXX>` byte tokens.
+
+use std::collections::HashMap;
+
+/// Token types llama.cpp's converter writes.
+pub const TYPE_CONTROL: i32 = 3;
+pub const TYPE_BYTE: i32 = 6;
+
+const SPACE: char = '▁';
+
+pub struct SpmVocab {
+    pieces: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    index: HashMap<String, u32>,
+    byte_ids: [Option<u32>; 256],
+    unk: Option<u32>,
+    add_space_prefix: bool,
+}
+
+impl SpmVocab {
+    pub fn new(pieces: Vec<String>, scores: Vec<f32>, types: Vec<i32>, unk: Option<u32>, add_space_prefix: bool) -> Self {
+        let mut index = HashMap::with_capacity(pieces.len());
+        let mut byte_ids = [None; 256];
+        for (i, p) in pieces.iter().enumerate() {
+            let is_byte = types.get(i) == Some(&TYPE_BYTE);
+            if is_byte {
+                if let Some(b) = parse_byte_piece(p) {
+                    byte_ids[b as usize] = Some(i as u32);
+                }
+            } else {
+                index.entry(p.clone()).or_insert(i as u32);
+            }
+        }
+        Self {
+            pieces,
+            scores,
+            types,
+            index,
+            byte_ids,
+            unk,
+            add_space_prefix,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(String::as_str)
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        self.types.get(id as usize) == Some(&TYPE_CONTROL)
+    }
+
+    /// Text → ids, as sentencepiece encodes it (control tokens in the text stay literal).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let mut s = String::with_capacity(text.len() + 3);
+        if self.add_space_prefix {
+            s.push(SPACE);
+        }
+        s.extend(text.chars().map(|c| if c == ' ' { SPACE } else { c }));
+        // Symbols as byte ranges of `s`, merged pairwise by the score of the merged piece.
+        let mut syms: Vec<(usize, usize)> = s.char_indices().map(|(i, c)| (i, i + c.len_utf8())).collect();
+        loop {
+            let mut best: Option<(f32, usize, u32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let merged = &s[syms[i].0..syms[i + 1].1];
+                if let Some(&id) = self.index.get(merged) {
+                    let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
+                    if best.is_none_or(|(b, _, _)| score > b) {
+                        best = Some((score, i, id));
+                    }
+                }
+            }
+            let Some((_, i, _)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+        let mut ids = Vec::with_capacity(syms.len());
+        for (a, b) in syms {
+            let piece = &s[a..b];
+            match self.index.get(piece) {
+                Some(&id) => ids.push(id),
+                None => {
+                    for byte in piece.bytes() {
+                        match self.byte_ids[byte as usize].or(self.unk) {
+                            Some(id) => ids.push(id),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// The bytes a token stands for: `▁` → space, `<0xXX>` → that byte, control → nothing.
+    pub fn token_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        let Some(p) = self.pieces.get(id as usize) else { return };
+        match self.types.get(id as usize).copied() {
+            Some(TYPE_CONTROL) => {}
+            Some(TYPE_BYTE) => out.extend(parse_byte_piece(p)),
+            _ => {
+                for c in p.chars() {
+                    let c = if c == SPACE { ' ' } else { c };
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Ids → text. Like sentencepiece, the dummy-prefix space of the first token is dropped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            self.token_bytes(id, &mut bytes);
+        }
+        let start = usize::from(self.add_space_prefix && bytes.first() == Some(&b' '));
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+fn parse_byte_piece(p: &str) -> Option<u8> {
+    let hex = p.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> SpmVocab {
+        let pieces: Vec<String> = ["<unk>", "<s>", "</s>", "▁", "h", "i", "▁h", "▁hi", "<0xC3>", "<0xA9>"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -0.5, -0.1, 0.0, 0.0];
+        let types = vec![2, 3, 3, 1, 1, 1, 1, 1, 6, 6];
+        SpmVocab::new(pieces, scores, types, Some(0), true)
+    }
+
+    #[test]
+    fn merges_by_score_and_falls_back_to_bytes() {
+        let v = toy();
+        assert_eq!(v.encode("hi"), vec![7]);
+        assert_eq!(v.encode("hié"), vec![7, 8, 9]);
+        assert_eq!(v.decode(&[7, 8, 9]), "hié");
+        assert_eq!(v.decode(&[1, 7]), "hi");
+    }
+}

@@ -1,0 +1,232 @@
+//! The model's tokenizer: an HF `tokenizer.json`, or the vocabulary embedded in a GGUF file
+//! (SentencePiece-BPE `llama`, or byte-level BPE `gpt2` with merges).
+
+use std::path::{Path, PathBuf};
+
+use bora_model::gguf::{GgufFile, Value};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{EngineError, Result};
+use crate::spm::{SpmVocab, TYPE_CONTROL};
+
+enum Backend {
+    Hf(Box<tokenizers::Tokenizer>),
+    Spm(SpmVocab),
+}
+
+pub struct Tokenizer {
+    backend: Backend,
+    source: PathBuf,
+    pub bos: Option<u32>,
+    pub eos: Vec<u32>,
+    /// Whether a prompt starts with BOS.
+    pub add_bos: bool,
+}
+
+impl Tokenizer {
+    /// A `tokenizer.json`; BOS/EOS come from the model config (`bos`, `eos`) and
+    /// `tokenizer_config.json` beside it when present.
+    pub fn from_json_file(path: &Path, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
+        let err = |msg: String| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
+        let mut add_bos = bos.is_some();
+        let mut bos = bos;
+        if let Some(cfg) = path
+            .parent()
+            .map(|d| d.join("tokenizer_config.json"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            if let Some(b) = cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
+                add_bos = b;
+            }
+            if bos.is_none() {
+                bos = cfg.get("bos_token").and_then(|v| v.as_str()).and_then(|s| tk.token_to_id(s));
+            }
+        }
+        let eos = if eos.is_empty() { tk.token_to_id("</s>").into_iter().collect() } else { eos };
+        Ok(Self {
+            backend: Backend::Hf(Box::new(tk)),
+            source: path.to_path_buf(),
+            bos,
+            eos,
+            add_bos: add_bos && bos.is_some(),
+        })
+    }
+
+    /// The vocabulary embedded in a GGUF file, or `None` when it has none.
+    pub fn from_gguf(g: &GgufFile) -> Result<Option<Self>> {
+        let Some(model) = g.get("tokenizer.ggml.model").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let err = |msg: String| EngineError::Tokenizer {
+            path: g.path().to_path_buf(),
+            msg,
+        };
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let arr = g
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| err(format!("'{key}' is missing or not an array")))?;
+            arr.iter()
+                .map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("'{key}' holds a non-string"))))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i32> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+            Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        let flag = |k: &str| g.get(k).and_then(Value::as_bool);
+        let bos = id("tokenizer.ggml.bos_token_id");
+        let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+        let (backend, default_add_bos) = match model {
+            "llama" => {
+                let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+                    Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                    None => vec![0.0; tokens.len()],
+                };
+                let add_space = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let unk = id("tokenizer.ggml.unknown_token_id");
+                (Backend::Spm(SpmVocab::new(tokens, scores, types, unk, add_space)), true)
+            }
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?;
+                let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+                (Backend::Hf(Box::new(byte_level_bpe(tokens, &types, merges, pre).map_err(err)?)), false)
+            }
+            other => return Err(err(format!("tokenizer model '{other}' is not supported (llama and gpt2 are)"))),
+        };
+        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos.is_some();
+        Ok(Some(Self {
+            backend,
+            source: g.path().to_path_buf(),
+            bos,
+            eos,
+            add_bos,
+        }))
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Spm(v) => v.len(),
+        }
+    }
+
+    /// Text → ids, without BOS.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.backend {
+            Backend::Spm(v) => Ok(v.encode(text)),
+            Backend::Hf(t) => t
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| EngineError::Tokenizer {
+                    path: self.source.clone(),
+                    msg: format!("cannot encode: {e}"),
+                }),
+        }
+    }
+
+    /// Text → ids of a prompt: BOS first when the model expects it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// Ids → text; special (control) tokens are left out.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.backend {
+            Backend::Spm(v) => v.decode(ids),
+            Backend::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+        }
+    }
+
+    /// The token's piece as the vocabulary spells it.
+    pub fn piece(&self, id: u32) -> String {
+        match &self.backend {
+            Backend::Spm(v) => v.piece(id).unwrap_or("").to_string(),
+            Backend::Hf(t) => t.id_to_token(id).unwrap_or_default(),
+        }
+    }
+
+    pub fn is_control(&self, id: u32) -> bool {
+        match &self.backend {
+            Backend::Spm(v) => v.is_control(id),
+            Backend::Hf(t) => t.get_added_vocabulary().is_special_token(&t.id_to_token(id).unwrap_or_default()),
+        }
+    }
+}
+
+/// The split regexes llama.cpp uses for each `tokenizer.ggml.pre`, in order.
+fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+    Some(match pre {
+        "default" | "gpt2" => vec![GPT2],
+        "smollm" => vec![r"\p{N}", GPT2],
+        "llama3" | "llama-bpe" | "llama-v3" => vec![
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        _ => return None,
+    })
+}
+
+fn byte_level_bpe(tokens: Vec<String>, types: &[i32], merges: Vec<String>, pre: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let regexes = pre_tokenizer_regexes(pre)
+        .ok_or_else(|| format!("pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported yet"))?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("merge '{m}' is not two tokens"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(false)
+        .build()
+        .map_err(|e| format!("cannot build BPE: {e}"))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+    for (i, r) in regexes.iter().enumerate() {
+        if pre == "smollm" && i == 0 {
+            steps.push(Digits::new(true).into());
+            continue;
+        }
+        let split = Split::new(SplitPattern::Regex(r.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| format!("bad split regex: {e}"))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    tk.with_pre_tokenizer(Some(Sequence::new(steps)));
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &t)| t == TYPE_CONTROL || t == 4)
+        .map(|(s, _)| AddedToken::from(s.clone(), true))
+        .collect();
+    tk.add_special_tokens(&specials);
+    Ok(tk)
+}
