@@ -63,6 +63,11 @@ impl<'m> Session<'m> {
         self.seq.blocks_held()
     }
 
+    /// The pool behind this session.
+    pub fn pool(&self) -> &KvPool {
+        &self.pool
+    }
+
     /// Bytes of KV storage the pool has allocated.
     pub fn kv_bytes(&self) -> usize {
         self.pool.bytes_allocated()

@@ -153,7 +153,7 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_item: usize) -> Result<usize> {
         let n = self.u64()?;
         if n > (self.remaining() / min_item.max(1)) as u64 {
-            return Err(self.err(format!("{what} count {n} is larger than the file could hold")));
+            return Err(self.err(format!("{what} count {n} is larger than the file could hold (truncated or corrupt file)")));
         }
         Ok(n as usize)
     }

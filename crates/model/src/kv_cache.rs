@@ -81,6 +81,16 @@ impl KvPool {
         self.free.push(block);
     }
 
+    /// Blocks ever created (the pool's high-water mark).
+    pub fn blocks_created(&self) -> usize {
+        self.created
+    }
+
+    /// Bytes of K plus V in one block.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.layout.block_floats() * std::mem::size_of::<f32>()
+    }
+
     pub fn blocks_in_use(&self) -> usize {
         self.created - self.free.len()
     }

@@ -24,7 +24,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let tokenizer = if a.print_ids { None } else { Some(engine.tokenizer()?) };
+    // Token ids in without a tokenizer: ids out.
+    let ids_only = a.print_ids || (a.ids.is_some() && engine.tokenizer.is_none());
+    let tokenizer = if ids_only { None } else { Some(engine.tokenizer()?) };
     let mut stream = StreamDecoder::new(&prompt);
     if let (Some(_), Some(text)) = (tokenizer, &a.prompt) {
         write!(out, "{text}")?;

@@ -1,0 +1,234 @@
+//! Bad input gets one clear error naming the file, tensor or field, and a non-zero exit:
+//! never a panic, an out-of-bounds read or a hang.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bora-bad-input-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of a tiny fixture folder to corrupt.
+fn copy_fixture(name: &str, to: &str) -> PathBuf {
+    let dst = scratch(to);
+    for e in std::fs::read_dir(tiny(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    dst
+}
+
+/// Runs bora and returns stderr, asserting it failed cleanly.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bora")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "bora {args:?} should have failed; stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "bora {args:?}: {err}");
+    assert!(!err.contains("panicked"), "bora {args:?} panicked: {err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
+    err
+}
+
+fn run_ids(model: &Path, ids: &str) -> String {
+    fails(&["run", model.to_str().unwrap(), "--ids", ids, "-n", "2", "--temp", "0"])
+}
+
+#[test]
+fn missing_model_is_named() {
+    let e = run_ids(Path::new("/no/such/model.gguf"), "1");
+    assert!(e.contains("/no/such/model.gguf") && e.contains("no such file"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = copy_fixture("mistral_swa", "trunc_st");
+    let f = d.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("model.safetensors") && e.contains("fall outside"), "{e}");
+    std::fs::write(&f, &bytes[..5]).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn safetensors_with_lying_header() {
+    let d = copy_fixture("mistral_swa", "lying_st");
+    let f = d.join("model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    std::fs::write(&f, &bytes).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("header length"), "{e}");
+    // A header that is not JSON.
+    let mut bytes = std::fs::read(tiny("mistral_swa").join("model.safetensors")).unwrap();
+    bytes[8] = b'#';
+    std::fs::write(&f, &bytes).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("not valid JSON"), "{e}");
+}
+
+#[test]
+fn unsupported_safetensors_dtype_names_the_tensor() {
+    let d = copy_fixture("mistral_swa", "dtype_st");
+    let f = d.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Same length, so offsets stay valid: q_proj of layer 0 becomes I32.
+    let key = "\"model.layers.0.self_attn.q_proj.weight\":{\"dtype\":\"F32\"";
+    assert!(header.contains(key), "fixture header layout changed");
+    let patched = header.replace(key, &key.replace("F32", "I32"));
+    let mut out = bytes.clone();
+    out[8..8 + n].copy_from_slice(patched.as_bytes());
+    std::fs::write(&f, out).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("I32 is not supported"), "{e}");
+}
+
+#[test]
+fn config_with_impossible_shapes() {
+    let d = copy_fixture("mistral_swa", "bad_config");
+    let cfg = d.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3")).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("config.json") && e.contains("num_key_value_heads"), "{e}");
+    // A config that disagrees with the tensors: the tensor is named with both shapes.
+    std::fs::write(&cfg, text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256")).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]") && e.contains("[256, 64]"), "{e}");
+    std::fs::write(&cfg, "{\"model_type\": \"mistral\", ").unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("not valid JSON"), "{e}");
+}
+
+#[test]
+fn unsupported_architecture() {
+    let d = copy_fixture("mistral_swa", "bad_arch");
+    let cfg = d.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"model_type\": \"mistral\"", "\"model_type\": \"gpt_neox\"")).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("unsupported architecture 'gpt_neox'"), "{e}");
+}
+
+#[test]
+fn token_ids_out_of_range_and_malformed() {
+    let m = tiny("mistral_swa");
+    let e = run_ids(&m, "1,999");
+    assert!(e.contains("token id 999 is out of range") && e.contains("256"), "{e}");
+    let e = run_ids(&m, "1,x");
+    assert!(e.contains("'x' is not a token id"), "{e}");
+}
+
+#[test]
+fn generating_past_the_context_limit() {
+    let m = tiny("mistral_swa");
+    let e = fails(&["run", m.to_str().unwrap(), "--ids", "1,2,3", "-n", "5000", "--temp", "0"]);
+    assert!(e.contains("exceeds the context limit of 4096"), "{e}");
+    let e = fails(&["logits", m.to_str().unwrap(), "--ids", "1,2,3", "--ctx", "2"]);
+    assert!(e.contains("context limit of 2"), "{e}");
+}
+
+#[test]
+fn no_tokenizer_with_text_prompt() {
+    let e = fails(&["run", tiny("mistral_swa").to_str().unwrap(), "-p", "hello"]);
+    assert!(e.contains("has no tokenizer") && e.contains("--ids"), "{e}");
+}
+
+// --- GGUF: files built here byte by byte, to lie in exactly one way each. ---
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+/// A GGUF v3 with `general.architecture = llama` and one F32 tensor `token_embd.weight`
+/// whose declared dims, type and data length are given.
+fn gguf(dims: &[u64], ty: u32, data_len: usize) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // kv
+    put_str(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    put_str(&mut b, "llama");
+    put_str(&mut b, "token_embd.weight");
+    b.extend((dims.len() as u32).to_le_bytes());
+    for d in dims {
+        b.extend(d.to_le_bytes());
+    }
+    b.extend(ty.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(vec![0u8; data_len]);
+    b
+}
+
+fn write_gguf(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = scratch(name).join("model.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn gguf_bad_magic_and_version() {
+    let mut b = gguf(&[4, 4], 0, 64);
+    b[..4].copy_from_slice(b"GGML");
+    let e = run_ids(&write_gguf("magic", &b), "1");
+    assert!(e.contains("bad magic"), "{e}");
+    let mut b = gguf(&[4, 4], 0, 64);
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let e = run_ids(&write_gguf("version", &b), "1");
+    assert!(e.contains("GGUF version 1 is not supported"), "{e}");
+}
+
+#[test]
+fn gguf_truncated_anywhere_is_an_error() {
+    let full = gguf(&[4, 4], 0, 64);
+    for cut in [3, 10, 30, 60, 90, full.len() - 1] {
+        let e = run_ids(&write_gguf(&format!("cut{cut}"), &full[..cut]), "1");
+        assert!(e.contains("truncated") || e.contains("past the end") || e.contains("bad magic"), "cut at {cut}: {e}");
+    }
+}
+
+#[test]
+fn gguf_tensor_size_disagreeing_with_shape() {
+    // 4×1000 f32 declared, 64 bytes present.
+    let e = run_ids(&write_gguf("lying", &gguf(&[4, 1000], 0, 64)), "1");
+    assert!(e.contains("token_embd.weight") && e.contains("runs past the end"), "{e}");
+    // Dimensions whose product overflows.
+    let e = run_ids(&write_gguf("overflow", &gguf(&[u64::MAX / 2, 4], 0, 64)), "1");
+    assert!(e.contains("overflow"), "{e}");
+}
+
+#[test]
+fn gguf_unknown_and_unsupported_tensor_types() {
+    let e = run_ids(&write_gguf("unknown_type", &gguf(&[32, 2], 99, 4096)), "1");
+    assert!(e.contains("unknown tensor type id 99"), "{e}");
+}
+
+#[test]
+fn gguf_huge_counts_do_not_allocate() {
+    let mut b = gguf(&[4, 4], 0, 64);
+    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let e = run_ids(&write_gguf("count", &b), "1");
+    assert!(e.contains("larger than the file could hold"), "{e}");
+}
+
+#[test]
+fn gguf_missing_metadata_is_named() {
+    let e = run_ids(&write_gguf("nometa", &gguf(&[4, 4], 0, 64)), "1");
+    assert!(e.contains("llama.embedding_length") && e.contains("missing"), "{e}");
+}

@@ -1,0 +1,57 @@
+//! Shared helpers for the integration tests: fixture paths and reference files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use bora::engine::{generate, GenerateOptions, LoadOptions, SamplingParams, Session};
+use bora::model::Model;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn tiny(name: &str) -> PathBuf {
+    fixtures().join("tiny").join(name)
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("id array").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn load(path: &Path) -> bora::engine::Engine {
+    bora::engine::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every position's logits for `prompt`, fed in chunks of `chunk`.
+pub fn all_logits(model: &Model, prompt: &[u32], chunk: usize) -> Vec<f32> {
+    let mut s = Session::new(model, 16, chunk);
+    s.prefill(prompt, chunk, true).unwrap()
+}
+
+pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        prefill_chunk: 7,
+        block_size: 16,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+    };
+    let mut out = Vec::new();
+    generate(model, prompt, &opts, |id| out.push(id)).unwrap();
+    out
+}

@@ -1,0 +1,44 @@
+//! The sliding window's rolling buffer: generating far past the window, a sequence holds only
+//! about a window's worth of KV, counted in the cache's own memory.
+
+mod common;
+
+use bora::engine::{argmax, LoadOptions, Session};
+use bora::model::LogitsRows;
+use common::*;
+
+fn run_far_past_window(window: usize, block: usize, tokens: usize) {
+    let opts = LoadOptions {
+        context_length: Some(tokens + 1),
+        sliding_window: Some(Some(window)),
+        ..Default::default()
+    };
+    let engine = bora::engine::load(&tiny("mistral_swa"), &opts).unwrap();
+    let mut s = Session::new(&engine.model, block, 1);
+    let max_blocks = window.div_ceil(block) + 1;
+    let mut tok = 1u32;
+    let mut peak_blocks = 0;
+    for _ in 0..tokens {
+        let logits = s.step(&[tok], LogitsRows::Last).unwrap();
+        tok = argmax(&logits);
+        peak_blocks = peak_blocks.max(s.blocks_held());
+    }
+    assert_eq!(s.len(), tokens);
+    assert!(peak_blocks <= max_blocks, "held {peak_blocks} blocks, window allows {max_blocks}");
+    // The pool never grew past one step's need: blocks are recycled, not accumulated.
+    let pool = s.pool();
+    assert!(pool.blocks_created() <= max_blocks + 1, "pool created {} blocks", pool.blocks_created());
+    let held_positions = pool.blocks_created() * block;
+    assert!(held_positions <= window + 2 * block, "{held_positions} positions for a window of {window}");
+    assert!(s.kv_bytes() <= 2 * (max_blocks + 1) * pool.block_bytes());
+}
+
+#[test]
+fn hundred_thousand_tokens_through_a_window_of_16() {
+    run_far_past_window(16, 16, 100_000);
+}
+
+#[test]
+fn window_of_256_holds_about_256_positions_after_5000_tokens() {
+    run_far_past_window(256, 16, 5_000);
+}
