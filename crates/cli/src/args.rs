@@ -154,8 +154,11 @@ pub struct LogitsArgs {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// A model (HF folder or GGUF file), a vocabulary-only GGUF, or a tokenizer.json.
+    pub model: PathBuf,
+    /// Use this tokenizer.json instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// The text to tokenize.
     #[arg(long)]
     pub text: String,

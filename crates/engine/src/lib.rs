@@ -73,6 +73,40 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     })
 }
 
+/// Only the tokenizer of a model (no weights are checked): a GGUF file's vocabulary, a
+/// folder's tokenizer.json, or a tokenizer.json given directly.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    if path.is_file() && !is_json {
+        let g = bora_model::gguf::GgufFile::open(path)?;
+        return Tokenizer::from_gguf(&g)?.ok_or_else(|| EngineError::NoTokenizer(path.to_path_buf()));
+    }
+    let (file, dir) = if is_json {
+        (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+    } else {
+        (path.join("tokenizer.json"), path.to_path_buf())
+    };
+    if !file.exists() {
+        if !path.exists() {
+            return Err(bora_model::ModelError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            }
+            .into());
+        }
+        return Err(EngineError::NoTokenizer(path.to_path_buf()));
+    }
+    // BOS/EOS ids from config.json when there is one; the tokenizer's own otherwise.
+    let config: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let id = |v: &serde_json::Value| v.as_u64().map(|x| x as u32);
+    let bos = config.get("bos_token_id").and_then(id);
+    let eos = config.get("eos_token_id").and_then(id).into_iter().collect();
+    Tokenizer::from_json_file(&file, bos, eos)
+}
+
 impl Engine {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| EngineError::NoTokenizer(self.path.clone()))

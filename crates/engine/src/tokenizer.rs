@@ -39,8 +39,8 @@ impl Tokenizer {
             msg,
         };
         let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
+        let mut bos = bos.or_else(|| tk.token_to_id("<s>"));
         let mut add_bos = bos.is_some();
-        let mut bos = bos;
         if let Some(cfg) = path
             .parent()
             .map(|d| d.join("tokenizer_config.json"))

@@ -7,8 +7,8 @@ use anyhow::Result;
 use crate::args::TokenizeArgs;
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
-    let engine = super::load(&a.model, true)?;
-    let tok = engine.tokenizer()?;
+    let tok = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&a.model))?;
+    let tok = &tok;
     let ids = if a.no_bos { tok.encode(&a.text)? } else { tok.encode_prompt(&a.text)? };
     let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
     let stdout = std::io::stdout();
