@@ -24,6 +24,7 @@ pub use session::Session;
 pub use stream::StreamDecoder;
 pub use tokenizer::Tokenizer;
 
+
 /// Overrides of what the checkpoint says.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
