@@ -7,7 +7,11 @@ use bora_engine::{LoadOptions, SamplingParams};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bora", version, about = "Run Mistral-family language models on the CPU")]
+#[command(
+    name = "bora",
+    version,
+    about = "Run Mistral-family language models on the CPU"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -128,7 +132,10 @@ impl RunArgs {
         };
         p.validate()?;
         if self.block_size == 0 || self.block_size > bora_model::kv_cache::MAX_BLOCK_SIZE {
-            bail!("--block-size must be between 1 and {}", bora_model::kv_cache::MAX_BLOCK_SIZE);
+            bail!(
+                "--block-size must be between 1 and {}",
+                bora_model::kv_cache::MAX_BLOCK_SIZE
+            );
         }
         Ok(p)
     }
@@ -175,7 +182,10 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     let ids = s
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().with_context(|| format!("--ids: '{t}' is not a token id")))
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--ids: '{t}' is not a token id"))
+        })
         .collect::<Result<Vec<_>>>()?;
     if ids.is_empty() {
         bail!("--ids: no token ids given");

@@ -27,9 +27,15 @@ fn copy_fixture(name: &str, to: &str) -> PathBuf {
 
 /// Runs bora and returns stderr, asserting it failed cleanly.
 fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bora")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "bora {args:?} should have failed; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "bora {args:?} should have failed; stderr: {err}"
+    );
     assert_eq!(out.status.code(), Some(1), "bora {args:?}: {err}");
     assert!(!err.contains("panicked"), "bora {args:?} panicked: {err}");
     assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
@@ -37,13 +43,25 @@ fn fails(args: &[&str]) -> String {
 }
 
 fn run_ids(model: &Path, ids: &str) -> String {
-    fails(&["run", model.to_str().unwrap(), "--ids", ids, "-n", "2", "--temp", "0"])
+    fails(&[
+        "run",
+        model.to_str().unwrap(),
+        "--ids",
+        ids,
+        "-n",
+        "2",
+        "--temp",
+        "0",
+    ])
 }
 
 #[test]
 fn missing_model_is_named() {
     let e = run_ids(Path::new("/no/such/model.gguf"), "1");
-    assert!(e.contains("/no/such/model.gguf") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("/no/such/model.gguf") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -53,7 +71,10 @@ fn truncated_safetensors() {
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
     let e = run_ids(&d, "1");
-    assert!(e.contains("model.safetensors") && e.contains("fall outside"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("fall outside"),
+        "{e}"
+    );
     std::fs::write(&f, &bytes[..5]).unwrap();
     let e = run_ids(&d, "1");
     assert!(e.contains("truncated"), "{e}");
@@ -91,7 +112,10 @@ fn unsupported_safetensors_dtype_names_the_tensor() {
     out[8..8 + n].copy_from_slice(patched.as_bytes());
     std::fs::write(&f, out).unwrap();
     let e = run_ids(&d, "1");
-    assert!(e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("I32 is not supported"), "{e}");
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("I32 is not supported"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -99,13 +123,27 @@ fn config_with_impossible_shapes() {
     let d = copy_fixture("mistral_swa", "bad_config");
     let cfg = d.join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"),
+    )
+    .unwrap();
     let e = run_ids(&d, "1");
-    assert!(e.contains("config.json") && e.contains("num_key_value_heads"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("num_key_value_heads"),
+        "{e}"
+    );
     // A config that disagrees with the tensors: the tensor is named with both shapes.
-    std::fs::write(&cfg, text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256"),
+    )
+    .unwrap();
     let e = run_ids(&d, "1");
-    assert!(e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]") && e.contains("[256, 64]"), "{e}");
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]") && e.contains("[256, 64]"),
+        "{e}"
+    );
     std::fs::write(&cfg, "{\"model_type\": \"mistral\", ").unwrap();
     let e = run_ids(&d, "1");
     assert!(e.contains("not valid JSON"), "{e}");
@@ -116,7 +154,14 @@ fn unsupported_architecture() {
     let d = copy_fixture("mistral_swa", "bad_arch");
     let cfg = d.join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"model_type\": \"mistral\"", "\"model_type\": \"gpt_neox\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "\"model_type\": \"mistral\"",
+            "\"model_type\": \"gpt_neox\"",
+        ),
+    )
+    .unwrap();
     let e = run_ids(&d, "1");
     assert!(e.contains("unsupported architecture 'gpt_neox'"), "{e}");
 }
@@ -125,7 +170,10 @@ fn unsupported_architecture() {
 fn token_ids_out_of_range_and_malformed() {
     let m = tiny("mistral_swa");
     let e = run_ids(&m, "1,999");
-    assert!(e.contains("token id 999 is out of range") && e.contains("256"), "{e}");
+    assert!(
+        e.contains("token id 999 is out of range") && e.contains("256"),
+        "{e}"
+    );
     let e = run_ids(&m, "1,x");
     assert!(e.contains("'x' is not a token id"), "{e}");
 }
@@ -133,9 +181,25 @@ fn token_ids_out_of_range_and_malformed() {
 #[test]
 fn generating_past_the_context_limit() {
     let m = tiny("mistral_swa");
-    let e = fails(&["run", m.to_str().unwrap(), "--ids", "1,2,3", "-n", "5000", "--temp", "0"]);
+    let e = fails(&[
+        "run",
+        m.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "-n",
+        "5000",
+        "--temp",
+        "0",
+    ]);
     assert!(e.contains("exceeds the context limit of 4096"), "{e}");
-    let e = fails(&["logits", m.to_str().unwrap(), "--ids", "1,2,3", "--ctx", "2"]);
+    let e = fails(&[
+        "logits",
+        m.to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--ctx",
+        "2",
+    ]);
     assert!(e.contains("context limit of 2"), "{e}");
 }
 
@@ -169,7 +233,7 @@ fn gguf(dims: &[u64], ty: u32, data_len: usize) -> Vec<u8> {
     }
     b.extend(ty.to_le_bytes());
     b.extend(0u64.to_le_bytes());
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend(vec![0u8; data_len]);
@@ -199,7 +263,10 @@ fn gguf_truncated_anywhere_is_an_error() {
     let full = gguf(&[4, 4], 0, 64);
     for cut in [3, 10, 30, 60, 90, full.len() - 1] {
         let e = run_ids(&write_gguf(&format!("cut{cut}"), &full[..cut]), "1");
-        assert!(e.contains("truncated") || e.contains("past the end") || e.contains("bad magic"), "cut at {cut}: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("past the end") || e.contains("bad magic"),
+            "cut at {cut}: {e}"
+        );
     }
 }
 
@@ -207,9 +274,15 @@ fn gguf_truncated_anywhere_is_an_error() {
 fn gguf_tensor_size_disagreeing_with_shape() {
     // 4×1000 f32 declared, 64 bytes present.
     let e = run_ids(&write_gguf("lying", &gguf(&[4, 1000], 0, 64)), "1");
-    assert!(e.contains("token_embd.weight") && e.contains("runs past the end"), "{e}");
+    assert!(
+        e.contains("token_embd.weight") && e.contains("runs past the end"),
+        "{e}"
+    );
     // Dimensions whose product overflows.
-    let e = run_ids(&write_gguf("overflow", &gguf(&[u64::MAX / 2, 4], 0, 64)), "1");
+    let e = run_ids(
+        &write_gguf("overflow", &gguf(&[u64::MAX / 2, 4], 0, 64)),
+        "1",
+    );
     assert!(e.contains("overflow"), "{e}");
 }
 
@@ -230,5 +303,8 @@ fn gguf_huge_counts_do_not_allocate() {
 #[test]
 fn gguf_missing_metadata_is_named() {
     let e = run_ids(&write_gguf("nometa", &gguf(&[4, 4], 0, 64)), "1");
-    assert!(e.contains("llama.embedding_length") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("llama.embedding_length") && e.contains("missing"),
+        "{e}"
+    );
 }

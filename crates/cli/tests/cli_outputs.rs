@@ -8,8 +8,14 @@ use std::process::Command;
 use common::*;
 
 fn bora(args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bora")).args(args).output().unwrap();
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(out.status.success(), "bora {args:?} failed: {se}");
     (so, se)
 }
@@ -24,13 +30,28 @@ fn run_print_ids_gives_the_greedy_continuation() {
     let r = read_json(&dir.join("reference.json"));
     let prompt = ids(&r["greedy"]["prompt_ids"]);
     let want = ids(&r["greedy"]["generated_ids"]);
-    let (out, err) = bora(&["run", dir.to_str().unwrap(), "--ids", &join(&prompt), "-n", "40", "--temp", "0", "--print-ids"]);
+    let (out, err) = bora(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--ids",
+        &join(&prompt),
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--print-ids",
+    ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "{out}");
     let got: Vec<u32> = lines[0].split(' ').map(|t| t.parse().unwrap()).collect();
     assert_eq!(got, want[..40]);
     let last = err.lines().last().unwrap();
-    assert!(last.contains("prompt: 8 tokens") && last.contains("generated: 40 tokens") && last.contains("tokens/s"), "{err}");
+    assert!(
+        last.contains("prompt: 8 tokens")
+            && last.contains("generated: 40 tokens")
+            && last.contains("tokens/s"),
+        "{err}"
+    );
     assert!(err.contains("sliding window 16"), "{err}");
 }
 
@@ -41,19 +62,44 @@ fn logits_json_last_and_all_positions() {
     let prompt = ids(&r["prompt_ids"]);
     let want = read_f32(&dir.join("logits.f32.bin"));
     let vocab = 256;
-    let (out, _) = bora(&["logits", dir.to_str().unwrap(), "--ids", &join(&prompt), "--json"]);
+    let (out, _) = bora(&[
+        "logits",
+        dir.to_str().unwrap(),
+        "--ids",
+        &join(&prompt),
+        "--json",
+    ]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = j["logits"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
-    let last: Vec<f32> = rows[0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let last: Vec<f32> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     assert!(max_abs_diff(&last, &want[(prompt.len() - 1) * vocab..]) <= 1e-4);
-    let (out, _) = bora(&["logits", dir.to_str().unwrap(), "--ids", &join(&prompt), "--all", "--json", "--chunk", "5"]);
+    let (out, _) = bora(&[
+        "logits",
+        dir.to_str().unwrap(),
+        "--ids",
+        &join(&prompt),
+        "--all",
+        "--json",
+        "--chunk",
+        "5",
+    ]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     let all: Vec<f32> = j["logits"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
         .collect();
     assert_eq!(all.len(), prompt.len() * vocab);
     assert!(max_abs_diff(&all, &want) <= 1e-4);
@@ -62,7 +108,13 @@ fn logits_json_last_and_all_positions() {
 #[test]
 fn tokenize_json_gives_ids_and_pieces() {
     let tok = fixtures().join("tokenizer_v1/tokenizer.json");
-    let (out, _) = bora(&["tokenize", tok.to_str().unwrap(), "--text", "Hello world", "--json"]);
+    let (out, _) = bora(&[
+        "tokenize",
+        tok.to_str().unwrap(),
+        "--text",
+        "Hello world",
+        "--json",
+    ]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     let case = read_json(&fixtures().join("tokenizer_v1/cases.json"))
         .as_array()
@@ -74,10 +126,22 @@ fn tokenize_json_gives_ids_and_pieces() {
     let mut want = vec![1u32]; // BOS: Mistral prompts start with <s>
     want.extend(ids(&case["ids"]));
     assert_eq!(ids(&j["ids"]), want);
-    let pieces: Vec<&str> = j["pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let pieces: Vec<&str> = j["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     assert_eq!(pieces[0], "<s>");
     assert_eq!(pieces.len(), want.len());
-    let (out, _) = bora(&["tokenize", tok.to_str().unwrap(), "--text", "Hello world", "--json", "--no-bos"]);
+    let (out, _) = bora(&[
+        "tokenize",
+        tok.to_str().unwrap(),
+        "--text",
+        "Hello world",
+        "--json",
+        "--no-bos",
+    ]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ids(&j["ids"]), want[1..]);
 }

@@ -28,7 +28,10 @@ fn check_greedy(model_dir: &str) {
     let prompt = ids(&g["prompt_ids"]);
     let want = ids(&g["generated_ids"]);
     let got = greedy(&engine.model, &prompt, want.len());
-    assert_eq!(got, want, "{model_dir}: greedy continuation differs from transformers");
+    assert_eq!(
+        got, want,
+        "{model_dir}: greedy continuation differs from transformers"
+    );
 }
 
 #[test]

@@ -24,12 +24,22 @@ fn run_far_past_window(window: usize, block: usize, tokens: usize) {
         peak_blocks = peak_blocks.max(s.blocks_held());
     }
     assert_eq!(s.len(), tokens);
-    assert!(peak_blocks <= max_blocks, "held {peak_blocks} blocks, window allows {max_blocks}");
+    assert!(
+        peak_blocks <= max_blocks,
+        "held {peak_blocks} blocks, window allows {max_blocks}"
+    );
     // The pool never grew past one step's need: blocks are recycled, not accumulated.
     let pool = s.pool();
-    assert!(pool.blocks_created() <= max_blocks + 1, "pool created {} blocks", pool.blocks_created());
+    assert!(
+        pool.blocks_created() <= max_blocks + 1,
+        "pool created {} blocks",
+        pool.blocks_created()
+    );
     let held_positions = pool.blocks_created() * block;
-    assert!(held_positions <= window + 2 * block, "{held_positions} positions for a window of {window}");
+    assert!(
+        held_positions <= window + 2 * block,
+        "{held_positions} positions for a window of {window}"
+    );
     assert!(s.kv_bytes() <= 2 * (max_blocks + 1) * pool.block_bytes());
 }
 

@@ -16,7 +16,13 @@ fn cases() -> Vec<(String, Vec<u32>, serde_json::Value)> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["text"].as_str().unwrap().to_string(), ids(&c["ids"]), c.clone()))
+        .map(|c| {
+            (
+                c["text"].as_str().unwrap().to_string(),
+                ids(&c["ids"]),
+                c.clone(),
+            )
+        })
         .collect()
 }
 
@@ -30,7 +36,13 @@ fn check_encode(tok: &Tokenizer, what: &str) {
             bad.push(format!("{text:?}: got {got:?}, sentencepiece {want:?}"));
         }
     }
-    assert!(bad.is_empty(), "{what}: {} of {} cases differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} cases differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad.join("\n")
+    );
 }
 
 fn check_decode(tok: &Tokenizer, what: &str) {
@@ -40,7 +52,11 @@ fn check_decode(tok: &Tokenizer, what: &str) {
         let want = case["decoded"].as_str().unwrap_or(&text);
         assert_eq!(tok.decode(&ids), want, "{what}: decode of {text:?}");
         if case["roundtrip"].as_bool() == Some(true) {
-            assert_eq!(tok.decode(&tok.encode(&text).unwrap()), text, "{what}: round trip of {text:?}");
+            assert_eq!(
+                tok.decode(&tok.encode(&text).unwrap()),
+                text,
+                "{what}: round trip of {text:?}"
+            );
         }
     }
 }
@@ -74,7 +90,10 @@ fn check_streaming(tok: &Tokenizer) {
         let mut streamed = String::new();
         for &id in rest {
             if let Some(piece) = dec.push(tok, id) {
-                assert!(!piece.contains('\u{FFFD}') || text.contains('\u{FFFD}'), "{text:?}: emitted {piece:?}");
+                assert!(
+                    !piece.contains('\u{FFFD}') || text.contains('\u{FFFD}'),
+                    "{text:?}: emitted {piece:?}"
+                );
                 streamed.push_str(&piece);
             }
         }

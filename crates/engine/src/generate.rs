@@ -46,7 +46,12 @@ pub fn default_prefill_chunk(model: &Model) -> usize {
 }
 
 /// Generates after `prompt`, calling `on_token` with each new token as it is chosen.
-pub fn generate(model: &Model, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Result<GenerationStats> {
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<GenerationStats> {
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }

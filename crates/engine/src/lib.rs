@@ -24,7 +24,6 @@ pub use session::Session;
 pub use stream::StreamDecoder;
 pub use tokenizer::Tokenizer;
 
-
 /// Overrides of what the checkpoint says.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -56,13 +55,21 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     let tokenizer = if opts.no_tokenizer {
         None
     } else if let Some(t) = &opts.tokenizer {
-        Some(Tokenizer::from_json_file(t, model.config.bos_token_id, model.config.eos_token_ids.clone())?)
+        Some(Tokenizer::from_json_file(
+            t,
+            model.config.bos_token_id,
+            model.config.eos_token_ids.clone(),
+        )?)
     } else if let Some(g) = &ckpt.gguf {
         Tokenizer::from_gguf(g)?
     } else {
         let file = path.join("tokenizer.json");
         if file.exists() {
-            Some(Tokenizer::from_json_file(&file, model.config.bos_token_id, model.config.eos_token_ids.clone())?)
+            Some(Tokenizer::from_json_file(
+                &file,
+                model.config.bos_token_id,
+                model.config.eos_token_ids.clone(),
+            )?)
         } else {
             None
         }
@@ -80,10 +87,14 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     let is_json = path.extension().is_some_and(|e| e == "json");
     if path.is_file() && !is_json {
         let g = bora_model::gguf::GgufFile::open(path)?;
-        return Tokenizer::from_gguf(&g)?.ok_or_else(|| EngineError::NoTokenizer(path.to_path_buf()));
+        return Tokenizer::from_gguf(&g)?
+            .ok_or_else(|| EngineError::NoTokenizer(path.to_path_buf()));
     }
     let (file, dir) = if is_json {
-        (path.to_path_buf(), path.parent().map(Path::to_path_buf).unwrap_or_default())
+        (
+            path.to_path_buf(),
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        )
     } else {
         (path.join("tokenizer.json"), path.to_path_buf())
     };
@@ -104,13 +115,19 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         .unwrap_or_default();
     let id = |v: &serde_json::Value| v.as_u64().map(|x| x as u32);
     let bos = config.get("bos_token_id").and_then(id);
-    let eos = config.get("eos_token_id").and_then(id).into_iter().collect();
+    let eos = config
+        .get("eos_token_id")
+        .and_then(id)
+        .into_iter()
+        .collect();
     Tokenizer::from_json_file(&file, bos, eos)
 }
 
 impl Engine {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| EngineError::NoTokenizer(self.path.clone()))
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::NoTokenizer(self.path.clone()))
     }
 
     /// Tokens that end generation: the tokenizer's EOS, else the config's.

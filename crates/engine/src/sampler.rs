@@ -117,7 +117,10 @@ impl Sampler {
         let mut c: Vec<Candidate> = logits
             .iter()
             .enumerate()
-            .map(|(i, &logit)| Candidate { id: i as u32, logit })
+            .map(|(i, &logit)| Candidate {
+                id: i as u32,
+                logit,
+            })
             .collect();
         if p.repeat_penalty != 1.0 {
             penalize_repeats(&mut c, history, p.repeat_last_n, p.repeat_penalty);
@@ -167,7 +170,11 @@ fn penalize_repeats(c: &mut [Candidate], history: &[u32], last_n: usize, penalty
     for &id in &history[start..] {
         if seen.insert(id) {
             if let Some(x) = c.get_mut(id as usize) {
-                x.logit = if x.logit > 0.0 { x.logit / penalty } else { x.logit * penalty };
+                x.logit = if x.logit > 0.0 {
+                    x.logit / penalty
+                } else {
+                    x.logit * penalty
+                };
             }
         }
     }
@@ -176,7 +183,10 @@ fn penalize_repeats(c: &mut [Candidate], history: &[u32], last_n: usize, penalty
 /// Probabilities of sorted candidates at a temperature.
 fn softmax_of(c: &[Candidate], temperature: f32) -> Vec<f32> {
     let max = c.first().map_or(0.0, |x| x.logit);
-    let mut p: Vec<f32> = c.iter().map(|x| ((x.logit - max) / temperature).exp()).collect();
+    let mut p: Vec<f32> = c
+        .iter()
+        .map(|x| ((x.logit - max) / temperature).exp())
+        .collect();
     let s: f32 = p.iter().sum();
     for v in &mut p {
         *v /= s;
@@ -252,8 +262,20 @@ mod tests {
     fn min_p_and_top_p_cut_the_tail() {
         let logits = [5.0, 0.0, -5.0];
         for params in [
-            SamplingParams { min_p: 0.5, top_p: 1.0, top_k: 0, temperature: 1.0, ..SamplingParams::default() },
-            SamplingParams { min_p: 0.0, top_p: 0.5, top_k: 0, temperature: 1.0, ..SamplingParams::default() },
+            SamplingParams {
+                min_p: 0.5,
+                top_p: 1.0,
+                top_k: 0,
+                temperature: 1.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                min_p: 0.0,
+                top_p: 0.5,
+                top_k: 0,
+                temperature: 1.0,
+                ..SamplingParams::default()
+            },
         ] {
             let mut s = Sampler::new(params).unwrap();
             assert!((0..200).all(|_| s.sample(&logits, &[]) == 0));
@@ -262,7 +284,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(SamplingParams { top_p: 0.0, ..SamplingParams::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: -1.0, ..SamplingParams::default() }.validate().is_err());
+        assert!(SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_err());
+        assert!(SamplingParams {
+            temperature: -1.0,
+            ..SamplingParams::default()
+        }
+        .validate()
+        .is_err());
     }
 }

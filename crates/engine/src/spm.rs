@@ -20,7 +20,13 @@ pub struct SpmVocab {
 }
 
 impl SpmVocab {
-    pub fn new(pieces: Vec<String>, scores: Vec<f32>, types: Vec<i32>, unk: Option<u32>, add_space_prefix: bool) -> Self {
+    pub fn new(
+        pieces: Vec<String>,
+        scores: Vec<f32>,
+        types: Vec<i32>,
+        unk: Option<u32>,
+        add_space_prefix: bool,
+    ) -> Self {
         let mut index = HashMap::with_capacity(pieces.len());
         let mut byte_ids = [None; 256];
         for (i, p) in pieces.iter().enumerate() {
@@ -71,7 +77,10 @@ impl SpmVocab {
         }
         s.extend(text.chars().map(|c| if c == ' ' { SPACE } else { c }));
         // Symbols as byte ranges of `s`, merged pairwise by the score of the merged piece.
-        let mut syms: Vec<(usize, usize)> = s.char_indices().map(|(i, c)| (i, i + c.len_utf8())).collect();
+        let mut syms: Vec<(usize, usize)> = s
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
         loop {
             let mut best: Option<(f32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
@@ -94,10 +103,7 @@ impl SpmVocab {
                 Some(&id) => ids.push(id),
                 None => {
                     for byte in piece.bytes() {
-                        match self.byte_ids[byte as usize].or(self.unk) {
-                            Some(id) => ids.push(id),
-                            None => {}
-                        }
+                        ids.extend(self.byte_ids[byte as usize].or(self.unk));
                     }
                 }
             }
@@ -107,7 +113,9 @@ impl SpmVocab {
 
     /// The bytes a token stands for: `▁` → space, `<0xXX>` → that byte, control → nothing.
     pub fn token_bytes(&self, id: u32, out: &mut Vec<u8>) {
-        let Some(p) = self.pieces.get(id as usize) else { return };
+        let Some(p) = self.pieces.get(id as usize) else {
+            return;
+        };
         match self.types.get(id as usize).copied() {
             Some(TYPE_CONTROL) => {}
             Some(TYPE_BYTE) => out.extend(parse_byte_piece(p)),
@@ -142,10 +150,12 @@ mod tests {
     use super::*;
 
     fn toy() -> SpmVocab {
-        let pieces: Vec<String> = ["<unk>", "<s>", "</s>", "▁", "h", "i", "▁h", "▁hi", "<0xC3>", "<0xA9>"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let pieces: Vec<String> = [
+            "<unk>", "<s>", "</s>", "▁", "h", "i", "▁h", "▁hi", "<0xC3>", "<0xA9>",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -0.5, -0.1, 0.0, 0.0];
         let types = vec![2, 3, 3, 1, 1, 1, 1, 1, 6, 6];
         SpmVocab::new(pieces, scores, types, Some(0), true)

@@ -47,6 +47,7 @@ impl StreamDecoder {
         let before = tok.decode(&self.ids[self.prefix..self.read]);
         let now = tok.decode(&self.ids[self.prefix..]);
         self.read = self.ids.len();
-        (now.len() > before.len() && now.starts_with(&before)).then(|| now[before.len()..].to_string())
+        (now.len() > before.len() && now.starts_with(&before))
+            .then(|| now[before.len()..].to_string())
     }
 }

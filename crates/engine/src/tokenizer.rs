@@ -18,7 +18,7 @@ use crate::spm::{SpmVocab, TYPE_CONTROL};
 
 enum Backend {
     Hf(Box<tokenizers::Tokenizer>),
-    Spm(SpmVocab),
+    Spm(Box<SpmVocab>),
 }
 
 pub struct Tokenizer {
@@ -38,7 +38,8 @@ impl Tokenizer {
             path: path.to_path_buf(),
             msg,
         };
-        let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
+        let tk =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
         let mut bos = bos.or_else(|| tk.token_to_id("<s>"));
         let mut add_bos = bos.is_some();
         if let Some(cfg) = path
@@ -51,10 +52,17 @@ impl Tokenizer {
                 add_bos = b;
             }
             if bos.is_none() {
-                bos = cfg.get("bos_token").and_then(|v| v.as_str()).and_then(|s| tk.token_to_id(s));
+                bos = cfg
+                    .get("bos_token")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| tk.token_to_id(s));
             }
         }
-        let eos = if eos.is_empty() { tk.token_to_id("</s>").into_iter().collect() } else { eos };
+        let eos = if eos.is_empty() {
+            tk.token_to_id("</s>").into_iter().collect()
+        } else {
+            eos
+        };
         Ok(Self {
             backend: Backend::Hf(Box::new(tk)),
             source: path.to_path_buf(),
@@ -79,7 +87,11 @@ impl Tokenizer {
                 .and_then(Value::as_array)
                 .ok_or_else(|| err(format!("'{key}' is missing or not an array")))?;
             arr.iter()
-                .map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("'{key}' holds a non-string"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| err(format!("'{key}' holds a non-string")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -87,28 +99,52 @@ impl Tokenizer {
             Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect(),
             None => vec![1; tokens.len()],
         };
-        let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        let id = |k: &str| {
+            g.get(k)
+                .and_then(Value::as_u64)
+                .map(|v| v as u32)
+                .filter(|&v| (v as usize) < tokens.len())
+        };
         let flag = |k: &str| g.get(k).and_then(Value::as_bool);
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         let (backend, default_add_bos) = match model {
             "llama" => {
-                let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
-                    Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-                    None => vec![0.0; tokens.len()],
-                };
+                let scores: Vec<f32> =
+                    match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+                        Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                        None => vec![0.0; tokens.len()],
+                    };
                 let add_space = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 let unk = id("tokenizer.ggml.unknown_token_id");
-                (Backend::Spm(SpmVocab::new(tokens, scores, types, unk, add_space)), true)
+                (
+                    Backend::Spm(Box::new(SpmVocab::new(
+                        tokens, scores, types, unk, add_space,
+                    ))),
+                    true,
+                )
             }
             "gpt2" => {
                 let merges = strings("tokenizer.ggml.merges")?;
-                let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-                (Backend::Hf(Box::new(byte_level_bpe(tokens, &types, merges, pre).map_err(err)?)), false)
+                let pre = g
+                    .get("tokenizer.ggml.pre")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                (
+                    Backend::Hf(Box::new(
+                        byte_level_bpe(tokens, &types, merges, pre).map_err(err)?,
+                    )),
+                    false,
+                )
             }
-            other => return Err(err(format!("tokenizer model '{other}' is not supported (llama and gpt2 are)"))),
+            other => {
+                return Err(err(format!(
+                    "tokenizer model '{other}' is not supported (llama and gpt2 are)"
+                )))
+            }
         };
-        let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos.is_some();
+        let add_bos =
+            flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos.is_some();
         Ok(Some(Self {
             backend,
             source: g.path().to_path_buf(),
@@ -172,7 +208,9 @@ impl Tokenizer {
     pub fn is_control(&self, id: u32) -> bool {
         match &self.backend {
             Backend::Spm(v) => v.is_control(id),
-            Backend::Hf(t) => t.get_added_vocabulary().is_special_token(&t.id_to_token(id).unwrap_or_default()),
+            Backend::Hf(t) => t
+                .get_added_vocabulary()
+                .is_special_token(&t.id_to_token(id).unwrap_or_default()),
         }
     }
 }
@@ -190,10 +228,20 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     })
 }
 
-fn byte_level_bpe(tokens: Vec<String>, types: &[i32], merges: Vec<String>, pre: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
-    let regexes = pre_tokenizer_regexes(pre)
-        .ok_or_else(|| format!("pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported yet"))?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+fn byte_level_bpe(
+    tokens: Vec<String>,
+    types: &[i32],
+    merges: Vec<String>,
+    pre: &str,
+) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let regexes = pre_tokenizer_regexes(pre).ok_or_else(|| {
+        format!("pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported yet")
+    })?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges: Vec<(String, String)> = merges
         .iter()
         .map(|m| {
@@ -214,8 +262,12 @@ fn byte_level_bpe(tokens: Vec<String>, types: &[i32], merges: Vec<String>, pre: 
             steps.push(Digits::new(true).into());
             continue;
         }
-        let split = Split::new(SplitPattern::Regex(r.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| format!("bad split regex: {e}"))?;
+        let split = Split::new(
+            SplitPattern::Regex(r.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| format!("bad split regex: {e}"))?;
         steps.push(split.into());
     }
     steps.push(ByteLevel::new(false, false, false).into());

@@ -201,7 +201,9 @@ mod tests {
 
     /// Deterministic pseudo-random bytes/floats for kernel tests.
     fn lcg(seed: &mut u64) -> u32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (*seed >> 33) as u32
     }
 
@@ -261,7 +263,11 @@ mod tests {
                 dequantize_row(dtype, &row, &mut w);
                 let reference: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
                 let got = dot_row(dtype, &row, &x) as f64;
-                let scale: f64 = w.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let scale: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
                 assert!(
                     (got - reference).abs() <= 1e-5 * scale.max(1.0),
                     "{dtype} n={n}: {got} vs {reference}"

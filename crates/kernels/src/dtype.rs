@@ -50,7 +50,7 @@ impl DType {
     /// Bytes taken by one row of `cols` elements, or an error if the row splits a block.
     pub fn row_bytes(self, cols: usize) -> Result<usize, DTypeError> {
         let block = self.block_elems();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(DTypeError::RaggedRow {
                 dtype: self,
                 cols,

@@ -60,7 +60,11 @@ fn rows_per_task(rows: usize) -> usize {
 /// For a batch, a row is expanded to f32 once and reused by every token.
 pub fn matmul(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len() % cols, 0, "activation length is not a multiple of cols");
+    assert_eq!(
+        x.len() % cols,
+        0,
+        "activation length is not a multiple of cols"
+    );
     let t = x.len() / cols;
     assert_eq!(out.len(), t * rows, "output has the wrong length");
     let chunk = rows_per_task(rows);
@@ -100,11 +104,15 @@ mod tests {
     #[test]
     fn batched_matmul_matches_per_row_dots() {
         let (rows, cols) = (37, 64);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5)
+            .collect();
         let bytes: &[u8] = bytemuck::cast_slice(&w);
         let m = MatRef::new(DType::F32, rows, cols, bytes).unwrap();
         for t in [1usize, 2, 5] {
-            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5).collect();
+            let x: Vec<f32> = (0..t * cols)
+                .map(|i| ((i * 31) % 17) as f32 / 17.0 - 0.5)
+                .collect();
             let mut out = vec![0f32; t * rows];
             matmul(&m, &x, &mut out);
             for ti in 0..t {

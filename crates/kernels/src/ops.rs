@@ -92,7 +92,9 @@ mod tests {
         let mut halves = x.clone();
         rope(&mut halves, &cos, &sin, RopeLayout::SplitHalves);
         // Converter permutation: interleaved[2i] = halves[i], interleaved[2i+1] = halves[i+d/2].
-        let mut inter: Vec<f32> = (0..d).map(|j| x[if j % 2 == 0 { j / 2 } else { j / 2 + d / 2 }]).collect();
+        let mut inter: Vec<f32> = (0..d)
+            .map(|j| x[if j % 2 == 0 { j / 2 } else { j / 2 + d / 2 }])
+            .collect();
         rope(&mut inter, &cos, &sin, RopeLayout::Interleaved);
         for i in 0..d / 2 {
             assert!((inter[2 * i] - halves[i]).abs() < 1e-6);

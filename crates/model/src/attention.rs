@@ -23,7 +23,14 @@ pub struct QueryRow<'a> {
 
 /// `out[t, h] = softmax(q[t,h]·K/√d) · V` over keys `pos−W+1 ..= pos` of row t's sequence.
 /// `q` and `out` are `[T, n_heads·head_dim]`.
-pub fn attend(pool: &KvPool, layer: usize, shape: &AttentionShape, rows: &[QueryRow<'_>], q: &[f32], out: &mut [f32]) {
+pub fn attend(
+    pool: &KvPool,
+    layer: usize,
+    shape: &AttentionShape,
+    rows: &[QueryRow<'_>],
+    q: &[f32],
+    out: &mut [f32],
+) {
     let hd = shape.head_dim;
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / shape.n_heads, i % shape.n_heads);
@@ -32,7 +39,15 @@ pub fn attend(pool: &KvPool, layer: usize, shape: &AttentionShape, rows: &[Query
     });
 }
 
-fn attend_one(pool: &KvPool, layer: usize, shape: &AttentionShape, row: &QueryRow<'_>, head: usize, q: &[f32], out: &mut [f32]) {
+fn attend_one(
+    pool: &KvPool,
+    layer: usize,
+    shape: &AttentionShape,
+    row: &QueryRow<'_>,
+    head: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
     let hd = shape.head_dim;
     let kv_dim = shape.n_kv_heads * hd;
     let kv_head = head / (shape.n_heads / shape.n_kv_heads);

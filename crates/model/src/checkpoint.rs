@@ -36,7 +36,8 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         };
-        let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut magic).map_err(io)?;
+        let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut magic)
+            .map_err(io)?;
         if n == 4 && &magic == b"GGUF" {
             let g = GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&g)?;
@@ -49,7 +50,10 @@ impl Checkpoint {
             });
         }
         if path.extension().is_some_and(|e| e == "gguf") {
-            return Err(ModelError::format(path, format!("bad magic {magic:?}: not a GGUF file")));
+            return Err(ModelError::format(
+                path,
+                format!("bad magic {magic:?}: not a GGUF file"),
+            ));
         }
         Err(ModelError::UnknownFormat {
             path: path.to_path_buf(),
@@ -77,10 +81,12 @@ impl Checkpoint {
     }
 
     pub fn tensor(&self, name: &str) -> Result<&TensorRef> {
-        self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 }
 
@@ -98,12 +104,18 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| ModelError::format(&index, "no 'weight_map' object"))?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         for f in &files {
             if f.contains("..") || f.starts_with('/') {
-                return Err(ModelError::format(&index, format!("weight file '{f}' escapes the folder")));
+                return Err(ModelError::format(
+                    &index,
+                    format!("weight file '{f}' escapes the folder"),
+                ));
             }
         }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -122,7 +134,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::format(dir, "no *.safetensors weight files in this folder"));
+        return Err(ModelError::format(
+            dir,
+            "no *.safetensors weight files in this folder",
+        ));
     }
     Ok(files)
 }

@@ -69,27 +69,50 @@ impl ModelConfig {
                 return Err(ModelError::config(source, field, "must be positive"));
             }
             if v > 1 << 24 {
-                return Err(ModelError::config(source, field, format!("{v} is implausibly large")));
+                return Err(ModelError::config(
+                    source,
+                    field,
+                    format!("{v} is implausibly large"),
+                ));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ModelError::config(
                 source,
                 "num_key_value_heads",
-                format!("{} query heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads),
+                format!(
+                    "{} query heads cannot be grouped over {} KV heads",
+                    self.n_heads, self.n_kv_heads
+                ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(ModelError::config(source, "head_dim", format!("{} is odd; RoPE needs pairs", self.head_dim)));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(ModelError::config(
+                source,
+                "head_dim",
+                format!("{} is odd; RoPE needs pairs", self.head_dim),
+            ));
         }
         if self.sliding_window == Some(0) {
-            return Err(ModelError::config(source, "sliding_window", "must be positive or null"));
+            return Err(ModelError::config(
+                source,
+                "sliding_window",
+                "must be positive or null",
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(ModelError::config(source, "rope_theta", format!("{} is not a positive number", self.rope_theta)));
+            return Err(ModelError::config(
+                source,
+                "rope_theta",
+                format!("{} is not a positive number", self.rope_theta),
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return Err(ModelError::config(source, "rms_norm_eps", "must be a non-negative number"));
+            return Err(ModelError::config(
+                source,
+                "rms_norm_eps",
+                "must be a non-negative number",
+            ));
         }
         if let Some(m) = self.moe {
             if m.top_k == 0 || m.top_k > m.n_experts {
@@ -120,18 +143,27 @@ impl ModelConfig {
             }
         };
         let usize_field = |name: &str| -> Result<usize> {
-            let v = j.get(name).ok_or_else(|| ModelError::config(source, name, "missing"))?;
-            v.as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| ModelError::config(source, name, format!("expected a non-negative integer, got {v}")))
+            let v = j
+                .get(name)
+                .ok_or_else(|| ModelError::config(source, name, "missing"))?;
+            v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                ModelError::config(
+                    source,
+                    name,
+                    format!("expected a non-negative integer, got {v}"),
+                )
+            })
         };
         let opt_usize = |name: &str| -> Result<Option<usize>> {
             match j.get(name) {
                 None | Some(Json::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(|v| Some(v as usize))
-                    .ok_or_else(|| ModelError::config(source, name, format!("expected an integer or null, got {v}"))),
+                Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                    ModelError::config(
+                        source,
+                        name,
+                        format!("expected an integer or null, got {v}"),
+                    )
+                }),
             }
         };
         let hidden_size = usize_field("hidden_size")?;
@@ -139,8 +171,7 @@ impl ModelConfig {
         let n_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
         let head_dim = match opt_usize("head_dim")? {
             Some(d) => d,
-            None if n_heads > 0 => hidden_size / n_heads,
-            None => 0,
+            None => hidden_size.checked_div(n_heads).unwrap_or(0),
         };
         // transformers 5 nests RoPE settings in `rope_parameters`; real checkpoints keep
         // `rope_theta` (and maybe `rope_scaling`) at the top level.
@@ -148,7 +179,11 @@ impl ModelConfig {
         let rope_theta = j
             .get("rope_theta")
             .or_else(|| rope_params.and_then(|p| p.get("rope_theta")))
-            .map(|v| v.as_f64().ok_or_else(|| ModelError::config(source, "rope_theta", format!("expected a number, got {v}"))))
+            .map(|v| {
+                v.as_f64().ok_or_else(|| {
+                    ModelError::config(source, "rope_theta", format!("expected a number, got {v}"))
+                })
+            })
             .transpose()?
             .unwrap_or(10000.0);
         for scaling in [j.get("rope_scaling"), rope_params] {
@@ -157,7 +192,11 @@ impl ModelConfig {
                 .and_then(Json::as_str)
                 .unwrap_or("default");
             if kind != "default" {
-                return Err(ModelError::config(source, "rope_scaling", format!("RoPE scaling '{kind}' is not supported")));
+                return Err(ModelError::config(
+                    source,
+                    "rope_scaling",
+                    format!("RoPE scaling '{kind}' is not supported"),
+                ));
             }
         }
         let rms_eps = j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32;
@@ -175,7 +214,10 @@ impl ModelConfig {
         let ids = |name: &str| -> Vec<u32> {
             match j.get(name) {
                 Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-                Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+                Some(Json::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64().map(|v| v as u32))
+                    .collect(),
                 _ => vec![],
             }
         };
@@ -193,7 +235,10 @@ impl ModelConfig {
             rms_eps,
             sliding_window,
             max_context: opt_usize("max_position_embeddings")?.unwrap_or(4096),
-            tie_embeddings: j.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            tie_embeddings: j
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
             moe,
             bos_token_id: ids("bos_token_id").first().copied(),
             eos_token_ids: ids("eos_token_id"),
@@ -205,7 +250,10 @@ impl ModelConfig {
     /// From GGUF metadata (`general.architecture` = llama; Q/K rows in the interleaved layout).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let source = g.path().display().to_string();
-        let arch_name = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("(missing)");
+        let arch_name = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(missing)");
         if arch_name != "llama" {
             return Err(ModelError::UnsupportedArch {
                 source_name: source,
@@ -215,10 +263,12 @@ impl ModelConfig {
         let key = |k: &str| format!("llama.{k}");
         let req = |k: &str| -> Result<usize> {
             let full = key(k);
-            let v = g.get(&full).ok_or_else(|| ModelError::config(&source, &full, "missing"))?;
-            v.as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| ModelError::config(&source, &full, format!("expected an integer, got {v:?}")))
+            let v = g
+                .get(&full)
+                .ok_or_else(|| ModelError::config(&source, &full, "missing"))?;
+            v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                ModelError::config(&source, &full, format!("expected an integer, got {v:?}"))
+            })
         };
         let opt = |k: &str| g.get(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
         let hidden_size = req("embedding_length")?;
@@ -226,15 +276,25 @@ impl ModelConfig {
         let n_kv_heads = opt("attention.head_count_kv").unwrap_or(n_heads);
         let head_dim = opt("attention.key_length")
             .or(opt("rope.dimension_count"))
-            .unwrap_or(if n_heads > 0 { hidden_size / n_heads } else { 0 });
+            .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let vocab_size = match opt("vocab_size") {
             Some(v) => v,
             None => g
                 .get("tokenizer.ggml.tokens")
                 .and_then(|t| t.as_array())
                 .map(|a| a.len())
-                .or_else(|| g.tensors.get("token_embd.weight").and_then(|t| t.shape.first().copied()))
-                .ok_or_else(|| ModelError::config(&source, "llama.vocab_size", "missing, and no vocabulary to count"))?,
+                .or_else(|| {
+                    g.tensors
+                        .get("token_embd.weight")
+                        .and_then(|t| t.shape.first().copied())
+                })
+                .ok_or_else(|| {
+                    ModelError::config(
+                        &source,
+                        "llama.vocab_size",
+                        "missing, and no vocabulary to count",
+                    )
+                })?,
         };
         let moe = match opt("expert_count") {
             Some(n) if n > 0 => Some(MoeConfig {
@@ -249,7 +309,11 @@ impl ModelConfig {
             .and_then(|v| v.as_f64())
             .unwrap_or(1e-5) as f32;
         let cfg = ModelConfig {
-            arch: if moe.is_some() { Arch::Mixtral } else { Arch::Llama },
+            arch: if moe.is_some() {
+                Arch::Mixtral
+            } else {
+                Arch::Llama
+            },
             vocab_size,
             hidden_size,
             intermediate_size: req("feed_forward_length")?,
@@ -257,7 +321,10 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rope_theta: g
+                .get(&key("rope.freq_base"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0),
             rope_layout: RopeLayout::Interleaved,
             rms_eps,
             sliding_window: opt("attention.sliding_window").filter(|&w| w > 0),
@@ -305,13 +372,20 @@ mod tests {
 
     #[test]
     fn rejects_impossible_shapes_and_unknown_archs() {
-        let bad_heads = MISTRAL_V01.replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":5");
-        let e = ModelConfig::from_hf_json(&bad_heads, "config.json").unwrap_err().to_string();
+        let bad_heads =
+            MISTRAL_V01.replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":5");
+        let e = ModelConfig::from_hf_json(&bad_heads, "config.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_key_value_heads"), "{e}");
         let gpt2 = MISTRAL_V01.replace("\"model_type\":\"mistral\"", "\"model_type\":\"gpt2\"");
-        let e = ModelConfig::from_hf_json(&gpt2, "config.json").unwrap_err().to_string();
+        let e = ModelConfig::from_hf_json(&gpt2, "config.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported architecture 'gpt2'"), "{e}");
-        let e = ModelConfig::from_hf_json("{not json", "config.json").unwrap_err().to_string();
+        let e = ModelConfig::from_hf_json("{not json", "config.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid JSON"), "{e}");
         let zero = MISTRAL_V01.replace("\"hidden_size\":4096", "\"hidden_size\":0");
         assert!(ModelConfig::from_hf_json(&zero, "c").is_err());

@@ -33,9 +33,13 @@ pub enum ModelError {
         field: String,
         msg: String,
     },
-    #[error("{source_name}: unsupported architecture '{arch}' (bora runs mistral, mixtral and llama)")]
+    #[error(
+        "{source_name}: unsupported architecture '{arch}' (bora runs mistral, mixtral and llama)"
+    )]
     UnsupportedArch { source_name: String, arch: String },
-    #[error("{path}: not a model: expected a GGUF file or a folder with config.json and *.safetensors")]
+    #[error(
+        "{path}: not a model: expected a GGUF file or a folder with config.json and *.safetensors"
+    )]
     UnknownFormat { path: PathBuf },
     #[error("token id {id} is out of range: the vocabulary has {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },

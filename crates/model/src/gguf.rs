@@ -124,9 +124,16 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            self.err(format!("truncated: {what} needs {n} bytes, {} remain", self.bytes.len() - self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "truncated: {what} needs {n} bytes, {} remain",
+                    self.bytes.len() - self.pos
+                ))
+            })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -140,20 +147,28 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, "u8")?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, "u16")?.try_into().expect("2")))
+        Ok(u16::from_le_bytes(
+            self.take(2, "u16")?.try_into().expect("2"),
+        ))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, "u32")?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, "u32")?.try_into().expect("4"),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, "u64")?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, "u64")?.try_into().expect("8"),
+        ))
     }
 
     /// A count that will drive a loop reading items of at least `min_item` bytes each.
     fn count(&mut self, what: &str, min_item: usize) -> Result<usize> {
         let n = self.u64()?;
         if n > (self.remaining() / min_item.max(1)) as u64 {
-            return Err(self.err(format!("{what} count {n} is larger than the file could hold (truncated or corrupt file)")));
+            return Err(self.err(format!(
+                "{what} count {n} is larger than the file could hold (truncated or corrupt file)"
+            )));
         }
         Ok(n as usize)
     }
@@ -161,7 +176,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.u64()?;
         if n > self.remaining() as u64 {
-            return Err(self.err(format!("{what}: string length {n} runs past the end of the file")));
+            return Err(self.err(format!(
+                "{what}: string length {n} runs past the end of the file"
+            )));
         }
         let raw = self.take(n as usize, what)?;
         Ok(String::from_utf8_lossy(raw).into_owned())
@@ -191,7 +208,7 @@ impl<'a> Cursor<'a> {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
                     4..=6 => 4,
-                    8 | 9 | 10..=12 => 8,
+                    8..=12 => 8,
                     t => return Err(self.err(format!("unknown array element type {t}"))),
                 };
                 let n = self.count("array", min)?;
@@ -225,11 +242,17 @@ impl GgufFile {
         };
         let magic = c.take(4, "magic")?;
         if magic != b"GGUF" {
-            return Err(ModelError::format(&path, format!("bad magic {magic:?}: not a GGUF file")));
+            return Err(ModelError::format(
+                &path,
+                format!("bad magic {magic:?}: not a GGUF file"),
+            ));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(ModelError::format(&path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(ModelError::format(
+                &path,
+                format!("GGUF version {version} is not supported (2 and 3 are)"),
+            ));
         }
         // A tensor info is at least 8 (name len) + 4 + 8 + 4 + 8 bytes; a kv at least 8 + 4 + 1.
         let n_tensors = c.count("tensor", 32)?;
@@ -251,7 +274,12 @@ impl GgufFile {
             None => 32,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
-                _ => return Err(ModelError::format(&path, format!("general.alignment {v:?} is not a power of two"))),
+                _ => {
+                    return Err(ModelError::format(
+                        &path,
+                        format!("general.alignment {v:?} is not a power of two"),
+                    ))
+                }
             },
         };
         struct Info {
@@ -265,12 +293,20 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32()?;
             if n_dims == 0 || n_dims > 4 {
-                return Err(ModelError::format(&path, format!("tensor '{name}' has {n_dims} dimensions (1 to 4 allowed)")));
+                return Err(ModelError::format(
+                    &path,
+                    format!("tensor '{name}' has {n_dims} dimensions (1 to 4 allowed)"),
+                ));
             }
             let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
             let ty = c.u32()?;
             let offset = c.u64()?;
-            infos.push(Info { name, dims, ty, offset });
+            infos.push(Info {
+                name,
+                dims,
+                ty,
+                offset,
+            });
         }
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let data_len = bytes.len().saturating_sub(data_start);
@@ -288,8 +324,9 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .filter(|&n| n <= usize::MAX as u64 / 8)
-                .ok_or_else(|| bad(format!("dimensions {:?} overflow", info.dims)))? as usize;
-            if info.dims[0] as usize % block_elems != 0 {
+                .ok_or_else(|| bad(format!("dimensions {:?} overflow", info.dims)))?
+                as usize;
+            if !(info.dims[0] as usize).is_multiple_of(block_elems) {
                 return Err(bad(format!(
                     "row length {} is not a multiple of the {} block size {block_elems}",
                     info.dims[0],
@@ -298,7 +335,10 @@ impl GgufFile {
             }
             let size = numel / block_elems * block_bytes;
             if info.offset % alignment as u64 != 0 {
-                return Err(bad(format!("data offset {} is not aligned to {alignment}", info.offset)));
+                return Err(bad(format!(
+                    "data offset {} is not aligned to {alignment}",
+                    info.offset
+                )));
             }
             let end = info.offset.checked_add(size as u64);
             if end.is_none_or(|e| e > data_len as u64) {
@@ -307,7 +347,8 @@ impl GgufFile {
                     info.offset
                 )));
             }
-            let dtype = DType::from_ggml_id(info.ty).ok_or_else(|| ggml_type_name(info.ty).to_string());
+            let dtype =
+                DType::from_ggml_id(info.ty).ok_or_else(|| ggml_type_name(info.ty).to_string());
             let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
             tensors.insert(
                 info.name.clone(),

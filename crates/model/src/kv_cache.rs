@@ -113,7 +113,13 @@ impl KvPool {
     }
 
     /// K and V of `n` consecutive slots of one block in one layer: `[n, kv_dim]` each.
-    pub fn block_slots(&self, block: u32, layer: usize, first: usize, n: usize) -> (&[f32], &[f32]) {
+    pub fn block_slots(
+        &self,
+        block: u32,
+        layer: usize,
+        first: usize,
+        n: usize,
+    ) -> (&[f32], &[f32]) {
         let o = self.offset(block, layer, first);
         let len = n * self.layout.kv_dim();
         (&self.k[o..o + len], &self.v[o..o + len])
@@ -152,7 +158,12 @@ impl SeqKv {
 
     /// Makes room for `n_new` positions from `len` on. Blocks that no query of this step or
     /// later can see are recycled first.
-    pub fn prepare(&mut self, pool: &mut KvPool, n_new: usize, window: Option<usize>) -> Result<()> {
+    pub fn prepare(
+        &mut self,
+        pool: &mut KvPool,
+        n_new: usize,
+        window: Option<usize>,
+    ) -> Result<()> {
         self.recycle(pool, window);
         let b = pool.layout.block_size;
         let last = self.len + n_new;

@@ -41,7 +41,11 @@ impl Model {
         config.validate(&ckpt.path.display().to_string())?;
         let weights = ModelWeights::load(ckpt, &config)?;
         let rope = Rope::new(config.head_dim, config.rope_theta);
-        Ok(Self { config, weights, rope })
+        Ok(Self {
+            config,
+            weights,
+            rope,
+        })
     }
 
     pub fn kv_layout(&self, block_size: usize) -> KvLayout {
@@ -101,15 +105,24 @@ impl Model {
             .iter()
             .flat_map(|s| {
                 let kv: &SeqKv = s.kv;
-                (0..s.tokens.len()).map(move |i| QueryRow { kv, pos: kv.len() + i })
+                (0..s.tokens.len()).map(move |i| QueryRow {
+                    kv,
+                    pos: kv.len() + i,
+                })
             })
             .collect();
-        let tokens: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let tokens: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
         let t = tokens.len();
         let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
         let angles = self.rope.angles(&positions);
         let block_size = pool.layout().block_size;
-        let slots: Vec<(u32, usize)> = rows.iter().map(|r| r.kv.locate(r.pos, block_size)).collect();
+        let slots: Vec<(u32, usize)> = rows
+            .iter()
+            .map(|r| r.kv.locate(r.pos, block_size))
+            .collect();
 
         let embed = self.weights.embed.mat();
         let mut x = vec![0f32; t * h]; // [T, hidden] residual stream
@@ -140,7 +153,12 @@ impl Model {
                 for head in k[ti * kvd..(ti + 1) * kvd].chunks_exact_mut(hd) {
                     ops::rope(head, cos, sin, cfg.rope_layout);
                 }
-                pool.write(slots[ti], li, &k[ti * kvd..(ti + 1) * kvd], &v[ti * kvd..(ti + 1) * kvd]);
+                pool.write(
+                    slots[ti],
+                    li,
+                    &k[ti * kvd..(ti + 1) * kvd],
+                    &v[ti * kvd..(ti + 1) * kvd],
+                );
             }
             attend(pool, li, &shape, &rows, &q, &mut att);
             matmul(&layer.wo.mat(), &att, &mut delta);
@@ -177,7 +195,12 @@ impl Model {
         }
         let mut xn = vec![0f32; picked.len() * h];
         for (dst, &(_, r)) in xn.chunks_exact_mut(h).zip(&picked) {
-            ops::rms_norm(&x[r * h..(r + 1) * h], &self.weights.final_norm, self.config.rms_eps, dst);
+            ops::rms_norm(
+                &x[r * h..(r + 1) * h],
+                &self.weights.final_norm,
+                self.config.rms_eps,
+                dst,
+            );
         }
         let mut all = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {

@@ -46,9 +46,15 @@ impl Role {
                 Up(l) => format!("model.layers.{l}.mlp.up_proj.weight"),
                 Down(l) => format!("model.layers.{l}.mlp.down_proj.weight"),
                 Router(l) => format!("model.layers.{l}.block_sparse_moe.gate.weight"),
-                ExpertGate(l, e) => format!("model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight"),
-                ExpertDown(l, e) => format!("model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight"),
-                ExpertUp(l, e) => format!("model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight"),
+                ExpertGate(l, e) => {
+                    format!("model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight")
+                }
+                ExpertDown(l, e) => {
+                    format!("model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight")
+                }
+                ExpertUp(l, e) => {
+                    format!("model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight")
+                }
             },
             Format::Gguf => match self {
                 Embed => "token_embd.weight".into(),

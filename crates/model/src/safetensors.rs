@@ -26,13 +26,19 @@ pub fn read_directory(path: &Path) -> Result<BTreeMap<String, TensorRef>> {
     let file = MappedFile::open(path)?;
     let bytes = file.bytes();
     if bytes.len() < 8 {
-        return Err(ModelError::format(path, "truncated: shorter than the 8-byte header length"));
+        return Err(ModelError::format(
+            path,
+            "truncated: shorter than the 8-byte header length",
+        ));
     }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if header_len > MAX_HEADER || 8 + header_len > bytes.len() as u64 {
         return Err(ModelError::format(
             path,
-            format!("header length {header_len} runs past the end of the file ({} bytes)", bytes.len()),
+            format!(
+                "header length {header_len} runs past the end of the file ({} bytes)",
+                bytes.len()
+            ),
         ));
     }
     let data_start = 8 + header_len as usize;
@@ -49,8 +55,8 @@ pub fn read_directory(path: &Path) -> Result<BTreeMap<String, TensorRef>> {
             name: name.clone(),
             msg,
         };
-        let entry: Entry =
-            serde_json::from_value(value).map_err(|e| bad(format!("malformed header entry: {e}")))?;
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|e| bad(format!("malformed header entry: {e}")))?;
         let dtype = match entry.dtype.as_str() {
             "F32" => Ok(DType::F32),
             "F16" => Ok(DType::F16),

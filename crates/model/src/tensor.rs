@@ -85,7 +85,10 @@ impl Weight {
             return Err(ModelError::Tensor {
                 path: t.file.path().to_path_buf(),
                 name: t.name.clone(),
-                msg: format!("{} bytes do not hold {rows}×{cols} elements of {dtype}", t.len),
+                msg: format!(
+                    "{} bytes do not hold {rows}×{cols} elements of {dtype}",
+                    t.len
+                ),
             });
         }
         Ok(Self {

@@ -76,7 +76,11 @@ impl Loader<'_> {
                 t.expect_shape(&[n, rows, cols])?;
                 Weight::from_tensor(t, n * rows, cols)
             };
-            let (g, u, d) = (stacked(&g, ff, hidden)?, stacked(&u, ff, hidden)?, stacked(&d, hidden, ff)?);
+            let (g, u, d) = (
+                stacked(&g, ff, hidden)?,
+                stacked(&u, ff, hidden)?,
+                stacked(&d, hidden, ff)?,
+            );
             return Ok((0..n)
                 .map(|e| Mlp {
                     gate: g.slice_rows(e * ff, ff),
@@ -88,7 +92,11 @@ impl Loader<'_> {
         (0..n)
             .map(|e| {
                 self.mlp(
-                    [Role::ExpertGate(layer, e), Role::ExpertUp(layer, e), Role::ExpertDown(layer, e)],
+                    [
+                        Role::ExpertGate(layer, e),
+                        Role::ExpertUp(layer, e),
+                        Role::ExpertDown(layer, e),
+                    ],
                     hidden,
                     ff,
                 )
@@ -156,7 +164,9 @@ impl ModelWeights {
                     + l.wo.byte_len()
                     + match &l.ffn {
                         Ffn::Dense(m) => mlp(m),
-                        Ffn::Moe { router, experts } => router.byte_len() + experts.iter().map(mlp).sum::<usize>(),
+                        Ffn::Moe { router, experts } => {
+                            router.byte_len() + experts.iter().map(mlp).sum::<usize>()
+                        }
                     }
             })
             .sum();

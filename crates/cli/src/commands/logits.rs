@@ -17,9 +17,15 @@ pub fn run(a: LogitsArgs) -> Result<()> {
     };
     let limit = engine.model.config.max_context;
     if ids.len() > limit {
-        bail!("{} tokens exceed the context limit of {limit} tokens", ids.len());
+        bail!(
+            "{} tokens exceed the context limit of {limit} tokens",
+            ids.len()
+        );
     }
-    let chunk = a.model.chunk.unwrap_or_else(|| default_prefill_chunk(&engine.model));
+    let chunk = a
+        .model
+        .chunk
+        .unwrap_or_else(|| default_prefill_chunk(&engine.model));
     let mut session = Session::new(&engine.model, DEFAULT_BLOCK_SIZE, chunk);
     let flat = session.prefill(&ids, chunk, a.all)?;
     let vocab = engine.model.config.vocab_size;
@@ -36,8 +42,18 @@ pub fn run(a: LogitsArgs) -> Result<()> {
     for (i, row) in rows.iter().enumerate() {
         let mut idx: Vec<usize> = (0..row.len()).collect();
         idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
-        let top: Vec<String> = idx.iter().take(5).map(|&j| format!("{j}:{:.4}", row[j])).collect();
-        writeln!(out, "position {} (token {}): top {}", first_pos + i, ids[first_pos + i], top.join(" "))?;
+        let top: Vec<String> = idx
+            .iter()
+            .take(5)
+            .map(|&j| format!("{j}:{:.4}", row[j]))
+            .collect();
+        writeln!(
+            out,
+            "position {} (token {}): top {}",
+            first_pos + i,
+            ids[first_pos + i],
+            top.join(" ")
+        )?;
     }
     Ok(())
 }

@@ -25,7 +25,10 @@ pub(crate) fn load(args: &ModelArgs, quiet: bool) -> Result<Engine> {
             Some(w) => format!("sliding window {w}"),
             None => "full attention (no sliding window)".to_string(),
         };
-        let experts = c.moe.map(|m| format!(", {} experts top-{}", m.n_experts, m.top_k)).unwrap_or_default();
+        let experts = c
+            .moe
+            .map(|m| format!(", {} experts top-{}", m.n_experts, m.top_k))
+            .unwrap_or_default();
         eprintln!(
             "bora: {}: {:?}, {} layers, {} heads / {} KV heads{experts}, {attention}, context {}",
             args.model.display(),

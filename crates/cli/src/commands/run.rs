@@ -17,16 +17,27 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let opts = GenerateOptions {
         max_new_tokens: a.n_predict,
-        prefill_chunk: a.model.chunk.unwrap_or_else(|| default_prefill_chunk(&engine.model)),
+        prefill_chunk: a
+            .model
+            .chunk
+            .unwrap_or_else(|| default_prefill_chunk(&engine.model)),
         block_size: a.block_size,
         sampling,
-        stop_tokens: if a.ignore_eos { vec![] } else { engine.stop_tokens() },
+        stop_tokens: if a.ignore_eos {
+            vec![]
+        } else {
+            engine.stop_tokens()
+        },
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Token ids in without a tokenizer: ids out.
     let ids_only = a.print_ids || (a.ids.is_some() && engine.tokenizer.is_none());
-    let tokenizer = if ids_only { None } else { Some(engine.tokenizer()?) };
+    let tokenizer = if ids_only {
+        None
+    } else {
+        Some(engine.tokenizer()?)
+    };
     let mut stream = StreamDecoder::new(&prompt);
     if let (Some(_), Some(text)) = (tokenizer, &a.prompt) {
         write!(out, "{text}")?;
@@ -66,7 +77,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         stats.prompt_tokens_per_s(),
         stats.generated_tokens,
         stats.generated_tokens_per_s(),
-        if stats.stopped { " (end of sequence)" } else { "" }
+        if stats.stopped {
+            " (end of sequence)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -9,12 +9,19 @@ use crate::args::TokenizeArgs;
 pub fn run(a: TokenizeArgs) -> Result<()> {
     let tok = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&a.model))?;
     let tok = &tok;
-    let ids = if a.no_bos { tok.encode(&a.text)? } else { tok.encode_prompt(&a.text)? };
+    let ids = if a.no_bos {
+        tok.encode(&a.text)?
+    } else {
+        tok.encode_prompt(&a.text)?
+    };
     let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.json {
-        serde_json::to_writer(&mut out, &serde_json::json!({ "ids": ids, "pieces": pieces }))?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "ids": ids, "pieces": pieces }),
+        )?;
         writeln!(out)?;
     } else {
         for (id, p) in ids.iter().zip(&pieces) {
