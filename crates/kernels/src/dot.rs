@@ -219,7 +219,7 @@ mod tests {
         if dtype.is_quantized() {
             for blk in v.chunks_exact_mut(dtype.block_bytes()) {
                 for &o in scale_offsets {
-                    let s = (lcg(seed) as f32 / u32::MAX as f32 - 0.5) as f32;
+                    let s = lcg(seed) as f32 / u32::MAX as f32 - 0.5;
                     blk[o..o + 2].copy_from_slice(&half::f16::from_f32(s).to_le_bytes());
                 }
             }
