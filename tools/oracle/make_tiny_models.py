@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
@@ -29,6 +30,7 @@ from tinylib import (  # noqa: E402
     full_logits,
     greedy_full_recompute,
     load_hf,
+    quant_roundtrip_model,
     random_ids,
     setup_torch,
     write_f32,
@@ -38,7 +40,7 @@ from tinylib import (  # noqa: E402
 # Required top1-top2 margin at every greedy step (the spec asks for > 1e-3; we use a
 # 10x stricter bound so that f32 reordering or f16/bf16 compute can't flip a step).
 MIN_MARGIN = 1e-2
-# Required gap between the 2nd and 3rd router probability (Mixtral) for every routing
+# Required gap between the 2nd and 3rd router logit (Mixtral) for every routing
 # decision in the reference runs, so the top-2 expert choice is never a near-tie.
 MIN_ROUTER_GAP = 1e-3
 
@@ -109,7 +111,7 @@ def init_weights(model, seed: int) -> None:
         elif "embed_tokens" in name or "lm_head" in name:
             w = 0.25 * torch.randn(p.shape, generator=g)
         elif name.endswith("mlp.gate.weight"):  # Mixtral router
-            w = 0.5 * torch.randn(p.shape, generator=g)
+            w = 0.2 * torch.randn(p.shape, generator=g)
         else:
             w = 0.2 * torch.randn(p.shape, generator=g)
         p.data.copy_(round_bf16_f16(w))
@@ -124,15 +126,15 @@ def round_bf16_f16(w: torch.Tensor) -> torch.Tensor:
 
 
 def router_min_gap(model, ids: list[int]) -> float:
-    """Smallest gap between the k-th and (k+1)-th router probability over all tokens and
-    layers (how close top-k expert selection is to a tie)."""
+    """Smallest gap between the k-th and (k+1)-th router logit over all tokens and
+    layers (how close the top-k expert selection is to a tie; softmax is monotonic so the
+    logit gap is what matters for numerical robustness)."""
     gaps = []
     hooks = []
 
     def hook(mod, inp, out):
         router_logits = out[0]
-        probs = torch.softmax(router_logits.float(), dim=-1)
-        s = torch.sort(probs, dim=-1, descending=True).values
+        s = torch.sort(router_logits.float(), dim=-1, descending=True).values
         k = mod.top_k
         gaps.append(float((s[:, k - 1] - s[:, k]).min()))
 
@@ -178,8 +180,12 @@ def main() -> None:
         model = build_model(cfg_cls, cfg_kwargs)
         init_weights(model, wseed)
         if is_moe(model):
-            # Pick the first weight seed whose routing on the logits prompt has no near-tie.
-            while router_min_gap(model, prompt_ids) <= MIN_ROUTER_GAP:
+            # Pick the first weight seed whose routing on the logits prompt has no near-tie,
+            # both for the f32 weights and for their Q8_0 round trip (mixtral.q8_0.gguf).
+            def routing_ok():
+                q8 = quant_roundtrip_model(model, gguf.GGMLQuantizationType.Q8_0)
+                return min(router_min_gap(model, prompt_ids), router_min_gap(q8, prompt_ids)) > MIN_ROUTER_GAP
+            while not routing_ok():
                 wseed += 1
                 init_weights(model, wseed)
         out_dir = TINY_DIR / name
@@ -197,7 +203,13 @@ def main() -> None:
         assert logits.shape == (PROMPT_LEN, VOCAB)
         write_f32(out_dir / "logits.f32.bin", logits)
 
-        gseed, gprompt, [(gen, mm)] = pick_greedy_prompt([model], 5000 + wseed)
+        greedy_models = [model]
+        if name == "mistral_swa":
+            # One greedy prompt for f32, Q8_0 and Q4_0 (mistral_swa.{q8_0,q4_0}.greedy.json).
+            greedy_models += [quant_roundtrip_model(model, gguf.GGMLQuantizationType.Q8_0),
+                              quant_roundtrip_model(model, gguf.GGMLQuantizationType.Q4_0)]
+        gseed, gprompt, gres = pick_greedy_prompt(greedy_models, 5000 + MODELS[name][2])
+        gen, mm = gres[0]
 
         notes = [
             f"Tiny random-weight {type(model).__name__} (weight seed {wseed}), float32 compute, "
@@ -206,11 +218,17 @@ def main() -> None:
             f"logits.f32.bin: raw little-endian f32 [{PROMPT_LEN}, {VOCAB}], one full forward over prompt_ids (no cache); "
             f"prompt_ids = torch.randint(0,{VOCAB},({PROMPT_LEN},), Generator seed {LOGITS_PROMPT_SEED}).",
             f"greedy: {GREEDY_NEW} tokens by full recomputation each step (no KV cache), argmax of the last position; "
-            f"prompt seed {gseed} (first seed from {5000 + MODELS[name][2]} with every step's top1-top2 margin > {MIN_MARGIN:g}); "
+            f"prompt seed {gseed} (first seed from {5000 + MODELS[name][2]} with every step's top1-top2 margin > {MIN_MARGIN:g}"
+            + (", also for the Q8_0 and Q4_0 round-tripped weights" if name == "mistral_swa" else "")
+            + (", and every routing decision's 2nd-3rd router logit gap > %g" % MIN_ROUTER_GAP if cfg_cls == "MixtralConfig" else "")
+            + "); "
             f"min top1-top2 margin {mm:.6g}.",
             f"logits std {float(logits.std()):.4f}, mean {float(logits.mean()):.4f}.",
         ]
-        info = {"logits_std": float(logits.std()), "greedy_min_margin": mm, "greedy_seed": gseed}
+        info = {"logits_std": float(logits.std()), "greedy_min_margin": mm, "greedy_seed": gseed, "weight_seed": wseed}
+        if name == "mistral_swa":
+            info["greedy_min_margin_q8_0"] = gres[1][1]
+            info["greedy_min_margin_q4_0"] = gres[2][1]
 
         if name == "mistral_swa":
             # Check that eager attention really applies the sliding window.
@@ -238,11 +256,15 @@ def main() -> None:
             # Compare the eager per-expert loop against the other expert kernels.
             gap = router_min_gap(model, prompt_ids)
             notes.append(f"Router: softmax over 4 experts, top-2, renormalised. Weight seed chosen as the first from "
-                         f"{MODELS[name][2]} whose min gap between 2nd and 3rd router probability over all logits-prompt "
-                         f"tokens/layers is > {MIN_ROUTER_GAP:g}: {gap:.4g}. The greedy prompt also satisfies this over "
+                         f"{MODELS[name][2]} whose min gap between 2nd and 3rd router logit over all logits-prompt "
+                         f"tokens/layers is > {MIN_ROUTER_GAP:g} for both these weights and their Q8_0 round trip: {gap:.4g}. The greedy prompt also satisfies this over "
                          f"the whole final sequence: {router_min_gap(model, gprompt + gen):.4g}.")
             info["router_min_gap"] = gap
             info["router_min_gap_greedy"] = router_min_gap(model, gprompt + gen)
+            info["router_min_gap_q8_0"] = router_min_gap(
+                quant_roundtrip_model(model, gguf.GGMLQuantizationType.Q8_0), prompt_ids)
+            notes.append(f"For the Q8_0 round trip of these weights (mixtral.q8_0.gguf) the same gap is "
+                         f"{info['router_min_gap_q8_0']:.4g}.")
             from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
             for impl in ("batched_mm", "grouped_mm"):

@@ -21,9 +21,8 @@ PROMPT_LEN = 64  # length of the logits prompt
 GREEDY_PROMPT_LEN = 8
 GREEDY_NEW = 120
 
-# Seeds for the two prompts. They are shared by all models; the greedy prompt seed
-# was chosen (see make_tiny_models.py --search-seeds) so that every recorded greedy
-# run has a top1-top2 margin > 1e-3 at every step.
+# Seed of the 64-token logits prompt, shared by all models. (Greedy prompt seeds are
+# searched per model in make_tiny_models.py.)
 LOGITS_PROMPT_SEED = 1234
 
 
@@ -72,7 +71,9 @@ def write_f32(path: Path, arr: np.ndarray) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n")
+    from jsonfmt import write
+
+    write(path, obj)
 
 
 def load_hf(model_dir: Path):
@@ -86,3 +87,23 @@ def load_hf(model_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     model.eval()
     return model
+
+
+@torch.no_grad()
+def quant_roundtrip_model(model, qtype):
+    """Deep copy of `model` whose weight matrices (every >=2-D parameter except the MoE
+    router) are replaced by gguf.quants.dequantize(gguf.quants.quantize(w)). Quantization
+    blocks run along the last (input) dimension, so this equals what the GGUF files hold
+    after un-permuting Q/K (the permutation only reorders rows)."""
+    import copy
+
+    import gguf
+
+    m = copy.deepcopy(model)
+    for name, p in m.named_parameters():
+        if p.dim() < 2 or name.endswith("mlp.gate.weight"):
+            continue
+        w = p.data.float().numpy()
+        dq = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
+        p.data.copy_(torch.from_numpy(np.ascontiguousarray(dq, dtype=np.float32)))
+    return m
