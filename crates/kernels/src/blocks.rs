@@ -30,9 +30,24 @@ pub struct BlockQ4_1 {
     pub qs: [u8; QK / 2],
 }
 
+/// 32 activations quantized for Q4_1 dot products: `x[i] ≈ d · qs[i]`, `s = d · Σ qs`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ8_1 {
+    pub d: [u8; 2],
+    pub s: [u8; 2],
+    pub qs: [i8; QK],
+}
+
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+#[inline]
+pub fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
 
 #[inline]
 pub fn f16_le(b: [u8; 2]) -> f32 {

@@ -11,6 +11,7 @@
 //! Every kernel here is the plain reference implementation; SIMD versions will sit beside them
 //! and be tested against them.
 
+pub mod act_quant;
 pub mod blocks;
 pub mod dot;
 pub mod dtype;
@@ -19,4 +20,4 @@ pub mod ops;
 
 pub use dot::{dequantize_row, dot_f32, dot_row};
 pub use dtype::{DType, DTypeError};
-pub use matmul::{matmul, MatRef};
+pub use matmul::{matmul, matmul_with, Activations, MatRef};

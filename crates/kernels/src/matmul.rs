@@ -2,8 +2,19 @@
 
 use rayon::prelude::*;
 
+use crate::act_quant::QuantizedRow;
 use crate::dot::{dequantize_row, dot_f32, dot_row};
 use crate::DType;
+
+/// How activations meet quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Quantized to 8 bits per block of 32, integer dot products: llama.cpp's numerics.
+    #[default]
+    Q8,
+    /// Kept in f32; weights dequantized block by block: the exact product of the stored weights.
+    F32,
+}
 
 /// A borrowed weight matrix: `rows` stored rows of `cols` elements each, row-major.
 #[derive(Clone, Copy)]
@@ -59,6 +70,14 @@ fn rows_per_task(rows: usize) -> usize {
 /// Work is split by weight rows, so each row is read from memory once for the whole batch.
 /// For a batch, a row is expanded to f32 once and reused by every token.
 pub fn matmul(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
+    matmul_with(w, x, out, Activations::F32)
+}
+
+/// [`matmul`], with quantized weights meeting activations as `act` says.
+pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations) {
+    if act == Activations::Q8 && w.dtype.is_quantized() {
+        return matmul_q8(w, x, out);
+    }
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(
         x.len() % cols,
@@ -90,6 +109,44 @@ pub fn matmul(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
                 }
             }
         });
+    for (r, col) in out_t.chunks_exact(t).enumerate() {
+        for (ti, v) in col.iter().enumerate() {
+            out[ti * rows + r] = *v;
+        }
+    }
+}
+
+/// Each activation row quantized once, then integer dot products with every weight row.
+fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(
+        x.len() % cols,
+        0,
+        "activation length is not a multiple of cols"
+    );
+    let t = x.len() / cols;
+    assert_eq!(out.len(), t * rows, "output has the wrong length");
+    let xq: Vec<QuantizedRow> = x
+        .chunks_exact(cols)
+        .map(|r| QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
+        .collect();
+    let chunk = rows_per_task(rows);
+    let mut out_t = vec![0f32; rows * t];
+    out_t
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                let row = w.row(ci * chunk + j);
+                for (v, xr) in orow.iter_mut().zip(&xq) {
+                    *v = xr.dot(w.dtype, row);
+                }
+            }
+        });
+    if t == 1 {
+        out.copy_from_slice(&out_t);
+        return;
+    }
     for (r, col) in out_t.chunks_exact(t).enumerate() {
         for (ti, v) in col.iter().enumerate() {
             out[ti * rows + r] = *v;

@@ -1,6 +1,6 @@
 //! The transformer: one batched forward pass for prefill chunks and decode steps alike.
 
-use bora_kernels::{matmul, ops};
+use bora_kernels::{matmul_with, ops, Activations};
 
 use crate::attention::{attend, AttentionShape, QueryRow};
 use crate::checkpoint::Checkpoint;
@@ -29,6 +29,8 @@ pub struct SeqStep<'a> {
 pub struct Model {
     pub config: ModelConfig,
     pub weights: ModelWeights,
+    /// How activations meet quantized weights (8-bit as llama.cpp, or exact f32).
+    pub activations: Activations,
     rope: Rope,
 }
 
@@ -44,6 +46,7 @@ impl Model {
         Ok(Self {
             config,
             weights,
+            activations: Activations::default(),
             rope,
         })
     }
@@ -142,9 +145,10 @@ impl Model {
         for (li, layer) in self.weights.layers.iter().enumerate() {
             // Attention block: x += Wo · attend(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))
             rms_norm_rows(&x, &layer.attn_norm, cfg.rms_eps, &mut xn);
-            matmul(&layer.wq.mat(), &xn, &mut q);
-            matmul(&layer.wk.mat(), &xn, &mut k);
-            matmul(&layer.wv.mat(), &xn, &mut v);
+            let act = self.activations;
+            matmul_with(&layer.wq.mat(), &xn, &mut q, act);
+            matmul_with(&layer.wk.mat(), &xn, &mut k, act);
+            matmul_with(&layer.wv.mat(), &xn, &mut v, act);
             for ti in 0..t {
                 let (cos, sin) = angles.row(ti);
                 for head in q[ti * qd..(ti + 1) * qd].chunks_exact_mut(hd) {
@@ -161,16 +165,16 @@ impl Model {
                 );
             }
             attend(pool, li, &shape, &rows, &q, &mut att);
-            matmul(&layer.wo.mat(), &att, &mut delta);
+            matmul_with(&layer.wo.mat(), &att, &mut delta, act);
             add_into(&mut x, &delta);
 
             // Feed-forward block: x += FFN(n(x))
             rms_norm_rows(&x, &layer.ffn_norm, cfg.rms_eps, &mut xn);
             match &layer.ffn {
-                Ffn::Dense(mlp) => mlp_forward(mlp, &xn, &mut delta),
+                Ffn::Dense(mlp) => mlp_forward(mlp, &xn, &mut delta, act),
                 Ffn::Moe { router, experts } => {
                     let top_k = cfg.moe.map_or(1, |m| m.top_k);
-                    moe_forward(router, experts, top_k, &xn, &mut delta);
+                    moe_forward(router, experts, top_k, &xn, &mut delta, act);
                 }
             }
             add_into(&mut x, &delta);
@@ -204,7 +208,7 @@ impl Model {
         }
         let mut all = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {
-            matmul(&self.weights.lm_head.mat(), &xn, &mut all);
+            matmul_with(&self.weights.lm_head.mat(), &xn, &mut all, self.activations);
         }
         let mut out = vec![Vec::new(); steps.len()];
         for (lr, &(si, _)) in all.chunks_exact(vocab).zip(&picked) {
@@ -228,12 +232,12 @@ fn add_into(x: &mut [f32], delta: &[f32]) {
 }
 
 /// SwiGLU over a batch: `out = Wdown · (silu(Wgate·x) ⊙ Wup·x)`, `x` and `out` `[T, hidden]`.
-pub(crate) fn mlp_forward(mlp: &Mlp, x: &[f32], out: &mut [f32]) {
+pub(crate) fn mlp_forward(mlp: &Mlp, x: &[f32], out: &mut [f32], act: Activations) {
     let t = x.len() / mlp.gate.cols;
     let mut gate = vec![0f32; t * mlp.gate.rows];
     let mut up = vec![0f32; t * mlp.up.rows];
-    matmul(&mlp.gate.mat(), x, &mut gate);
-    matmul(&mlp.up.mat(), x, &mut up);
+    matmul_with(&mlp.gate.mat(), x, &mut gate, act);
+    matmul_with(&mlp.up.mat(), x, &mut up, act);
     ops::silu_mul(&mut gate, &up);
-    matmul(&mlp.down.mat(), &gate, out);
+    matmul_with(&mlp.down.mat(), &gate, out, act);
 }

@@ -2,7 +2,7 @@
 //! its top-k experts' SwiGLU outputs, weights = softmax over all experts, renormalised over
 //! the chosen k.
 
-use bora_kernels::{matmul, ops};
+use bora_kernels::{matmul_with, ops, Activations};
 
 use crate::model::mlp_forward;
 use crate::tensor::Weight;
@@ -10,12 +10,19 @@ use crate::weights::Mlp;
 
 /// `x` and `out` are `[T, hidden]`. Tokens are grouped by expert so each expert's weights are
 /// read once per step for all the tokens routed to it.
-pub fn moe_forward(router: &Weight, experts: &[Mlp], top_k: usize, x: &[f32], out: &mut [f32]) {
+pub fn moe_forward(
+    router: &Weight,
+    experts: &[Mlp],
+    top_k: usize,
+    x: &[f32],
+    out: &mut [f32],
+    act: Activations,
+) {
     let h = router.cols;
     let n_exp = experts.len();
     let t = x.len() / h;
     let mut logits = vec![0f32; t * n_exp];
-    matmul(&router.mat(), x, &mut logits);
+    matmul_with(&router.mat(), x, &mut logits, act);
     // routes[e] = [(token, weight)]
     let mut routes: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_exp];
     for (ti, l) in logits.chunks_exact_mut(n_exp).enumerate() {
@@ -36,7 +43,7 @@ pub fn moe_forward(router: &Weight, experts: &[Mlp], top_k: usize, x: &[f32], ou
             xs.extend_from_slice(&x[ti * h..(ti + 1) * h]);
         }
         let mut ys = vec![0f32; route.len() * h];
-        mlp_forward(expert, &xs, &mut ys);
+        mlp_forward(expert, &xs, &mut ys, act);
         for (&(ti, w), y) in route.iter().zip(ys.chunks_exact(h)) {
             for (o, yv) in out[ti * h..(ti + 1) * h].iter_mut().zip(y) {
                 *o += w * yv;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use bora::engine::{generate, GenerateOptions, LoadOptions, SamplingParams, Session};
+use bora::kernels::Activations;
 use bora::model::Model;
 
 pub fn fixtures() -> PathBuf {
@@ -43,9 +44,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Loads with exact numerics (f32 activations against quantized weights): what the
+/// transformers references compute.
 pub fn load(path: &Path) -> bora::engine::Engine {
-    bora::engine::load(path, &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    load_with(path, Activations::F32)
+}
+
+pub fn load_with(path: &Path, activations: Activations) -> bora::engine::Engine {
+    let opts = LoadOptions {
+        activations,
+        ..Default::default()
+    };
+    bora::engine::load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every position's logits for `prompt`, fed in chunks of `chunk`.

@@ -1,0 +1,229 @@
+//! 8-bit quantization of activation rows, and integer dot products of quantized weight blocks
+//! with them: llama.cpp's numerics for quantized weights.
+//!
+//! Each block of 32 activations gets a scale `d = amax / 127` (stored as f16) and
+//! `q = round_half_even(x · 127 / amax)`, exactly as ggml's x86 kernels compute it; a weight
+//! block then meets it in an integer dot product, scaled once per block:
+//!   Q4_0·Q8_0, Q8_0·Q8_0: Σ_blocks d_w · d_x · Σ_i w_i q_i
+//!   Q4_1·Q8_1:            Σ_blocks d_w · d_x · Σ_i w_i q_i + m_w · s_x
+
+use crate::blocks::{f16_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::DType;
+
+/// Scale and quants of one block of 32 activations.
+fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    d
+}
+
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let d = quantize_block(xs, &mut b.qs);
+        b.d = f16_bytes(d);
+    }
+}
+
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let d = quantize_block(xs, &mut b.qs);
+        let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+        b.d = f16_bytes(d);
+        b.s = f16_bytes(d * sum as f32);
+    }
+}
+
+pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for i in 0..QK {
+            sumi += a.qs[i] as i32 * b.qs[i] as i32;
+        }
+        sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    sum
+}
+
+pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let lo = (a.qs[j] & 0x0F) as i32 - 8;
+            let hi = (a.qs[j] >> 4) as i32 - 8;
+            sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK / 2] as i32;
+        }
+        sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+    }
+    sum
+}
+
+pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let lo = (a.qs[j] & 0x0F) as i32;
+            let hi = (a.qs[j] >> 4) as i32;
+            sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK / 2] as i32;
+        }
+        sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d)) + f16_le(a.m) * f16_le(b.s);
+    }
+    sum
+}
+
+/// One activation row quantized for the weight type it will meet.
+pub enum QuantizedRow {
+    Q8_0(Vec<BlockQ8_0>),
+    Q8_1(Vec<BlockQ8_1>),
+}
+
+impl QuantizedRow {
+    /// `None` for weight types that compute on f32 activations.
+    pub fn for_weight(dtype: DType, x: &[f32]) -> Option<Self> {
+        let n = x.len() / QK;
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 => {
+                let mut v = vec![
+                    BlockQ8_0 {
+                        d: [0; 2],
+                        qs: [0; QK]
+                    };
+                    n
+                ];
+                quantize_q8_0(x, &mut v);
+                Some(QuantizedRow::Q8_0(v))
+            }
+            DType::Q4_1 => {
+                let mut v = vec![
+                    BlockQ8_1 {
+                        d: [0; 2],
+                        s: [0; 2],
+                        qs: [0; QK]
+                    };
+                    n
+                ];
+                quantize_q8_1(x, &mut v);
+                Some(QuantizedRow::Q8_1(v))
+            }
+            DType::F32 | DType::F16 | DType::BF16 => None,
+        }
+    }
+
+    /// A stored weight row · this activation row.
+    pub fn dot(&self, dtype: DType, row: &[u8]) -> f32 {
+        match (self, dtype) {
+            (QuantizedRow::Q8_0(x), DType::Q8_0) => dot_q8_0_q8_0(bytemuck::cast_slice(row), x),
+            (QuantizedRow::Q8_0(x), DType::Q4_0) => dot_q4_0_q8_0(bytemuck::cast_slice(row), x),
+            (QuantizedRow::Q8_1(x), DType::Q4_1) => dot_q4_1_q8_1(bytemuck::cast_slice(row), x),
+            _ => unreachable!("activation row quantized for another weight type"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dot::{dequantize_row, dot_row};
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503));
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q8_quantization_round_trips_within_half_a_step() {
+        let x = data(96, 1);
+        let mut b = vec![
+            BlockQ8_1 {
+                d: [0; 2],
+                s: [0; 2],
+                qs: [0; QK]
+            };
+            3
+        ];
+        quantize_q8_1(&x, &mut b);
+        for (blk, xs) in b.iter().zip(x.chunks_exact(QK)) {
+            let d = f16_le(blk.d);
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(blk.qs.iter().any(|&q| q.unsigned_abs() == 127));
+            for (q, v) in blk.qs.iter().zip(xs) {
+                assert!((*q as f32 * d - v).abs() <= 0.5 * amax / 127.0 + 1e-3 * amax);
+            }
+            let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
+            assert!(
+                (f16_le(blk.s) - d * sum as f32).abs() <= 1e-3 * (d * sum as f32).abs().max(1e-3)
+            );
+        }
+        let mut zero = vec![
+            BlockQ8_0 {
+                d: [0; 2],
+                qs: [1; QK]
+            };
+            1
+        ];
+        quantize_q8_0(&[0.0; 32], &mut zero);
+        assert!(zero[0].qs.iter().all(|&q| q == 0));
+    }
+
+    /// The integer dot equals the f32 dot of the dequantized weights with the dequantized
+    /// activations (the definition), up to float rounding.
+    #[test]
+    fn integer_dots_equal_dequantized_dots() {
+        for (dtype, bytes) in [(DType::Q8_0, 34), (DType::Q4_0, 18), (DType::Q4_1, 20)] {
+            for n in [32usize, 64, 224, 1024] {
+                let mut row = vec![0u8; n / 32 * bytes];
+                for (i, b) in row.iter_mut().enumerate() {
+                    *b = (i as u32).wrapping_mul(2246822519).rotate_left(7) as u8;
+                }
+                for blk in row.chunks_exact_mut(bytes) {
+                    blk[..2].copy_from_slice(&f16_bytes(0.013));
+                    if dtype == DType::Q4_1 {
+                        blk[2..4].copy_from_slice(&f16_bytes(-0.07));
+                    }
+                }
+                let x = data(n, n as u32);
+                let q = QuantizedRow::for_weight(dtype, &x).unwrap();
+                let xq: Vec<f32> = match &q {
+                    QuantizedRow::Q8_0(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.map(|v| v as f32 * f16_le(b.d)))
+                        .collect(),
+                    QuantizedRow::Q8_1(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.map(|v| v as f32 * f16_le(b.d)))
+                        .collect(),
+                };
+                let mut w = vec![0f32; n];
+                dequantize_row(dtype, &row, &mut w);
+                let want: f64 = w.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let got = q.dot(dtype, &row) as f64;
+                // Q4_1's m·s term uses s rounded to f16, as ggml does.
+                let tol = 1e-4
+                    * w.iter()
+                        .zip(&xq)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum::<f64>()
+                    + 2e-3;
+                assert!((got - want).abs() <= tol, "{dtype} n={n}: {got} vs {want}");
+                // And it approximates the exact f32 product.
+                let exact = dot_row(dtype, &row, &x) as f64;
+                assert!(
+                    (got - exact).abs() <= 0.02 * exact.abs().max(1.0),
+                    "{dtype} n={n}: {got} vs {exact}"
+                );
+            }
+        }
+    }
+}
