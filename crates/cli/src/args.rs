@@ -181,6 +181,9 @@ pub struct TokenizeArgs {
     /// Don't prepend BOS even when the model expects it.
     #[arg(long)]
     pub no_bos: bool,
+    /// Take text like `<s>` literally instead of as the special token it spells.
+    #[arg(long)]
+    pub no_parse_special: bool,
     /// Print {"ids": [...], "pieces": [...]}.
     #[arg(long)]
     pub json: bool,

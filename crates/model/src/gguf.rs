@@ -378,3 +378,71 @@ impl GgufFile {
         self.file.path()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    }
+
+    /// One tensor `w` of dims [256, 2] and the given ggml type, data zero-filled to `data` bytes.
+    fn file_with(ty: u32, data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(2u32.to_le_bytes()); // version 2 is read like 3
+        b.extend(1u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        put_str(&mut b, "general.alignment");
+        b.extend(4u32.to_le_bytes());
+        b.extend(64u32.to_le_bytes());
+        put_str(&mut b, "w");
+        b.extend(2u32.to_le_bytes());
+        b.extend(256u64.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        while b.len() % 64 != 0 {
+            b.push(0);
+        }
+        b.extend(vec![0u8; data]);
+        b
+    }
+
+    fn parse(bytes: &[u8], name: &str) -> Result<GgufFile> {
+        let p =
+            std::env::temp_dir().join(format!("bora-gguf-unit-{}-{name}.gguf", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        let r = GgufFile::open(&p);
+        let _ = std::fs::remove_file(&p);
+        r
+    }
+
+    #[test]
+    fn reads_v2_with_custom_alignment() {
+        let g = parse(&file_with(8, 2 * 8 * 34), "q8").unwrap();
+        assert_eq!(g.version, 2);
+        let t = &g.tensors["w"];
+        assert_eq!(t.shape, vec![2, 256]);
+        assert_eq!(t.dtype, Ok(DType::Q8_0));
+        assert_eq!(t.start % 64, 0);
+    }
+
+    #[test]
+    fn known_but_unsupported_type_is_named_when_used() {
+        // Q4_K: 256 elements in 144 bytes. The directory is valid; computing with it is not.
+        let g = parse(&file_with(12, 2 * 144), "q4k").unwrap();
+        let e = g.tensors["w"].dtype().unwrap_err().to_string();
+        assert!(
+            e.contains("'w'") && e.contains("Q4_K is not supported"),
+            "{e}"
+        );
+        // One byte short of what Q4_K needs: the directory itself is rejected.
+        let e = parse(&file_with(12, 2 * 144 - 1), "q4k_short")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("runs past the end"), "{e}");
+    }
+}

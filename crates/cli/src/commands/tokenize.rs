@@ -9,11 +9,15 @@ use crate::args::TokenizeArgs;
 pub fn run(a: TokenizeArgs) -> Result<()> {
     let tok = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&a.model))?;
     let tok = &tok;
-    let ids = if a.no_bos {
-        tok.encode(&a.text)?
+    let mut ids: Vec<u32> = Vec::new();
+    if !a.no_bos && tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    if a.no_parse_special {
+        ids.extend(tok.encode_plain(&a.text)?);
     } else {
-        tok.encode_prompt(&a.text)?
-    };
+        ids.extend(tok.encode(&a.text)?);
+    }
     let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
