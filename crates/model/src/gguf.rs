@@ -403,7 +403,7 @@ mod tests {
         b.extend(2u64.to_le_bytes());
         b.extend(ty.to_le_bytes());
         b.extend(0u64.to_le_bytes());
-        while b.len() % 64 != 0 {
+        while !b.len().is_multiple_of(64) {
             b.push(0);
         }
         b.extend(vec![0u8; data]);
