@@ -37,41 +37,50 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
+/// Σ w_i · x_i over one block, in i32 (exact), written so the compiler vectorizes it.
+#[inline(always)]
+fn block_sum(w: &[i8; QK], x: &[i8; QK]) -> i32 {
+    let mut acc = [0i32; 8];
+    for i in 0..QK {
+        acc[i % 8] += w[i] as i16 as i32 * x[i] as i16 as i32;
+    }
+    acc.iter().sum()
+}
+
+/// A Q4 block's 32 nibbles as i8 (element j: low nibble of byte j; j+16: high nibble).
+#[inline(always)]
+fn unpack_nibbles(qs: &[u8; QK / 2], offset: i8) -> [i8; QK] {
+    let mut w = [0i8; QK];
+    for j in 0..QK / 2 {
+        w[j] = (qs[j] & 0x0F) as i8 - offset;
+        w[j + QK / 2] = (qs[j] >> 4) as i8 - offset;
+    }
+    w
+}
+
+#[inline(always)]
 pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     let mut sum = 0f32;
     for (a, b) in w.iter().zip(x) {
-        let mut sumi = 0i32;
-        for i in 0..QK {
-            sumi += a.qs[i] as i32 * b.qs[i] as i32;
-        }
-        sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+        sum += block_sum(&a.qs, &b.qs) as f32 * (f16_le(a.d) * f16_le(b.d));
     }
     sum
 }
 
+#[inline(always)]
 pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     let mut sum = 0f32;
     for (a, b) in w.iter().zip(x) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let lo = (a.qs[j] & 0x0F) as i32 - 8;
-            let hi = (a.qs[j] >> 4) as i32 - 8;
-            sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK / 2] as i32;
-        }
-        sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d));
+        sum += block_sum(&unpack_nibbles(&a.qs, 8), &b.qs) as f32 * (f16_le(a.d) * f16_le(b.d));
     }
     sum
 }
 
+#[inline(always)]
 pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     let mut sum = 0f32;
     for (a, b) in w.iter().zip(x) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let lo = (a.qs[j] & 0x0F) as i32;
-            let hi = (a.qs[j] >> 4) as i32;
-            sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK / 2] as i32;
-        }
+        let sumi = block_sum(&unpack_nibbles(&a.qs, 0), &b.qs);
         sum += sumi as f32 * (f16_le(a.d) * f16_le(b.d)) + f16_le(a.m) * f16_le(b.s);
     }
     sum
@@ -116,6 +125,7 @@ impl QuantizedRow {
     }
 
     /// A stored weight row · this activation row.
+    #[inline(always)]
     pub fn dot(&self, dtype: DType, row: &[u8]) -> f32 {
         match (self, dtype) {
             (QuantizedRow::Q8_0(x), DType::Q8_0) => dot_q8_0_q8_0(bytemuck::cast_slice(row), x),

@@ -9,6 +9,7 @@ use crate::DType;
 const LANES: usize = 16;
 
 /// `a · b` in f32, lane-parallel.
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -28,6 +29,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// f32 weights whose bytes are not 4-aligned (a safetensors offset may be anything).
+#[inline(always)]
 fn dot_f32_unaligned(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let cw = row.chunks_exact(4 * LANES);
@@ -46,6 +48,7 @@ fn dot_f32_unaligned(row: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let cw = row.chunks_exact(2 * LANES);
@@ -64,6 +67,7 @@ fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let cw = row.chunks_exact(2 * LANES);
@@ -81,6 +85,7 @@ fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
     let mut sum = 0f32;
     for (b, xs) in blocks.iter().zip(x.chunks_exact(QK)) {
@@ -95,6 +100,7 @@ fn dot_q8_0(blocks: &[BlockQ8_0], x: &[f32]) -> f32 {
     sum
 }
 
+#[inline(always)]
 fn dot_q4_0(blocks: &[BlockQ4_0], x: &[f32]) -> f32 {
     let mut sum = 0f32;
     for (b, xs) in blocks.iter().zip(x.chunks_exact(QK)) {
@@ -109,6 +115,7 @@ fn dot_q4_0(blocks: &[BlockQ4_0], x: &[f32]) -> f32 {
     sum
 }
 
+#[inline(always)]
 fn dot_q4_1(blocks: &[BlockQ4_1], x: &[f32]) -> f32 {
     let mut sum = 0f32;
     for (b, xs) in blocks.iter().zip(x.chunks_exact(QK)) {
@@ -129,6 +136,7 @@ fn dot_q4_1(blocks: &[BlockQ4_1], x: &[f32]) -> f32 {
 ///
 /// Callers guarantee the row's byte length matches; this is an internal invariant checked by
 /// the loader, so a mismatch here is a bug, not bad input.
+#[inline(always)]
 pub fn dot_row(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     debug_assert_eq!(Ok(row.len()), dtype.row_bytes(x.len()));
     match dtype {
@@ -145,6 +153,7 @@ pub fn dot_row(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// Expands one stored row into `out` (f32, `out.len()` elements).
+#[inline(always)]
 pub fn dequantize_row(dtype: DType, row: &[u8], out: &mut [f32]) {
     debug_assert_eq!(Ok(row.len()), dtype.row_bytes(out.len()));
     match dtype {

@@ -13,6 +13,7 @@
 
 pub mod act_quant;
 pub mod blocks;
+pub mod dispatch;
 pub mod dot;
 pub mod dtype;
 pub mod matmul;

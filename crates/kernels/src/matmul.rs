@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::act_quant::QuantizedRow;
+use crate::dispatch::{isa, multiversion};
 use crate::dot::{dequantize_row, dot_f32, dot_row};
 use crate::DType;
 
@@ -87,12 +88,11 @@ pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations)
     let t = x.len() / cols;
     assert_eq!(out.len(), t * rows, "output has the wrong length");
     let chunk = rows_per_task(rows);
+    let isa = isa();
     if t == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-            for (j, oj) in o.iter_mut().enumerate() {
-                *oj = dot_row(w.dtype, w.row(ci * chunk + j), x);
-            }
-        });
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| rows_dot(isa, w, ci * chunk, x, o));
         return;
     }
     // Row-major over W: fill out_t = [rows, T], then transpose into [T, rows].
@@ -102,16 +102,58 @@ pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations)
         .enumerate()
         .for_each(|(ci, o)| {
             let mut wrow = vec![0f32; cols];
-            for (j, orow) in o.chunks_exact_mut(t).enumerate() {
-                w.dequantize_row_into(ci * chunk + j, &mut wrow);
-                for (ti, v) in orow.iter_mut().enumerate() {
-                    *v = dot_f32(&wrow, &x[ti * cols..(ti + 1) * cols]);
-                }
-            }
+            rows_batch(isa, w, ci * chunk, x, &mut wrow, o)
         });
+    transpose_into(&out_t, t, rows, out);
+}
+
+/// `out_t` = [rows, T] → `out` = [T, rows].
+fn transpose_into(out_t: &[f32], t: usize, rows: usize, out: &mut [f32]) {
+    if t == 1 {
+        out.copy_from_slice(out_t);
+        return;
+    }
     for (r, col) in out_t.chunks_exact(t).enumerate() {
         for (ti, v) in col.iter().enumerate() {
             out[ti * rows + r] = *v;
+        }
+    }
+}
+
+multiversion! {
+    /// `out[j] = W[first + j] · x` for one activation row.
+    fn rows_dot(w: &MatRef<'_>, first: usize, x: &[f32], out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_row(w.dtype, w.row(first + j), x);
+        }
+    }
+}
+
+multiversion! {
+    /// For rows `first..`, expand the row to f32 once, then dot it with every activation row:
+    /// `out` = [rows of this chunk, T].
+    fn rows_batch(w: &MatRef<'_>, first: usize, x: &[f32], wrow: &mut [f32], out: &mut [f32]) {
+        let cols = wrow.len();
+        let t = x.len() / cols;
+        for (j, orow) in out.chunks_exact_mut(t).enumerate() {
+            dequantize_row(w.dtype, w.row(first + j), wrow);
+            for (ti, v) in orow.iter_mut().enumerate() {
+                *v = dot_f32(wrow, &x[ti * cols..(ti + 1) * cols]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Integer dot products of rows `first..` with every quantized activation row:
+    /// `out` = [rows of this chunk, T].
+    fn rows_q8(w: &MatRef<'_>, first: usize, xq: &[QuantizedRow], out: &mut [f32]) {
+        let t = xq.len();
+        for (j, orow) in out.chunks_exact_mut(t).enumerate() {
+            let row = w.row(first + j);
+            for (v, xr) in orow.iter_mut().zip(xq) {
+                *v = xr.dot(w.dtype, row);
+            }
         }
     }
 }
@@ -131,27 +173,13 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
         .map(|r| QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
         .collect();
     let chunk = rows_per_task(rows);
+    let isa = isa();
     let mut out_t = vec![0f32; rows * t];
     out_t
         .par_chunks_mut(chunk * t)
         .enumerate()
-        .for_each(|(ci, o)| {
-            for (j, orow) in o.chunks_exact_mut(t).enumerate() {
-                let row = w.row(ci * chunk + j);
-                for (v, xr) in orow.iter_mut().zip(&xq) {
-                    *v = xr.dot(w.dtype, row);
-                }
-            }
-        });
-    if t == 1 {
-        out.copy_from_slice(&out_t);
-        return;
-    }
-    for (r, col) in out_t.chunks_exact(t).enumerate() {
-        for (ti, v) in col.iter().enumerate() {
-            out[ti * rows + r] = *v;
-        }
-    }
+        .for_each(|(ci, o)| rows_q8(isa, w, ci * chunk, &xq, o));
+    transpose_into(&out_t, t, rows, out);
 }
 
 #[cfg(test)]
@@ -176,6 +204,77 @@ mod tests {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[ti * cols + c]).sum();
                     assert!((out[ti * rows + r] - want).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    /// Each instruction set's build of the kernels gives the portable reference's result, bit
+    /// for bit (same operations in the same order; only the vector width differs).
+    #[test]
+    fn every_isa_matches_the_portable_kernels() {
+        use crate::dispatch::{Isa, Level};
+        let (rows, cols) = (19, 256);
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
+            let rb = dtype.row_bytes(cols).unwrap();
+            let mut data: Vec<u8> = (0..rows * rb)
+                .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(11) as u8)
+                .collect();
+            // Sane scales and floats: rewrite every 2-byte f16/bf16 (or scale) field.
+            let (step, fields): (usize, &[usize]) = match dtype {
+                DType::Q8_0 | DType::Q4_0 => (dtype.block_bytes(), &[0]),
+                DType::Q4_1 => (20, &[0, 2]),
+                DType::F16 | DType::BF16 => (2, &[0]),
+                DType::F32 => (4, &[]),
+            };
+            for (i, blk) in data.chunks_exact_mut(step).enumerate() {
+                let v = ((i * 37) % 101) as f32 / 101.0 - 0.5;
+                for &f in fields {
+                    let b = if dtype == DType::BF16 {
+                        half::bf16::from_f32(v).to_le_bytes()
+                    } else {
+                        half::f16::from_f32(v).to_le_bytes()
+                    };
+                    blk[f..f + 2].copy_from_slice(&b);
+                }
+                if dtype == DType::F32 {
+                    blk.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            let m = MatRef::new(dtype, rows, cols, &data).unwrap();
+            for t in [1usize, 3] {
+                let x: Vec<f32> = (0..t * cols)
+                    .map(|i| ((i * 13) % 29) as f32 / 29.0 - 0.5)
+                    .collect();
+                let xq: Vec<QuantizedRow> = x
+                    .chunks_exact(cols)
+                    .filter_map(|r| QuantizedRow::for_weight(dtype, r))
+                    .collect();
+                let run = |isa: Isa| {
+                    let mut a = vec![0f32; rows];
+                    rows_dot(isa, &m, 0, &x[..cols], &mut a);
+                    let mut b = vec![0f32; rows * t];
+                    rows_batch(isa, &m, 0, &x, &mut vec![0f32; cols], &mut b);
+                    let mut c = vec![0f32; rows * t];
+                    if !xq.is_empty() {
+                        rows_q8(isa, &m, 0, &xq, &mut c);
+                    }
+                    (a, b, c)
+                };
+                let reference = run(Isa::PORTABLE);
+                for isa in [crate::dispatch::isa(), Isa::at_most(Level::Avx2)] {
+                    let got = run(isa);
+                    assert!(
+                        got == reference,
+                        "{dtype} T={t} {isa:?} differs from the portable kernels"
+                    );
                 }
             }
         }

@@ -1,0 +1,97 @@
+//! Run-time choice of instruction set. The same plain-Rust kernel body is compiled once per
+//! target (AVX-512, AVX2+FMA, portable) and the best one the CPU has is called; nothing depends
+//! on `target-cpu=native` at build time.
+
+use std::sync::OnceLock;
+
+/// An instruction set the CPU was found to support. Only this module makes one (its field is
+/// private), so holding an `Isa` proves the detection ran: what the `unsafe` calls rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isa(pub(crate) Level);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub const PORTABLE: Isa = Isa(Level::Portable);
+
+    /// `level` if the CPU has it, else the best it has below it (tests compare levels).
+    #[cfg(test)]
+    pub(crate) fn at_most(level: Level) -> Isa {
+        Isa(level.min(isa().0))
+    }
+}
+
+/// The instruction set kernels use on this CPU (`BORA_ISA=portable|avx2` lowers it, for tests
+/// and comparisons).
+pub fn isa() -> Isa {
+    Isa(level())
+}
+
+fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = detect();
+        match std::env::var("BORA_ISA").as_deref() {
+            Ok("portable") => Level::Portable,
+            Ok("avx2") => best.min(Level::Avx2),
+            _ => best,
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Level {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+    {
+        Level::Avx512
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Level::Avx2
+    } else {
+        Level::Portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Level {
+    Level::Portable
+}
+
+/// Defines `pub fn $name(isa, args) -> ret` running `$body` compiled for that instruction set.
+/// The body must be plain safe Rust; the `unsafe` is only the call into a `#[target_feature]`
+/// copy, made after the CPU reported the feature.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name(isa: $crate::dispatch::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) { body($($arg),*) }
+                match isa.0 {
+                    // SAFETY: an `Isa` is only made by this module, at or below the level the CPU
+                    // reported: Avx512 means avx512f/bw/vl, avx2 and fma were all detected.
+                    $crate::dispatch::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above; Avx2 means avx2 and fma were detected.
+                    $crate::dispatch::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::dispatch::Level::Portable => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+pub(crate) use multiversion;
