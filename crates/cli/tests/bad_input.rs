@@ -308,3 +308,108 @@ fn gguf_missing_metadata_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn empty_input_and_out_of_range_options() {
+    let m = tiny("mistral_swa");
+    let m = m.to_str().unwrap();
+    let e = fails(&["run", m, "--ids", "1", "--block-size", "0"]);
+    assert!(e.contains("--block-size"), "{e}");
+    let e = fails(&[
+        "run",
+        m,
+        "--ids",
+        "1",
+        "-n",
+        "18446744073709551615",
+        "--temp",
+        "0",
+    ]);
+    assert!(e.contains("exceeds the context limit"), "{e}");
+    let e = fails(&["run", m, "--ids", "1", "--top-p", "0"]);
+    assert!(e.contains("top-p"), "{e}");
+    let e = fails(&["run", m, "--ids", "", "-n", "1"]);
+    assert!(e.contains("no token ids"), "{e}");
+    let smol = std::env::var("BORA_SMOLLM2_GGUF").ok();
+    if let Some(smol) = smol.filter(|p| Path::new(p).exists()) {
+        // A tokenizer that adds no BOS: empty text is no tokens at all.
+        let e = fails(&["logits", &smol, "--text", ""]);
+        assert!(e.contains("the input is empty"), "{e}");
+    }
+}
+
+#[test]
+fn huge_chunk_is_clamped_not_overflowed() {
+    let m = tiny("mistral_swa");
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args([
+            "logits",
+            m.to_str().unwrap(),
+            "--ids",
+            "1,2,3",
+            "--chunk",
+            "18446744073709551615",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unsupported_features_are_refused_not_ignored() {
+    let d = copy_fixture("mistral_swa", "features");
+    let cfg = d.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""),
+    )
+    .unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "\"hidden_act\": \"silu\"",
+            "\"hidden_act\": \"silu\", \"attention_bias\": true",
+        ),
+    )
+    .unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("attention_bias"), "{e}");
+    std::fs::write(
+        &cfg,
+        text.replace("\"rope_type\": \"default\"", "\"rope_type\": \"yarn\""),
+    )
+    .unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("RoPE scaling 'yarn'"), "{e}");
+}
+
+#[test]
+fn gguf_duplicate_tensor_names() {
+    // Two directory entries named token_embd.weight.
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    for offset in [0u64, 64] {
+        put_str(&mut b, "token_embd.weight");
+        b.extend(2u32.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    b.extend(vec![0u8; 128]);
+    let e = run_ids(&write_gguf("dup", &b), "1");
+    assert!(e.contains("appears twice"), "{e}");
+}

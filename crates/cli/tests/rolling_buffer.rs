@@ -14,7 +14,7 @@ fn run_far_past_window(window: usize, block: usize, tokens: usize) {
         ..Default::default()
     };
     let engine = bora::engine::load(&tiny("mistral_swa"), &opts).unwrap();
-    let mut s = Session::new(&engine.model, block, 1);
+    let mut s = Session::new(&engine.model, block, 1).unwrap();
     let max_blocks = window.div_ceil(block) + 1;
     let mut tok = 1u32;
     let mut peak_blocks = 0;

@@ -130,6 +130,55 @@ fn check_streaming(tok: &Tokenizer) {
     }
 }
 
+/// A long prompt tokenizes like short ones (the merge is O(n log n)) and decodes back.
+#[test]
+fn long_prompt_round_trips() {
+    let g = load_tokenizer(&dir().join("vocab.gguf")).unwrap();
+    let j = load_tokenizer(&dir().join("tokenizer.json")).unwrap();
+    let unit = "The sliding window attends to 4096 keys; 滑动窗口 🙂 x=1\n";
+    let text = unit.repeat(3000);
+    let ids = g.encode_plain(&text).unwrap();
+    assert_eq!(g.decode(&ids), text);
+    assert_eq!(ids, j.encode_plain(&text).unwrap());
+}
+
+/// A prompt that ends inside a character (its first byte-fallback token) still streams the
+/// character once the model completes it.
+#[test]
+fn streaming_after_a_prompt_ending_mid_character() {
+    let tok = load_tokenizer(&dir().join("vocab.gguf")).unwrap();
+    let ids = tok.encode_plain("a 🦀 b").unwrap();
+    let byte0 = ids
+        .iter()
+        .position(|&id| tok.piece(id).starts_with("<0x"))
+        .expect("byte-fallback emoji");
+    let (prompt, rest) = ids.split_at(byte0 + 1);
+    let mut dec = StreamDecoder::new(prompt);
+    let mut out = String::new();
+    for &id in rest {
+        out.extend(dec.push(&tok, id));
+    }
+    out.extend(dec.flush(&tok));
+    assert!(out.ends_with(" b") && out.contains('🦀'), "{out:?}");
+}
+
+/// Without add_bos_token in tokenizer_config.json, BOS follows the tokenizer's post-processor.
+#[test]
+fn bos_policy_of_tokenizer_json() {
+    assert!(
+        load_tokenizer(&dir().join("tokenizer.json"))
+            .unwrap()
+            .add_bos,
+        "tokenizer_config.json says add_bos_token"
+    );
+    let d = std::env::temp_dir().join(format!("bora-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(dir().join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    // This tokenizer.json has no post-processor: it adds no BOS, so neither does bora.
+    assert!(!load_tokenizer(&d.join("tokenizer.json")).unwrap().add_bos);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn streaming_decode_is_whole_characters_with_spaces_kept() {
     check_streaming(&load_tokenizer(&dir().join("tokenizer.json")).unwrap());

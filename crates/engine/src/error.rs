@@ -18,6 +18,8 @@ pub enum EngineError {
         requested: usize,
         limit: usize,
     },
+    #[error("{0}")]
+    InvalidOption(String),
     #[error("invalid sampling option: {0}")]
     Sampling(String),
 }

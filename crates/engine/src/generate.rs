@@ -56,7 +56,7 @@ pub fn generate(
         return Err(EngineError::EmptyPrompt);
     }
     let limit = model.config.max_context;
-    if prompt.len() + opts.max_new_tokens > limit {
+    if prompt.len().saturating_add(opts.max_new_tokens) > limit {
         return Err(EngineError::TooLong {
             prompt: prompt.len(),
             requested: opts.max_new_tokens,
@@ -64,7 +64,7 @@ pub fn generate(
         });
     }
     let mut sampler = Sampler::new(opts.sampling.clone())?;
-    let mut session = Session::new(model, opts.block_size, opts.prefill_chunk);
+    let mut session = Session::new(model, opts.block_size, opts.prefill_chunk)?;
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         ..Default::default()
@@ -75,7 +75,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut history = prompt.to_vec();
     for i in 0..opts.max_new_tokens {
-        let next = sampler.sample(&logits, &history);
+        let next = sampler.sample(&logits, &history)?;
         if opts.stop_tokens.contains(&next) {
             stats.stopped = true;
             break;

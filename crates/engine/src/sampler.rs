@@ -112,7 +112,16 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits`; `history` is the sequence so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(EngineError::Sampling(
+                "no logits to sample from".to_string(),
+            ));
+        }
+        Ok(self.sample_nonempty(logits, history))
+    }
+
+    fn sample_nonempty(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
         let mut c: Vec<Candidate> = logits
             .iter()
@@ -201,7 +210,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
-        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 1.9], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 1.9], &[]).unwrap(), 1);
     }
 
     #[test]
@@ -211,7 +220,7 @@ mod tests {
             ..SamplingParams::greedy()
         })
         .unwrap();
-        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 1.9], &[1]), 3);
+        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 1.9], &[1]).unwrap(), 3);
     }
 
     #[test]
@@ -223,7 +232,7 @@ mod tests {
             ..SamplingParams::default()
         })
         .unwrap();
-        assert_eq!(s.sample(&logits, &[]), argmax(&logits));
+        assert_eq!(s.sample(&logits, &[]).unwrap(), argmax(&logits));
         let draw = |seed| {
             let mut s = Sampler::new(SamplingParams {
                 temperature: 1.5,
@@ -234,7 +243,9 @@ mod tests {
                 ..SamplingParams::default()
             })
             .unwrap();
-            (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         assert_ne!(draw(42), draw(43));
@@ -253,7 +264,9 @@ mod tests {
         })
         .unwrap();
         let n = 20000;
-        let ones = (0..n).filter(|_| s.sample(&[1.0, 0.0], &[]) == 0).count();
+        let ones = (0..n)
+            .filter(|_| s.sample(&[1.0, 0.0], &[]).unwrap() == 0)
+            .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.731).abs() < 0.02, "{frac}");
     }
@@ -278,7 +291,7 @@ mod tests {
             },
         ] {
             let mut s = Sampler::new(params).unwrap();
-            assert!((0..200).all(|_| s.sample(&logits, &[]) == 0));
+            assert!((0..200).all(|_| s.sample(&logits, &[]).unwrap() == 0));
         }
     }
 

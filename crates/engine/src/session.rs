@@ -1,8 +1,9 @@
 //! One sequence and its own KV pool: the unit `run`, `logits` and the tests drive.
 
+use bora_model::kv_cache::MAX_BLOCK_SIZE;
 use bora_model::{KvPool, LogitsRows, Model, SeqKv, SeqStep};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 
 pub struct Session<'m> {
     model: &'m Model,
@@ -12,13 +13,19 @@ pub struct Session<'m> {
 
 impl<'m> Session<'m> {
     /// `max_chunk` bounds the tokens fed in one step, which sizes the pool under a window.
-    pub fn new(model: &'m Model, block_size: usize, max_chunk: usize) -> Self {
-        let capacity = model.blocks_per_sequence(block_size, max_chunk.max(1));
-        Self {
+    pub fn new(model: &'m Model, block_size: usize, max_chunk: usize) -> Result<Self> {
+        if block_size == 0 || block_size > MAX_BLOCK_SIZE {
+            return Err(EngineError::InvalidOption(format!(
+                "KV block size {block_size} is outside 1..={MAX_BLOCK_SIZE}"
+            )));
+        }
+        let max_chunk = max_chunk.clamp(1, model.config.max_context);
+        let capacity = model.blocks_per_sequence(block_size, max_chunk);
+        Ok(Self {
             model,
             pool: KvPool::new(model.kv_layout(block_size), capacity),
             seq: SeqKv::new(),
-        }
+        })
     }
 
     /// Positions processed so far.

@@ -1,7 +1,8 @@
 //! SentencePiece-BPE as GGUF stores it (`tokenizer.ggml.model = "llama"`): pieces with scores,
 //! merged greedily by score, unknown characters spelled as `<0xXX>` byte tokens.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 
 /// Token types llama.cpp's converter writes.
 pub const TYPE_CONTROL: i32 = 3;
@@ -89,28 +90,9 @@ impl SpmVocab {
             s.push(SPACE);
         }
         s.extend(text.chars().map(|c| if c == ' ' { SPACE } else { c }));
-        // Symbols as byte ranges of `s`, merged pairwise by the score of the merged piece.
-        let mut syms: Vec<(usize, usize)> = s
-            .char_indices()
-            .map(|(i, c)| (i, i + c.len_utf8()))
-            .collect();
-        loop {
-            let mut best: Option<(f32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let merged = &s[syms[i].0..syms[i + 1].1];
-                if let Some(&id) = self.index.get(merged) {
-                    let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
-                    if best.is_none_or(|(b, _, _)| score > b) {
-                        best = Some((score, i, id));
-                    }
-                }
-            }
-            let Some((_, i, _)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
-        }
-        let mut ids = Vec::with_capacity(syms.len());
-        for (a, b) in syms {
+        let spans = self.merge(&s);
+        let mut ids = Vec::with_capacity(spans.len());
+        for (a, b) in spans {
             let piece = &s[a..b];
             match self.index.get(piece) {
                 Some(&id) => ids.push(id),
@@ -122,6 +104,73 @@ impl SpmVocab {
             }
         }
         ids
+    }
+
+    /// Merges the characters of `s` into pieces, best-scoring pair first (leftmost on ties), as
+    /// sentencepiece's BPE does: a linked list of symbols and a heap of candidate pairs, so a
+    /// long prompt costs O(n log n), not O(n²). Returns the pieces as byte ranges of `s`.
+    fn merge(&self, s: &str) -> Vec<(usize, usize)> {
+        struct Sym {
+            start: usize,
+            end: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+        }
+        let mut syms: Vec<Sym> = s
+            .char_indices()
+            .enumerate()
+            .map(|(i, (b, c))| Sym {
+                start: b,
+                end: b + c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: Some(i + 1),
+            })
+            .collect();
+        if let Some(last) = syms.last_mut() {
+            last.next = None;
+        }
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<Candidate>, syms: &[Sym], left: usize, right: usize| {
+            let (a, b) = (syms[left].start, syms[right].end);
+            if let Some(&id) = self.index.get(&s[a..b]) {
+                let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
+                heap.push(Candidate {
+                    score,
+                    left,
+                    right,
+                    len: b - a,
+                });
+            }
+        };
+        for i in 1..syms.len() {
+            push(&mut heap, &syms, i - 1, i);
+        }
+        while let Some(c) = heap.pop() {
+            let (l, r) = (&syms[c.left], &syms[c.right]);
+            // Stale: one side was merged away or grew since this pair was queued.
+            if l.start == l.end
+                || r.start == r.end
+                || l.next != Some(c.right)
+                || r.end - l.start != c.len
+            {
+                continue;
+            }
+            let (r_end, r_next) = (r.end, r.next);
+            syms[c.left].end = r_end;
+            syms[c.left].next = r_next;
+            syms[c.right].end = syms[c.right].start;
+            if let Some(n) = r_next {
+                syms[n].prev = Some(c.left);
+                push(&mut heap, &syms, c.left, n);
+            }
+            if let Some(p) = syms[c.left].prev {
+                push(&mut heap, &syms, p, c.left);
+            }
+        }
+        syms.iter()
+            .filter(|x| x.start < x.end)
+            .map(|x| (x.start, x.end))
+            .collect()
     }
 
     /// Like [`encode`](Self::encode), but text spelling a control token becomes that token.
@@ -175,6 +224,34 @@ impl SpmVocab {
         }
         let start = usize::from(self.add_space_prefix && bytes.first() == Some(&b' '));
         String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+/// A pair of adjacent symbols whose concatenation is a piece: higher score first, then leftmost.
+struct Candidate {
+    score: f32,
+    left: usize,
+    right: usize,
+    len: usize,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
     }
 }
 

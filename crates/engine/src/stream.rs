@@ -31,8 +31,7 @@ impl StreamDecoder {
     /// Adds a token; returns the text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Option<String> {
         self.ids.push(id);
-        let before = tok.decode(&self.ids[self.prefix..self.read]);
-        let now = tok.decode(&self.ids[self.prefix..]);
+        let (before, now) = self.texts(tok);
         if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.starts_with(&before) {
             return None;
         }
@@ -42,10 +41,20 @@ impl StreamDecoder {
         Some(text)
     }
 
+    /// The window's text without and with the unread tokens. A character left incomplete by
+    /// the emitted tokens (a prompt ending in the middle of one) decodes as U+FFFD; it is not
+    /// part of what was printed, so it is dropped for the comparison.
+    fn texts(&self, tok: &Tokenizer) -> (String, String) {
+        let mut before = tok.decode(&self.ids[self.prefix..self.read]);
+        while before.ends_with('\u{FFFD}') {
+            before.pop();
+        }
+        (before, tok.decode(&self.ids[self.prefix..]))
+    }
+
     /// Whatever is still held back at the end of generation.
     pub fn flush(&mut self, tok: &Tokenizer) -> Option<String> {
-        let before = tok.decode(&self.ids[self.prefix..self.read]);
-        let now = tok.decode(&self.ids[self.prefix..]);
+        let (before, now) = self.texts(tok);
         self.read = self.ids.len();
         (now.len() > before.len() && now.starts_with(&before))
             .then(|| now[before.len()..].to_string())

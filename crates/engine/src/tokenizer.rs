@@ -14,7 +14,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{EngineError, Result};
-use crate::spm::{SpmVocab, TYPE_CONTROL};
+use crate::spm::{SpmVocab, TYPE_CONTROL, TYPE_USER_DEFINED};
 
 enum Backend {
     /// `parse` recognises special-token text; `plain` (encode_special_tokens) keeps it literal.
@@ -56,7 +56,9 @@ impl Tokenizer {
         let tk =
             tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
         let mut bos = bos.or_else(|| tk.token_to_id("<s>"));
-        let mut add_bos = bos.is_some();
+        // Without an explicit add_bos_token, BOS is added when the tokenizer's own
+        // post-processor adds it, as transformers does.
+        let mut add_bos = post_processor_adds(&tk, bos);
         if let Some(cfg) = path
             .parent()
             .map(|d| d.join("tokenizer_config.json"))
@@ -122,7 +124,17 @@ impl Tokenizer {
         };
         let flag = |k: &str| g.get(k).and_then(Value::as_bool);
         let bos = id("tokenizer.ggml.bos_token_id");
-        let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+        // Generation ends at EOS and at the end-of-turn / end-of-message tokens, as in llama.cpp.
+        let mut eos: Vec<u32> = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(t) = id(key).filter(|t| !eos.contains(t)) {
+                eos.push(t);
+            }
+        }
         let (backend, default_add_bos) = match model {
             "llama" => {
                 let scores: Vec<f32> =
@@ -240,6 +252,15 @@ impl Tokenizer {
     }
 }
 
+/// Whether encoding with special tokens puts `bos` in front of what plain encoding gives.
+fn post_processor_adds(tk: &tokenizers::Tokenizer, bos: Option<u32>) -> bool {
+    let (Some(bos), Ok(with), Ok(without)) = (bos, tk.encode("a", true), tk.encode("a", false))
+    else {
+        return false;
+    };
+    with.get_ids().len() == without.get_ids().len() + 1 && with.get_ids().first() == Some(&bos)
+}
+
 /// The split regexes llama.cpp uses for each `tokenizer.ggml.pre`, in order.
 fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
@@ -277,7 +298,8 @@ fn byte_level_bpe(
         .collect::<std::result::Result<_, _>>()?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .ignore_merges(false)
+        // Llama-3 vocabularies take a word that is itself a token whole (llama.cpp and HF agree).
+        .ignore_merges(matches!(pre, "llama3" | "llama-bpe" | "llama-v3"))
         .build()
         .map_err(|e| format!("cannot build BPE: {e}"))?;
     let mut tk = tokenizers::Tokenizer::new(bpe);
@@ -298,12 +320,17 @@ fn byte_level_bpe(
     steps.push(ByteLevel::new(false, false, false).into());
     tk.with_pre_tokenizer(Some(Sequence::new(steps)));
     tk.with_decoder(Some(ByteLevelDecoder::default()));
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .zip(types)
-        .filter(|(_, &t)| t == TYPE_CONTROL || t == 4)
-        .map(|(s, _)| AddedToken::from(s.clone(), true))
-        .collect();
-    tk.add_special_tokens(&specials);
+    // Control tokens are special (left out of decoded text); user-defined ones are ordinary
+    // text that must still be matched whole, as llama.cpp prints and parses them.
+    let added = |ty: i32, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, &t)| t == ty)
+            .map(|(s, _)| AddedToken::from(s.clone(), special))
+            .collect()
+    };
+    tk.add_special_tokens(&added(TYPE_CONTROL, true));
+    tk.add_tokens(&added(TYPE_USER_DEFINED, false));
     Ok(tk)
 }

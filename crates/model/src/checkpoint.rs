@@ -69,7 +69,16 @@ impl Checkpoint {
         let config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
         let mut tensors = BTreeMap::new();
         for file in safetensors_files(dir)? {
-            tensors.extend(safetensors::read_directory(&file)?);
+            for (name, t) in safetensors::read_directory(&file)? {
+                if tensors.contains_key(&name) {
+                    return Err(ModelError::Tensor {
+                        path: file.clone(),
+                        name,
+                        msg: "is also in another weight file".to_string(),
+                    });
+                }
+                tensors.insert(name, t);
+            }
         }
         Ok(Self {
             path: dir.to_path_buf(),

@@ -93,12 +93,22 @@ impl ModelConfig {
                 format!("{} is odd; RoPE needs pairs", self.head_dim),
             ));
         }
-        if self.sliding_window == Some(0) {
-            return Err(ModelError::config(
-                source,
-                "sliding_window",
-                "must be positive or null",
-            ));
+        match self.sliding_window {
+            Some(0) => {
+                return Err(ModelError::config(
+                    source,
+                    "sliding_window",
+                    "must be positive or null",
+                ))
+            }
+            Some(w) if w > 1 << 24 => {
+                return Err(ModelError::config(
+                    source,
+                    "sliding_window",
+                    format!("{w} is implausibly large"),
+                ))
+            }
+            _ => {}
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(ModelError::config(
@@ -199,6 +209,24 @@ impl ModelConfig {
                 ));
             }
         }
+        // Features bora doesn't implement are refused, never silently dropped.
+        let act = j.get("hidden_act").and_then(Json::as_str).unwrap_or("silu");
+        if act != "silu" {
+            return Err(ModelError::config(
+                source,
+                "hidden_act",
+                format!("'{act}' is not supported (silu is)"),
+            ));
+        }
+        for field in ["attention_bias", "mlp_bias"] {
+            if j.get(field).and_then(Json::as_bool) == Some(true) {
+                return Err(ModelError::config(
+                    source,
+                    field,
+                    "biases are not supported",
+                ));
+            }
+        }
         let rms_eps = j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32;
         let sliding_window = match arch {
             Arch::Llama => None,
@@ -259,6 +287,22 @@ impl ModelConfig {
                 source_name: source,
                 arch: arch_name.to_string(),
             });
+        }
+        let scaling = g
+            .get("llama.rope.scaling.type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none");
+        if scaling != "none" || g.tensors.contains_key("rope_freqs.weight") {
+            let what = if scaling != "none" {
+                scaling
+            } else {
+                "rope_freqs.weight"
+            };
+            return Err(ModelError::config(
+                &source,
+                "llama.rope.scaling.type",
+                format!("RoPE scaling '{what}' is not supported"),
+            ));
         }
         let key = |k: &str| format!("llama.{k}");
         let req = |k: &str| -> Result<usize> {

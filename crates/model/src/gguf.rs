@@ -212,7 +212,8 @@ impl<'a> Cursor<'a> {
                     t => return Err(self.err(format!("unknown array element type {t}"))),
                 };
                 let n = self.count("array", min)?;
-                let mut items = Vec::with_capacity(n);
+                // Bounded: a lying count must fail on the bytes, not on allocating for them.
+                let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(elem_ty, depth + 1)?);
                 }
@@ -350,6 +351,9 @@ impl GgufFile {
             let dtype =
                 DType::from_ggml_id(info.ty).ok_or_else(|| ggml_type_name(info.ty).to_string());
             let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
+            if tensors.contains_key(&info.name) {
+                return Err(bad("appears twice in the tensor directory".to_string()));
+            }
             tensors.insert(
                 info.name.clone(),
                 TensorRef {

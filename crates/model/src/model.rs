@@ -63,7 +63,9 @@ impl Model {
     /// Blocks one sequence can hold at once: the window plus one step's chunk, or the context.
     pub fn blocks_per_sequence(&self, block_size: usize, max_chunk: usize) -> usize {
         let span = match self.config.sliding_window {
-            Some(w) => (w + max_chunk).min(self.config.max_context + 1),
+            Some(w) => w
+                .saturating_add(max_chunk)
+                .min(self.config.max_context.saturating_add(1)),
             None => self.config.max_context,
         };
         span.div_ceil(block_size) + 1

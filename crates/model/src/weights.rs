@@ -110,8 +110,9 @@ impl ModelWeights {
         let l = Loader { ckpt };
         let (h, ff, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let embed = l.matrix(Role::Embed, v, h)?;
-        let lm_head_name = l.name(Role::LmHead);
-        let lm_head = if cfg.tie_embeddings && !ckpt.tensors.contains_key(&lm_head_name) {
+        // transformers ties the head to the embedding whenever the config says so, even if the
+        // file also carries an lm_head tensor.
+        let lm_head = if cfg.tie_embeddings {
             embed.clone()
         } else {
             l.matrix(Role::LmHead, v, h)?

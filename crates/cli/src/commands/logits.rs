@@ -15,6 +15,9 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         (None, Some(text)) => engine.tokenizer()?.encode_prompt(text)?,
         (None, None) => bail!("give the input with --ids 1,2,3 or --text TEXT"),
     };
+    if ids.is_empty() {
+        bail!("the input is empty: it tokenizes to no tokens");
+    }
     let limit = engine.model.config.max_context;
     if ids.len() > limit {
         bail!(
@@ -26,7 +29,7 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         .model
         .chunk
         .unwrap_or_else(|| default_prefill_chunk(&engine.model));
-    let mut session = Session::new(&engine.model, DEFAULT_BLOCK_SIZE, chunk);
+    let mut session = Session::new(&engine.model, DEFAULT_BLOCK_SIZE, chunk)?;
     let flat = session.prefill(&ids, chunk, a.all)?;
     let vocab = engine.model.config.vocab_size;
     let rows: Vec<&[f32]> = flat.chunks_exact(vocab).collect();
