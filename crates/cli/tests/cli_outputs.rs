@@ -166,3 +166,84 @@ fn tokenize_json_gives_ids_and_pieces() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ids(&j["ids"]), want[1..]);
 }
+
+/// `--sliding-window` overrides the file: with 0, attention is full, bora says so, and the
+/// logits agree with transformers' windowed model only where the window did not matter yet
+/// (positions < 16; the oracle notes transformers itself differs by ≥ 1.196 at every later one).
+#[test]
+fn sliding_window_override_on_gguf() {
+    let file = tiny("mistral_swa.f32.gguf");
+    let r = read_json(&tiny("mistral_swa").join("reference.json"));
+    let prompt = ids(&r["prompt_ids"]);
+    let want = read_f32(&tiny("mistral_swa").join("logits.f32.bin"));
+    let vocab = 256;
+    let run = |extra: &[&str]| {
+        let mut args = vec!["logits", file.to_str().unwrap(), "--ids"];
+        let joined = join(&prompt);
+        args.push(&joined);
+        args.extend(["--all", "--json", "--f32-activations"]);
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let flat: Vec<f32> = j["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        (flat, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (windowed, _) = run(&[]);
+    assert!(max_abs_diff(&windowed, &want) <= 1e-4);
+    let (full, _) = run(&["--sliding-window", "0"]);
+    assert!(max_abs_diff(&full[..16 * vocab], &want[..16 * vocab]) <= 1e-4);
+    for p in 16..prompt.len() {
+        let d = max_abs_diff(
+            &full[p * vocab..(p + 1) * vocab],
+            &want[p * vocab..(p + 1) * vocab],
+        );
+        assert!(
+            d > 0.5,
+            "position {p}: full attention should differ, Δ = {d}"
+        );
+    }
+    // The message on stderr says which attention was used.
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "-n",
+            "1",
+            "--sliding-window",
+            "0",
+            "--print-ids",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full attention (no sliding window)"));
+    let nowin = tiny("mistral_nowin.f32.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args([
+            "run",
+            nowin.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "-n",
+            "1",
+            "--print-ids",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full attention (no sliding window)"));
+}

@@ -40,7 +40,14 @@ fn run_far_past_window(window: usize, block: usize, tokens: usize) {
         held_positions <= window + 2 * block,
         "{held_positions} positions for a window of {window}"
     );
-    assert!(s.kv_bytes() <= 2 * (max_blocks + 1) * pool.block_bytes());
+    // The cache's memory, counted by the pool: at most one block past the window's need.
+    assert!(
+        s.kv_bytes() <= (max_blocks + 1) * pool.block_bytes(),
+        "{} bytes",
+        s.kv_bytes()
+    );
+    let per_position = 2 * 4 * engine.model.config.n_layers * engine.model.config.kv_dim();
+    assert!(s.kv_bytes() <= (window + 2 * block) * per_position);
 }
 
 #[test]

@@ -47,7 +47,8 @@ fn fixture(name: &str) -> serde_json::Value {
 
 fn all_positions(e: &Engine, prompt: &[u32]) -> Vec<f32> {
     let mut s = Session::new(&e.model, 16, 512).unwrap();
-    s.prefill(prompt, 512, true).unwrap()
+    s.prefill(prompt, 512, bora::model::LogitsRows::All)
+        .unwrap()
 }
 
 #[test]

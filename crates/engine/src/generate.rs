@@ -70,7 +70,7 @@ pub fn generate(
         ..Default::default()
     };
     let t0 = Instant::now();
-    let mut logits = session.prefill(prompt, opts.prefill_chunk, false)?;
+    let mut logits = session.prefill(prompt, opts.prefill_chunk, LogitsRows::Last)?;
     stats.prompt_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut history = prompt.to_vec();

@@ -48,19 +48,18 @@ impl<'m> Session<'m> {
         Ok(out.pop().unwrap_or_default())
     }
 
-    /// Feeds a prompt in chunks of at most `chunk` tokens. Returns the last position's logits,
-    /// or with `all` every position's, `[positions, vocab]`.
-    pub fn prefill(&mut self, tokens: &[u32], chunk: usize, all: bool) -> Result<Vec<f32>> {
+    /// Feeds a prompt in chunks of at most `chunk` tokens. Returns the logits `rows` asks for:
+    /// the last position's (`Last`), every position's (`All`, `[positions, vocab]`), or none.
+    pub fn prefill(&mut self, tokens: &[u32], chunk: usize, rows: LogitsRows) -> Result<Vec<f32>> {
         let mut out = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
         for (i, c) in chunks.iter().enumerate() {
-            let rows = match (all, i + 1 == chunks.len()) {
-                (true, _) => LogitsRows::All,
-                (false, true) => LogitsRows::Last,
-                (false, false) => LogitsRows::None,
+            let last = i + 1 == chunks.len();
+            let step_rows = match rows {
+                LogitsRows::Last if !last => LogitsRows::None,
+                r => r,
             };
-            let l = self.step(c, rows)?;
-            out.extend_from_slice(&l);
+            out.extend_from_slice(&self.step(c, step_rows)?);
         }
         Ok(out)
     }

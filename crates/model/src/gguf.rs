@@ -235,9 +235,8 @@ impl GgufFile {
 
     pub fn parse(file: Arc<MappedFile>) -> Result<Self> {
         let path = file.path().to_path_buf();
-        let bytes = file.bytes();
         let mut c = Cursor {
-            bytes,
+            bytes: file.bytes(),
             pos: 0,
             path: &path,
         };
@@ -258,113 +257,23 @@ impl GgufFile {
         // A tensor info is at least 8 (name len) + 4 + 8 + 4 + 8 bytes; a kv at least 8 + 4 + 1.
         let n_tensors = c.count("tensor", 32)?;
         let n_kv = c.count("metadata", 13)?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = c.string("metadata key")?;
-            let ty = c.u32()?;
-            let value = c.value(ty, 0).map_err(|e| match e {
-                ModelError::Format { path, msg } => ModelError::Format {
-                    path,
-                    msg: format!("metadata '{key}': {msg}"),
-                },
-                other => other,
-            })?;
-            metadata.insert(key, value);
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => 32,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
-                _ => {
-                    return Err(ModelError::format(
-                        &path,
-                        format!("general.alignment {v:?} is not a power of two"),
-                    ))
-                }
-            },
-        };
-        struct Info {
-            name: String,
-            dims: Vec<u64>,
-            ty: u32,
-            offset: u64,
-        }
-        let mut infos = Vec::with_capacity(n_tensors);
-        for _ in 0..n_tensors {
-            let name = c.string("tensor name")?;
-            let n_dims = c.u32()?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(ModelError::format(
-                    &path,
-                    format!("tensor '{name}' has {n_dims} dimensions (1 to 4 allowed)"),
-                ));
-            }
-            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
-            let ty = c.u32()?;
-            let offset = c.u64()?;
-            infos.push(Info {
-                name,
-                dims,
-                ty,
-                offset,
-            });
-        }
+        let metadata = read_metadata(&mut c, n_kv)?;
+        let alignment = alignment(&metadata, &path)?;
+        let infos = (0..n_tensors)
+            .map(|_| TensorInfo::read(&mut c))
+            .collect::<Result<Vec<_>>>()?;
         let data_start = c.pos.div_ceil(alignment) * alignment;
-        let data_len = bytes.len().saturating_sub(data_start);
         let mut tensors = BTreeMap::new();
         for info in infos {
-            let bad = |msg: String| ModelError::Tensor {
-                path: path.clone(),
-                name: info.name.clone(),
-                msg,
-            };
-            let (block_elems, block_bytes) = ggml_block_layout(info.ty)
-                .ok_or_else(|| bad(format!("unknown tensor type id {}", info.ty)))?;
-            let numel = info
-                .dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= usize::MAX as u64 / 8)
-                .ok_or_else(|| bad(format!("dimensions {:?} overflow", info.dims)))?
-                as usize;
-            if !(info.dims[0] as usize).is_multiple_of(block_elems) {
-                return Err(bad(format!(
-                    "row length {} is not a multiple of the {} block size {block_elems}",
-                    info.dims[0],
-                    ggml_type_name(info.ty)
-                )));
+            let t = info.locate(&file, data_start, alignment)?;
+            if tensors.contains_key(&t.name) {
+                return Err(ModelError::Tensor {
+                    path: path.clone(),
+                    name: t.name,
+                    msg: "appears twice in the tensor directory".to_string(),
+                });
             }
-            let size = numel / block_elems * block_bytes;
-            if info.offset % alignment as u64 != 0 {
-                return Err(bad(format!(
-                    "data offset {} is not aligned to {alignment}",
-                    info.offset
-                )));
-            }
-            let end = info.offset.checked_add(size as u64);
-            if end.is_none_or(|e| e > data_len as u64) {
-                return Err(bad(format!(
-                    "data [{}, +{size}) runs past the end of the file (tensor data is {data_len} bytes): truncated file?",
-                    info.offset
-                )));
-            }
-            let dtype =
-                DType::from_ggml_id(info.ty).ok_or_else(|| ggml_type_name(info.ty).to_string());
-            let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
-            if tensors.contains_key(&info.name) {
-                return Err(bad("appears twice in the tensor directory".to_string()));
-            }
-            tensors.insert(
-                info.name.clone(),
-                TensorRef {
-                    name: info.name,
-                    dtype,
-                    shape,
-                    file: Arc::clone(&file),
-                    start: data_start + info.offset as usize,
-                    len: size,
-                },
-            );
+            tensors.insert(t.name.clone(), t);
         }
         Ok(Self {
             version,
@@ -380,6 +289,122 @@ impl GgufFile {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+}
+
+fn read_metadata(c: &mut Cursor<'_>, n_kv: usize) -> Result<BTreeMap<String, Value>> {
+    let mut metadata = BTreeMap::new();
+    for _ in 0..n_kv {
+        let key = c.string("metadata key")?;
+        let ty = c.u32()?;
+        let value = c.value(ty, 0).map_err(|e| match e {
+            ModelError::Format { path, msg } => ModelError::Format {
+                path,
+                msg: format!("metadata '{key}': {msg}"),
+            },
+            other => other,
+        })?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+/// `general.alignment`, 32 when absent; must be a power of two.
+fn alignment(metadata: &BTreeMap<String, Value>, path: &Path) -> Result<usize> {
+    match metadata.get("general.alignment") {
+        None => Ok(32),
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => Ok(a as usize),
+            _ => Err(ModelError::format(
+                path,
+                format!("general.alignment {v:?} is not a power of two"),
+            )),
+        },
+    }
+}
+
+/// A tensor directory entry as stored: dims innermost first, offset into the data section.
+struct TensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    ty: u32,
+    offset: u64,
+}
+
+impl TensorInfo {
+    fn read(c: &mut Cursor<'_>) -> Result<Self> {
+        let name = c.string("tensor name")?;
+        let n_dims = c.u32()?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(c.err(format!(
+                "tensor '{name}' has {n_dims} dimensions (1 to 4 allowed)"
+            )));
+        }
+        let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>>>()?;
+        let ty = c.u32()?;
+        let offset = c.u64()?;
+        Ok(Self {
+            name,
+            dims,
+            ty,
+            offset,
+        })
+    }
+
+    /// Checks type, size and range against the file and returns the tensor's place in it.
+    fn locate(
+        self,
+        file: &Arc<MappedFile>,
+        data_start: usize,
+        alignment: usize,
+    ) -> Result<TensorRef> {
+        let data_len = file.bytes().len().saturating_sub(data_start);
+        let bad = |msg: String| ModelError::Tensor {
+            path: file.path().to_path_buf(),
+            name: self.name.clone(),
+            msg,
+        };
+        let (block_elems, block_bytes) = ggml_block_layout(self.ty)
+            .ok_or_else(|| bad(format!("unknown tensor type id {}", self.ty)))?;
+        let numel = self
+            .dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= usize::MAX as u64 / 8)
+            .ok_or_else(|| bad(format!("dimensions {:?} overflow", self.dims)))?
+            as usize;
+        if !(self.dims[0] as usize).is_multiple_of(block_elems) {
+            return Err(bad(format!(
+                "row length {} is not a multiple of the {} block size {block_elems}",
+                self.dims[0],
+                ggml_type_name(self.ty)
+            )));
+        }
+        let size = numel / block_elems * block_bytes;
+        if !self.offset.is_multiple_of(alignment as u64) {
+            return Err(bad(format!(
+                "data offset {} is not aligned to {alignment}",
+                self.offset
+            )));
+        }
+        if self
+            .offset
+            .checked_add(size as u64)
+            .is_none_or(|e| e > data_len as u64)
+        {
+            return Err(bad(format!(
+                "data [{}, +{size}) runs past the end of the file (tensor data is {data_len} bytes): truncated file?",
+                self.offset
+            )));
+        }
+        Ok(TensorRef {
+            dtype: DType::from_ggml_id(self.ty).ok_or_else(|| ggml_type_name(self.ty).to_string()),
+            shape: self.dims.iter().rev().map(|&d| d as usize).collect(),
+            file: Arc::clone(file),
+            start: data_start + self.offset as usize,
+            len: size,
+            name: self.name,
+        })
     }
 }
 

@@ -36,8 +36,9 @@ impl KvLayout {
 pub struct KvPool {
     layout: KvLayout,
     capacity: usize,
-    k: Vec<f32>, // [created blocks][n_layers][block_size][kv_dim]
-    v: Vec<f32>, // same layout as k
+    /// One allocation per block, so memory is exactly what was created: [n_layers][block_size][kv_dim]
+    k: Vec<Box<[f32]>>,
+    v: Vec<Box<[f32]>>,
     free: Vec<u32>,
     created: usize,
 }
@@ -71,8 +72,8 @@ impl KvPool {
             });
         }
         let n = self.layout.block_floats();
-        self.k.resize(self.k.len() + n, 0.0);
-        self.v.resize(self.v.len() + n, 0.0);
+        self.k.push(vec![0.0; n].into_boxed_slice());
+        self.v.push(vec![0.0; n].into_boxed_slice());
         self.created += 1;
         Ok((self.created - 1) as u32)
     }
@@ -97,19 +98,20 @@ impl KvPool {
 
     /// Bytes of K and V storage the pool has allocated (in use or free for reuse).
     pub fn bytes_allocated(&self) -> usize {
-        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<f32>()
+        self.created * self.block_bytes()
     }
 
-    fn offset(&self, block: u32, layer: usize, slot: usize) -> usize {
+    /// Offset of (layer, slot) inside a block.
+    fn offset(&self, layer: usize, slot: usize) -> usize {
         let l = &self.layout;
-        ((block as usize * l.n_layers + layer) * l.block_size + slot) * l.kv_dim()
+        (layer * l.block_size + slot) * l.kv_dim()
     }
 
     pub fn write(&mut self, at: (u32, usize), layer: usize, k: &[f32], v: &[f32]) {
-        let o = self.offset(at.0, layer, at.1);
+        let o = self.offset(layer, at.1);
         let d = self.layout.kv_dim();
-        self.k[o..o + d].copy_from_slice(k);
-        self.v[o..o + d].copy_from_slice(v);
+        self.k[at.0 as usize][o..o + d].copy_from_slice(k);
+        self.v[at.0 as usize][o..o + d].copy_from_slice(v);
     }
 
     /// K and V of `n` consecutive slots of one block in one layer: `[n, kv_dim]` each.
@@ -120,9 +122,10 @@ impl KvPool {
         first: usize,
         n: usize,
     ) -> (&[f32], &[f32]) {
-        let o = self.offset(block, layer, first);
+        let o = self.offset(layer, first);
         let len = n * self.layout.kv_dim();
-        (&self.k[o..o + len], &self.v[o..o + len])
+        let b = block as usize;
+        (&self.k[b][o..o + len], &self.v[b][o..o + len])
     }
 }
 

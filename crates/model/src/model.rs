@@ -8,8 +8,8 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvLayout, KvPool, SeqKv};
 use crate::moe::moe_forward;
-use crate::rope::Rope;
-use crate::weights::{Ffn, Mlp, ModelWeights};
+use crate::rope::{Rope, RopeAngles};
+use crate::weights::{Ffn, LayerWeights, Mlp, ModelWeights};
 
 /// Which rows of a sequence's chunk need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,84 +104,74 @@ impl Model {
 
     /// Embedding and every layer; returns the residual stream `[T, hidden]`.
     fn run_layers(&self, pool: &mut KvPool, steps: &[SeqStep<'_>]) -> Result<Vec<f32>> {
-        let cfg = &self.config;
-        let (h, qd, kvd, hd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-        let rows: Vec<QueryRow<'_>> = steps
-            .iter()
-            .flat_map(|s| {
-                let kv: &SeqKv = s.kv;
-                (0..s.tokens.len()).map(move |i| QueryRow {
-                    kv,
-                    pos: kv.len() + i,
-                })
-            })
-            .collect();
-        let tokens: Vec<u32> = steps
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        let t = tokens.len();
-        let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
-        let angles = self.rope.angles(&positions);
-        let block_size = pool.layout().block_size;
-        let slots: Vec<(u32, usize)> = rows
-            .iter()
-            .map(|r| r.kv.locate(r.pos, block_size))
-            .collect();
-
+        let h = self.config.hidden_size;
+        let meta = StepMeta::new(steps, &self.rope, pool.layout().block_size);
         let embed = self.weights.embed.mat();
-        let mut x = vec![0f32; t * h]; // [T, hidden] residual stream
-        for (xr, &id) in x.chunks_exact_mut(h).zip(&tokens) {
+        let mut x = vec![0f32; meta.rows.len() * h]; // [T, hidden] residual stream
+        for (xr, &id) in x.chunks_exact_mut(h).zip(&meta.tokens) {
             embed.dequantize_row_into(id as usize, xr);
         }
-        let mut xn = vec![0f32; t * h];
-        let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * kvd], vec![0f32; t * kvd]);
-        let mut att = vec![0f32; t * qd];
-        let mut delta = vec![0f32; t * h];
+        let mut scratch = Scratch::new(&self.config, meta.rows.len());
+        for (li, layer) in self.weights.layers.iter().enumerate() {
+            self.attention_block(li, layer, pool, &meta, &mut x, &mut scratch);
+            self.ffn_block(layer, &mut x, &mut scratch);
+        }
+        Ok(x)
+    }
+
+    /// x += Wo · attend(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x)), writing K and V to the cache.
+    fn attention_block(
+        &self,
+        li: usize,
+        layer: &LayerWeights,
+        pool: &mut KvPool,
+        meta: &StepMeta<'_>,
+        x: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        let cfg = &self.config;
+        let (qd, kvd, hd, act) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim, self.activations);
+        rms_norm_rows(x, &layer.attn_norm, cfg.rms_eps, &mut s.xn);
+        matmul_with(&layer.wq.mat(), &s.xn, &mut s.q, act);
+        matmul_with(&layer.wk.mat(), &s.xn, &mut s.k, act);
+        matmul_with(&layer.wv.mat(), &s.xn, &mut s.v, act);
+        for ti in 0..meta.rows.len() {
+            let (cos, sin) = meta.angles.row(ti);
+            for head in s.q[ti * qd..(ti + 1) * qd].chunks_exact_mut(hd) {
+                ops::rope(head, cos, sin, cfg.rope_layout);
+            }
+            let (k, v) = (
+                &mut s.k[ti * kvd..(ti + 1) * kvd],
+                &s.v[ti * kvd..(ti + 1) * kvd],
+            );
+            for head in k.chunks_exact_mut(hd) {
+                ops::rope(head, cos, sin, cfg.rope_layout);
+            }
+            pool.write(meta.slots[ti], li, k, v);
+        }
         let shape = AttentionShape {
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: hd,
             window: cfg.sliding_window,
         };
-        for (li, layer) in self.weights.layers.iter().enumerate() {
-            // Attention block: x += Wo · attend(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))
-            rms_norm_rows(&x, &layer.attn_norm, cfg.rms_eps, &mut xn);
-            let act = self.activations;
-            matmul_with(&layer.wq.mat(), &xn, &mut q, act);
-            matmul_with(&layer.wk.mat(), &xn, &mut k, act);
-            matmul_with(&layer.wv.mat(), &xn, &mut v, act);
-            for ti in 0..t {
-                let (cos, sin) = angles.row(ti);
-                for head in q[ti * qd..(ti + 1) * qd].chunks_exact_mut(hd) {
-                    ops::rope(head, cos, sin, cfg.rope_layout);
-                }
-                for head in k[ti * kvd..(ti + 1) * kvd].chunks_exact_mut(hd) {
-                    ops::rope(head, cos, sin, cfg.rope_layout);
-                }
-                pool.write(
-                    slots[ti],
-                    li,
-                    &k[ti * kvd..(ti + 1) * kvd],
-                    &v[ti * kvd..(ti + 1) * kvd],
-                );
-            }
-            attend(pool, li, &shape, &rows, &q, &mut att);
-            matmul_with(&layer.wo.mat(), &att, &mut delta, act);
-            add_into(&mut x, &delta);
+        attend(pool, li, &shape, &meta.rows, &s.q, &mut s.att);
+        matmul_with(&layer.wo.mat(), &s.att, &mut s.delta, act);
+        add_into(x, &s.delta);
+    }
 
-            // Feed-forward block: x += FFN(n(x))
-            rms_norm_rows(&x, &layer.ffn_norm, cfg.rms_eps, &mut xn);
-            match &layer.ffn {
-                Ffn::Dense(mlp) => mlp_forward(mlp, &xn, &mut delta, act),
-                Ffn::Moe { router, experts } => {
-                    let top_k = cfg.moe.map_or(1, |m| m.top_k);
-                    moe_forward(router, experts, top_k, &xn, &mut delta, act);
-                }
+    /// x += FFN(n(x)): SwiGLU, or the router's top-k experts for a mixture.
+    fn ffn_block(&self, layer: &LayerWeights, x: &mut [f32], s: &mut Scratch) {
+        let act = self.activations;
+        rms_norm_rows(x, &layer.ffn_norm, self.config.rms_eps, &mut s.xn);
+        match &layer.ffn {
+            Ffn::Dense(mlp) => mlp_forward(mlp, &s.xn, &mut s.delta, act),
+            Ffn::Moe { router, experts } => {
+                let top_k = self.config.moe.map_or(1, |m| m.top_k);
+                moe_forward(router, experts, top_k, &s.xn, &mut s.delta, act);
             }
-            add_into(&mut x, &delta);
         }
-        Ok(x)
+        add_into(x, &s.delta);
     }
 
     /// Final norm and LM head, only for the rows that want logits.
@@ -217,6 +207,68 @@ impl Model {
             out[si].extend_from_slice(lr);
         }
         out
+    }
+}
+
+/// What a step needs to know about each of its T rows, computed once for every layer.
+struct StepMeta<'a> {
+    tokens: Vec<u32>,
+    /// Each row's sequence cache and position.
+    rows: Vec<QueryRow<'a>>,
+    /// Where each row's K and V go: (physical block, slot).
+    slots: Vec<(u32, usize)>,
+    angles: RopeAngles,
+}
+
+impl<'a> StepMeta<'a> {
+    fn new(steps: &'a [SeqStep<'_>], rope: &Rope, block_size: usize) -> Self {
+        let rows: Vec<QueryRow<'a>> = steps
+            .iter()
+            .flat_map(|s| {
+                let kv: &SeqKv = s.kv;
+                (0..s.tokens.len()).map(move |i| QueryRow {
+                    kv,
+                    pos: kv.len() + i,
+                })
+            })
+            .collect();
+        let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
+        Self {
+            tokens: steps
+                .iter()
+                .flat_map(|s| s.tokens.iter().copied())
+                .collect(),
+            slots: rows
+                .iter()
+                .map(|r| r.kv.locate(r.pos, block_size))
+                .collect(),
+            angles: rope.angles(&positions),
+            rows,
+        }
+    }
+}
+
+/// Activation buffers of one step, allocated once for all layers.
+struct Scratch {
+    xn: Vec<f32>,    // [T, hidden]
+    q: Vec<f32>,     // [T, n_heads·head_dim]
+    k: Vec<f32>,     // [T, n_kv_heads·head_dim]
+    v: Vec<f32>,     // [T, n_kv_heads·head_dim]
+    att: Vec<f32>,   // [T, n_heads·head_dim]
+    delta: Vec<f32>, // [T, hidden]
+}
+
+impl Scratch {
+    fn new(cfg: &ModelConfig, t: usize) -> Self {
+        let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        Self {
+            xn: vec![0.0; t * h],
+            q: vec![0.0; t * qd],
+            k: vec![0.0; t * kvd],
+            v: vec![0.0; t * kvd],
+            att: vec![0.0; t * qd],
+            delta: vec![0.0; t * h],
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Result};
 use bora_engine::{default_prefill_chunk, Session};
-use bora_model::DEFAULT_BLOCK_SIZE;
+use bora_model::{LogitsRows, DEFAULT_BLOCK_SIZE};
 
 use crate::args::{parse_ids, LogitsArgs};
 
@@ -30,7 +30,15 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         .chunk
         .unwrap_or_else(|| default_prefill_chunk(&engine.model));
     let mut session = Session::new(&engine.model, DEFAULT_BLOCK_SIZE, chunk)?;
-    let flat = session.prefill(&ids, chunk, a.all)?;
+    let flat = session.prefill(
+        &ids,
+        chunk,
+        if a.all {
+            LogitsRows::All
+        } else {
+            LogitsRows::Last
+        },
+    )?;
     let vocab = engine.model.config.vocab_size;
     let rows: Vec<&[f32]> = flat.chunks_exact(vocab).collect();
     let stdout = std::io::stdout();

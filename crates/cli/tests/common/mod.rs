@@ -61,7 +61,8 @@ pub fn load_with(path: &Path, activations: Activations) -> bora::engine::Engine 
 /// Every position's logits for `prompt`, fed in chunks of `chunk`.
 pub fn all_logits(model: &Model, prompt: &[u32], chunk: usize) -> Vec<f32> {
     let mut s = Session::new(model, 16, chunk).unwrap();
-    s.prefill(prompt, chunk, true).unwrap()
+    s.prefill(prompt, chunk, bora::model::LogitsRows::All)
+        .unwrap()
 }
 
 pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
