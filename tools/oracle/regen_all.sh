@@ -9,3 +9,4 @@ cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/check_gguf_llamacpp.py
 "$PY" tools/oracle/make_tokenizer_fixtures.py
 "$PY" tools/oracle/make_smollm2_reference.py
+"$PY" tools/oracle/make_smollm2_exact.py
