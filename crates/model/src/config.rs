@@ -140,8 +140,8 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str, source: &str) -> Result<Self> {
         let j: Json = serde_json::from_str(text)
             .map_err(|e| ModelError::config(source, "(file)", format!("not valid JSON: {e}")))?;
-        let model_type = j.get("model_type").and_then(Json::as_str).unwrap_or("");
-        let arch = match model_type {
+        let f = HfFields { j: &j, source };
+        let arch = match j.get("model_type").and_then(Json::as_str).unwrap_or("") {
             "mistral" => Arch::Mistral,
             "mixtral" => Arch::Mixtral,
             "llama" => Arch::Llama,
@@ -152,124 +152,43 @@ impl ModelConfig {
                 })
             }
         };
-        let usize_field = |name: &str| -> Result<usize> {
-            let v = j
-                .get(name)
-                .ok_or_else(|| ModelError::config(source, name, "missing"))?;
-            v.as_u64().map(|v| v as usize).ok_or_else(|| {
-                ModelError::config(
-                    source,
-                    name,
-                    format!("expected a non-negative integer, got {v}"),
-                )
-            })
-        };
-        let opt_usize = |name: &str| -> Result<Option<usize>> {
-            match j.get(name) {
-                None | Some(Json::Null) => Ok(None),
-                Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
-                    ModelError::config(
-                        source,
-                        name,
-                        format!("expected an integer or null, got {v}"),
-                    )
-                }),
-            }
-        };
-        let hidden_size = usize_field("hidden_size")?;
-        let n_heads = usize_field("num_attention_heads")?;
-        let n_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-        let head_dim = match opt_usize("head_dim")? {
-            Some(d) => d,
-            None => hidden_size.checked_div(n_heads).unwrap_or(0),
-        };
-        // transformers 5 nests RoPE settings in `rope_parameters`; real checkpoints keep
-        // `rope_theta` (and maybe `rope_scaling`) at the top level.
-        let rope_params = j.get("rope_parameters");
-        let rope_theta = j
-            .get("rope_theta")
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")))
-            .map(|v| {
-                v.as_f64().ok_or_else(|| {
-                    ModelError::config(source, "rope_theta", format!("expected a number, got {v}"))
-                })
-            })
-            .transpose()?
-            .unwrap_or(10000.0);
-        for scaling in [j.get("rope_scaling"), rope_params] {
-            let kind = scaling
-                .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
-                .and_then(Json::as_str)
-                .unwrap_or("default");
-            if kind != "default" {
-                return Err(ModelError::config(
-                    source,
-                    "rope_scaling",
-                    format!("RoPE scaling '{kind}' is not supported"),
-                ));
-            }
-        }
-        // Features bora doesn't implement are refused, never silently dropped.
-        let act = j.get("hidden_act").and_then(Json::as_str).unwrap_or("silu");
-        if act != "silu" {
-            return Err(ModelError::config(
-                source,
-                "hidden_act",
-                format!("'{act}' is not supported (silu is)"),
-            ));
-        }
-        for field in ["attention_bias", "mlp_bias"] {
-            if j.get(field).and_then(Json::as_bool) == Some(true) {
-                return Err(ModelError::config(
-                    source,
-                    field,
-                    "biases are not supported",
-                ));
-            }
-        }
-        let rms_eps = j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32;
-        let sliding_window = match arch {
-            Arch::Llama => None,
-            _ => opt_usize("sliding_window")?,
-        };
+        f.refuse_unsupported()?;
+        let hidden_size = f.usize("hidden_size")?;
+        let n_heads = f.usize("num_attention_heads")?;
         let moe = match arch {
             Arch::Mixtral => Some(MoeConfig {
-                n_experts: usize_field("num_local_experts")?,
-                top_k: usize_field("num_experts_per_tok")?,
+                n_experts: f.usize("num_local_experts")?,
+                top_k: f.usize("num_experts_per_tok")?,
             }),
             _ => None,
         };
-        let ids = |name: &str| -> Vec<u32> {
-            match j.get(name) {
-                Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-                Some(Json::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| v.as_u64().map(|v| v as u32))
-                    .collect(),
-                _ => vec![],
-            }
-        };
         let cfg = ModelConfig {
             arch,
-            vocab_size: usize_field("vocab_size")?,
+            vocab_size: f.usize("vocab_size")?,
             hidden_size,
-            intermediate_size: usize_field("intermediate_size")?,
-            n_layers: usize_field("num_hidden_layers")?,
+            intermediate_size: f.usize("intermediate_size")?,
+            n_layers: f.usize("num_hidden_layers")?,
             n_heads,
-            n_kv_heads,
-            head_dim,
-            rope_theta,
+            n_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            head_dim: match f.opt_usize("head_dim")? {
+                Some(d) => d,
+                None => hidden_size.checked_div(n_heads).unwrap_or(0),
+            },
+            rope_theta: f.rope_theta()?,
             rope_layout: RopeLayout::SplitHalves,
-            rms_eps,
-            sliding_window,
-            max_context: opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            rms_eps: j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32,
+            sliding_window: match arch {
+                Arch::Llama => None,
+                _ => f.opt_usize("sliding_window")?,
+            },
+            max_context: f.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             tie_embeddings: j
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)
                 .unwrap_or(false),
             moe,
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
+            bos_token_id: f.ids("bos_token_id").first().copied(),
+            eos_token_ids: f.ids("eos_token_id"),
         };
         cfg.validate(source)?;
         Ok(cfg)
@@ -380,6 +299,105 @@ impl ModelConfig {
         };
         cfg.validate(&source)?;
         Ok(cfg)
+    }
+}
+
+/// Typed access to the fields of a `config.json`, with errors naming the field.
+struct HfFields<'a> {
+    j: &'a Json,
+    source: &'a str,
+}
+
+impl HfFields<'_> {
+    fn usize(&self, name: &str) -> Result<usize> {
+        let v = self
+            .j
+            .get(name)
+            .ok_or_else(|| ModelError::config(self.source, name, "missing"))?;
+        v.as_u64().map(|v| v as usize).ok_or_else(|| {
+            ModelError::config(
+                self.source,
+                name,
+                format!("expected a non-negative integer, got {v}"),
+            )
+        })
+    }
+
+    fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
+        match self.j.get(name) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                ModelError::config(
+                    self.source,
+                    name,
+                    format!("expected an integer or null, got {v}"),
+                )
+            }),
+        }
+    }
+
+    /// One id or a list of them (`eos_token_id` may be either).
+    fn ids(&self, name: &str) -> Vec<u32> {
+        match self.j.get(name) {
+            Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(Json::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|v| v as u32))
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    /// transformers 5 nests RoPE settings in `rope_parameters`; real checkpoints keep
+    /// `rope_theta` at the top level.
+    fn rope_theta(&self) -> Result<f64> {
+        let nested = self
+            .j
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"));
+        match self.j.get("rope_theta").or(nested) {
+            None => Ok(10000.0),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                ModelError::config(
+                    self.source,
+                    "rope_theta",
+                    format!("expected a number, got {v}"),
+                )
+            }),
+        }
+    }
+
+    /// Features bora doesn't implement are refused, never silently dropped.
+    fn refuse_unsupported(&self) -> Result<()> {
+        for scaling in [self.j.get("rope_scaling"), self.j.get("rope_parameters")] {
+            let kind = scaling
+                .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+                .and_then(Json::as_str)
+                .unwrap_or("default");
+            if kind != "default" {
+                let msg = format!("RoPE scaling '{kind}' is not supported");
+                return Err(ModelError::config(self.source, "rope_scaling", msg));
+            }
+        }
+        let act = self
+            .j
+            .get("hidden_act")
+            .and_then(Json::as_str)
+            .unwrap_or("silu");
+        if act != "silu" {
+            let msg = format!("'{act}' is not supported (silu is)");
+            return Err(ModelError::config(self.source, "hidden_act", msg));
+        }
+        for field in ["attention_bias", "mlp_bias"] {
+            if self.j.get(field).and_then(Json::as_bool) == Some(true) {
+                return Err(ModelError::config(
+                    self.source,
+                    field,
+                    "biases are not supported",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
