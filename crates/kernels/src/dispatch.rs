@@ -26,6 +26,21 @@ impl Isa {
     }
 }
 
+/// Whether the CPU has AVX-512 VNNI with 256-bit (VL) forms, for the `vpdpbusd` kernels.
+pub(crate) fn has_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// The instruction set kernels use on this CPU (`BORA_ISA=portable|avx2` lowers it, for tests
 /// and comparisons).
 pub fn isa() -> Isa {
@@ -51,9 +66,13 @@ fn detect() -> Level {
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
     {
         Level::Avx512
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    } else if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
         Level::Avx2
     } else {
         Level::Portable
@@ -82,9 +101,9 @@ macro_rules! multiversion {
                 fn avx2($($arg: $ty),*) { body($($arg),*) }
                 match isa.0 {
                     // SAFETY: an `Isa` is only made by this module, at or below the level the CPU
-                    // reported: Avx512 means avx512f/bw/vl, avx2 and fma were all detected.
+                    // reported: Avx512 means avx512f/bw/vl, avx2, fma and f16c were all detected.
                     $crate::dispatch::Level::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above; Avx2 means avx2 and fma were detected.
+                    // SAFETY: as above; Avx2 means avx2, fma and f16c were detected.
                     $crate::dispatch::Level::Avx2 => return unsafe { avx2($($arg),*) },
                     $crate::dispatch::Level::Portable => {}
                 }

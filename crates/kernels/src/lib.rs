@@ -18,6 +18,8 @@ pub mod dot;
 pub mod dtype;
 pub mod matmul;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use dot::{dequantize_row, dot_f32, dot_row};
 pub use dtype::{DType, DTypeError};

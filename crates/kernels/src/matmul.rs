@@ -175,6 +175,24 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let chunk = rows_per_task(rows);
     let isa = isa();
     let mut out_t = vec![0f32; rows * t];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = crate::x86::row_dot(isa, w.dtype) {
+        out_t
+            .par_chunks_mut(chunk * t)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                    let row = w.row(ci * chunk + j);
+                    for (v, xr) in orow.iter_mut().zip(&xq) {
+                        // SAFETY: `row_dot` gave a kernel for features `isa()` detected on this CPU;
+                        // `row` holds whole `w.dtype` blocks and `xr` was quantized for `w.dtype`.
+                        *v = unsafe { kernel(row, xr) };
+                    }
+                }
+            });
+        transpose_into(&out_t, t, rows, out);
+        return;
+    }
     out_t
         .par_chunks_mut(chunk * t)
         .enumerate()

@@ -1,0 +1,217 @@
+//! x86 SIMD versions of the integer block dot products in [`crate::act_quant`] (the scalar
+//! references). Two builds of each: AVX2 (`maddubs` + `madd` pair sums) and AVX-512 VNNI
+//! (`vpdpbusd`, one instruction per 32 products). A block's 32 products are summed in i32
+//! exactly as the reference does; only the f32 sum across blocks is reassociated (8 lanes).
+
+use std::arch::x86_64::*;
+
+use crate::act_quant::QuantizedRow;
+use crate::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::dispatch::{Isa, Level};
+use crate::DType;
+
+/// A row dot product compiled for a feature set the CPU was checked to have.
+pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
+
+/// The fastest kernel for `dtype` against quantized activations, if this CPU has one.
+pub(crate) fn row_dot(isa: Isa, dtype: DType) -> Option<RowDot> {
+    let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
+    if isa.0 < Level::Avx2 {
+        return None;
+    }
+    Some(match (dtype, vnni) {
+        (DType::Q4_0, false) => avx2::q4_0,
+        (DType::Q4_0, true) => vnni::q4_0,
+        (DType::Q4_1, false) => avx2::q4_1,
+        (DType::Q4_1, true) => vnni::q4_1,
+        (DType::Q8_0, false) => avx2::q8_0,
+        (DType::Q8_0, true) => vnni::q8_0,
+        _ => return None,
+    })
+}
+
+/// Generates the three row kernels for one feature set, given its i8 pair-sum primitives.
+macro_rules! row_kernels {
+    ($mod:ident, $features:literal, $sum_us:ident) => {
+        pub(crate) mod $mod {
+            use super::*;
+
+            /// Σ u[i]·s[i] (u unsigned, s signed bytes) as eight i32 lanes.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn sum_us(u: __m256i, s: __m256i) -> __m256i {
+                $sum_us(u, s)
+            }
+
+            /// Σ a[i]·b[i] for signed bytes: |a| · (b with a's sign).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn sum_ss(a: __m256i, b: __m256i) -> __m256i {
+                sum_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+            }
+
+            /// 16 bytes of nibbles → 32 bytes: low nibbles first (elements 0..16), then high.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn nibbles(qs: &[u8; 16]) -> __m256i {
+                // SAFETY: `qs` is 16 readable bytes; the load is unaligned.
+                let lo = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+                let hi = _mm_srli_epi16(lo, 4);
+                _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load32(q: &[i8; 32]) -> __m256i {
+                // SAFETY: `q` is 32 readable bytes; the load is unaligned.
+                unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
+            }
+
+            /// f16 → f32 with the F16C instruction (the portable kernels convert in software).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn h(b: [u8; 2]) -> f32 {
+                _mm_cvtss_f32(_mm_cvtph_ps(
+                    _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+                ))
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn hsum(v: __m256) -> f32 {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+            }
+
+            /// # Safety
+            /// The CPU must support the features this module is compiled for; `row` must hold
+            /// Q4_0 blocks matching `x` (a Q8_0 row).
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q4_0(row: &[u8], x: &QuantizedRow) -> f32 {
+                let (w, QuantizedRow::Q8_0(x)) = (bytemuck::cast_slice::<u8, BlockQ4_0>(row), x)
+                else {
+                    unreachable!("Q4_0 meets Q8_0 activations")
+                };
+                let mut acc = _mm256_setzero_ps();
+                for (a, b) in w.iter().zip(x) {
+                    let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
+                    let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
+                }
+                hsum(acc)
+            }
+
+            /// # Safety
+            /// As [`q4_0`], for Q4_1 blocks and a Q8_1 row.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q4_1(row: &[u8], x: &QuantizedRow) -> f32 {
+                let (w, QuantizedRow::Q8_1(x)) = (bytemuck::cast_slice::<u8, BlockQ4_1>(row), x)
+                else {
+                    unreachable!("Q4_1 meets Q8_1 activations")
+                };
+                let mut acc = _mm256_setzero_ps();
+                let mut mins = 0f32;
+                for (a, b) in w.iter().zip(x) {
+                    let b: &BlockQ8_1 = b;
+                    let p = _mm256_cvtepi32_ps(sum_us(nibbles(&a.qs), load32(&b.qs)));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
+                    mins += h(a.m) * h(b.s);
+                }
+                hsum(acc) + mins
+            }
+
+            /// # Safety
+            /// As [`q4_0`], for Q8_0 blocks and a Q8_0 row.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q8_0(row: &[u8], x: &QuantizedRow) -> f32 {
+                let (w, QuantizedRow::Q8_0(x)) = (bytemuck::cast_slice::<u8, BlockQ8_0>(row), x)
+                else {
+                    unreachable!("Q8_0 meets Q8_0 activations")
+                };
+                let mut acc = _mm256_setzero_ps();
+                for (a, b) in w.iter().zip(x) {
+                    let p = _mm256_cvtepi32_ps(sum_ss(load32(&a.qs), load32(&b.qs)));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
+                }
+                hsum(acc)
+            }
+        }
+    };
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn sum_us_avx2(u: __m256i, s: __m256i) -> __m256i {
+    // Pairs of u8·i8 products fit i16 (|u| ≤ 128, |s| ≤ 127: at most 32 512).
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+#[inline]
+fn sum_us_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+row_kernels!(avx2, "avx2,fma,f16c", sum_us_avx2);
+row_kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", sum_us_vnni);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::f16_bytes;
+
+    fn random_row(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+        let bytes = dtype.block_bytes();
+        let mut row: Vec<u8> = (0..blocks * bytes)
+            .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for (k, blk) in row.chunks_exact_mut(bytes).enumerate() {
+            let d = ((k as u32 * 7 + seed) % 97) as f32 / 97.0 * 0.05 + 0.001;
+            blk[..2].copy_from_slice(&f16_bytes(d));
+            if dtype == DType::Q4_1 {
+                blk[2..4].copy_from_slice(&f16_bytes(-d * 4.0));
+            }
+        }
+        row
+    }
+
+    /// Every SIMD kernel against the scalar reference, on random data, at odd block counts,
+    /// including activations with outliers and all-zero blocks.
+    #[test]
+    fn simd_dots_match_the_scalar_reference() {
+        let cpu = crate::dispatch::isa();
+        if cpu.0 < Level::Avx2 {
+            return;
+        }
+        let kernels: Vec<(Isa, &str)> = [(Isa(Level::Avx2), "avx2"), (cpu, "best")]
+            .into_iter()
+            .collect();
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+            for blocks in [1usize, 2, 3, 7, 15, 17, 31, 33] {
+                for seed in 0..4u32 {
+                    let row = random_row(dtype, blocks, seed);
+                    let mut x: Vec<f32> = (0..blocks * 32)
+                        .map(|i| {
+                            (((i as u32 * 7919 + seed * 31) % 2001) as f32 / 1000.0 - 1.0)
+                                * (1.0 + (i % 13) as f32)
+                        })
+                        .collect();
+                    x[..32].iter_mut().for_each(|v| *v = 0.0);
+                    let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
+                    let want = xq.dot(dtype, &row);
+                    for &(isa, name) in &kernels {
+                        let k = row_dot(isa, dtype).expect("kernel for a quantized type");
+                        // SAFETY: `isa` is at most what the CPU reported; `row` and `xq` match.
+                        let got = unsafe { k(&row, &xq) };
+                        let tol = 1e-5 * want.abs().max(1.0);
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{dtype} {name} blocks={blocks}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
