@@ -94,35 +94,14 @@ impl Tokenizer {
         let Some(model) = g.get("tokenizer.ggml.model").and_then(Value::as_str) else {
             return Ok(None);
         };
-        let err = |msg: String| EngineError::Tokenizer {
-            path: g.path().to_path_buf(),
-            msg,
-        };
-        let strings = |key: &str| -> Result<Vec<String>> {
-            let arr = g
-                .get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| err(format!("'{key}' is missing or not an array")))?;
-            arr.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| err(format!("'{key}' holds a non-string")))
-                })
-                .collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let types: Vec<i32> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect(),
-            None => vec![1; tokens.len()],
-        };
-        let id = |k: &str| {
-            g.get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as u32)
-                .filter(|&v| (v as usize) < tokens.len())
-        };
-        let flag = |k: &str| g.get(k).and_then(Value::as_bool);
+        let meta = GgufVocab { g };
+        let tokens = meta.strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i32> = meta
+            .numbers("tokenizer.ggml.token_type", tokens.len(), 1.0)
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        let id = |k: &str| meta.token_id(k, tokens.len());
         let bos = id("tokenizer.ggml.bos_token_id");
         // Generation ends at EOS and at the end-of-turn / end-of-message tokens, as in llama.cpp.
         let mut eos: Vec<u32> = Vec::new();
@@ -137,39 +116,31 @@ impl Tokenizer {
         }
         let (backend, default_add_bos) = match model {
             "llama" => {
-                let scores: Vec<f32> =
-                    match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
-                        Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-                        None => vec![0.0; tokens.len()],
-                    };
-                let add_space = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let scores = meta.numbers("tokenizer.ggml.scores", tokens.len(), 0.0);
+                let add_space = meta.flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 let unk = id("tokenizer.ggml.unknown_token_id");
-                (
-                    Backend::Spm(Box::new(SpmVocab::new(
-                        tokens, scores, types, unk, add_space,
-                    ))),
-                    true,
-                )
+                let vocab = SpmVocab::new(tokens, scores, types, unk, add_space);
+                (Backend::Spm(Box::new(vocab)), true)
             }
             "gpt2" => {
-                let merges = strings("tokenizer.ggml.merges")?;
+                let merges = meta.strings("tokenizer.ggml.merges")?;
                 let pre = g
                     .get("tokenizer.ggml.pre")
                     .and_then(Value::as_str)
                     .unwrap_or("default");
-                (
-                    Backend::hf(byte_level_bpe(tokens, &types, merges, pre).map_err(err)?),
-                    false,
-                )
+                let bpe = byte_level_bpe(tokens, &types, merges, pre).map_err(|m| meta.err(m))?;
+                (Backend::hf(bpe), false)
             }
             other => {
-                return Err(err(format!(
+                return Err(meta.err(format!(
                     "tokenizer model '{other}' is not supported (llama and gpt2 are)"
                 )))
             }
         };
-        let add_bos =
-            flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos.is_some();
+        let add_bos = meta
+            .flag("tokenizer.ggml.add_bos_token")
+            .unwrap_or(default_add_bos)
+            && bos.is_some();
         Ok(Some(Self {
             backend,
             source: g.path().to_path_buf(),
@@ -249,6 +220,61 @@ impl Tokenizer {
                 .get_added_vocabulary()
                 .is_special_token(&parse.id_to_token(id).unwrap_or_default()),
         }
+    }
+}
+
+/// Typed reads of a GGUF file's `tokenizer.ggml.*` metadata, errors naming the key.
+struct GgufVocab<'a> {
+    g: &'a GgufFile,
+}
+
+impl GgufVocab<'_> {
+    fn err(&self, msg: String) -> EngineError {
+        EngineError::Tokenizer {
+            path: self.g.path().to_path_buf(),
+            msg,
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let arr = self
+            .g
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.err(format!("'{key}' is missing or not an array")))?;
+        arr.iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| self.err(format!("'{key}' holds a non-string")))
+            })
+            .collect()
+    }
+
+    /// A numeric array, `n` long: missing entries (or a missing array) read as `default`.
+    fn numbers(&self, key: &str, n: usize, default: f32) -> Vec<f32> {
+        let given = self.g.get(key).and_then(Value::as_array).unwrap_or(&[]);
+        (0..n)
+            .map(|i| {
+                given
+                    .get(i)
+                    .and_then(Value::as_f64)
+                    .map_or(default, |v| v as f32)
+            })
+            .collect()
+    }
+
+    /// A token id, if present and inside the vocabulary.
+    fn token_id(&self, key: &str, vocab: usize) -> Option<u32> {
+        self.g
+            .get(key)
+            .and_then(Value::as_u64)
+            .filter(|&v| v < vocab as u64)
+            .map(|v| v as u32)
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.g.get(key).and_then(Value::as_bool)
     }
 }
 

@@ -1,9 +1,12 @@
 //! `bora run`: generate after a prompt, streaming text (or ids) to stdout.
 
-use std::io::Write;
+use std::io::{StdoutLock, Write};
 
 use anyhow::{bail, Result};
-use bora_engine::{default_prefill_chunk, generate, GenerateOptions, StreamDecoder};
+use bora_engine::{
+    default_prefill_chunk, generate, Engine, GenerateOptions, GenerationStats, StreamDecoder,
+    Tokenizer,
+};
 
 use crate::args::{parse_ids, RunArgs};
 
@@ -29,48 +32,92 @@ pub fn run(a: RunArgs) -> Result<()> {
             engine.stop_tokens()
         },
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    // Token ids in without a tokenizer: ids out.
-    let ids_only = a.print_ids || (a.ids.is_some() && engine.tokenizer.is_none());
-    let tokenizer = if ids_only {
-        None
-    } else {
-        Some(engine.tokenizer()?)
-    };
-    let mut stream = StreamDecoder::new(&prompt);
-    if let (Some(_), Some(text)) = (tokenizer, &a.prompt) {
-        write!(out, "{text}")?;
-        out.flush()?;
+    let mut sink = Sink::new(&a, &engine, &prompt)?;
+    let stats = generate(&engine.model, &prompt, &opts, |id| sink.push(id))?;
+    sink.finish()?;
+    report(&stats);
+    Ok(())
+}
+
+/// Where generated tokens go: decoded text streamed as it completes, or one line of ids.
+enum Sink<'t> {
+    Ids(Vec<u32>),
+    Text {
+        tok: &'t Tokenizer,
+        stream: StreamDecoder,
+        out: StdoutLock<'static>,
+        /// The first write error; generation isn't interrupted, the error is reported after.
+        error: Option<std::io::Error>,
+    },
+}
+
+impl<'t> Sink<'t> {
+    fn new(a: &RunArgs, engine: &'t Engine, prompt: &[u32]) -> Result<Self> {
+        // Token ids in without a tokenizer: ids out.
+        if a.print_ids || (a.ids.is_some() && engine.tokenizer.is_none()) {
+            return Ok(Sink::Ids(Vec::new()));
+        }
+        let mut out = std::io::stdout().lock();
+        if let Some(text) = &a.prompt {
+            write!(out, "{text}")?;
+            out.flush()?;
+        }
+        Ok(Sink::Text {
+            tok: engine.tokenizer()?,
+            stream: StreamDecoder::new(prompt),
+            out,
+            error: None,
+        })
     }
-    let mut ids = Vec::new();
-    let mut write_err = None;
-    let stats = generate(&engine.model, &prompt, &opts, |id| match tokenizer {
-        None => ids.push(id),
-        Some(tok) => {
-            if let Some(piece) = stream.push(tok, id) {
-                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                    write_err.get_or_insert(e);
+
+    fn push(&mut self, id: u32) {
+        match self {
+            Sink::Ids(ids) => ids.push(id),
+            Sink::Text {
+                tok,
+                stream,
+                out,
+                error,
+            } => {
+                if let Some(piece) = stream.push(tok, id) {
+                    if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                        error.get_or_insert(e);
+                    }
                 }
             }
         }
-    })?;
-    if let Some(e) = write_err {
-        return Err(e.into());
     }
-    match tokenizer {
-        None => {
-            let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-            writeln!(out, "{}", line.join(" "))?;
-        }
-        Some(tok) => {
-            if let Some(rest) = stream.flush(tok) {
-                write!(out, "{rest}")?;
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Ids(ids) => {
+                let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", line.join(" "))?;
+                out.flush()?;
             }
-            writeln!(out)?;
+            Sink::Text {
+                tok,
+                mut stream,
+                mut out,
+                error,
+            } => {
+                if let Some(e) = error {
+                    return Err(e.into());
+                }
+                if let Some(rest) = stream.flush(tok) {
+                    write!(out, "{rest}")?;
+                }
+                writeln!(out)?;
+                out.flush()?;
+            }
         }
+        Ok(())
     }
-    out.flush()?;
+}
+
+/// The last line on stderr: prompt and generation speed.
+fn report(stats: &GenerationStats) {
     eprintln!(
         "prompt: {} tokens, {:.1} tokens/s | generated: {} tokens, {:.1} tokens/s{}",
         stats.prompt_tokens,
@@ -83,5 +130,4 @@ pub fn run(a: RunArgs) -> Result<()> {
             ""
         }
     );
-    Ok(())
 }
