@@ -176,22 +176,33 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let isa = isa();
     let mut out_t = vec![0f32; rows * t];
     #[cfg(target_arch = "x86_64")]
-    if let Some(kernel) = crate::x86::row_dot(isa, w.dtype) {
-        out_t
-            .par_chunks_mut(chunk * t)
-            .enumerate()
-            .for_each(|(ci, o)| {
-                for (j, orow) in o.chunks_exact_mut(t).enumerate() {
-                    let row = w.row(ci * chunk + j);
-                    for (v, xr) in orow.iter_mut().zip(&xq) {
-                        // SAFETY: `row_dot` gave a kernel for features `isa()` detected on this CPU;
-                        // `row` holds whole `w.dtype` blocks and `xr` was quantized for `w.dtype`.
-                        *v = unsafe { kernel(row, xr) };
+    {
+        let kernels = (
+            crate::x86::row_dot(isa, w.dtype),
+            crate::x86::row_dot4(isa, w.dtype),
+        );
+        if let (Some(one), Some(four)) = kernels {
+            out_t
+                .par_chunks_mut(chunk * t)
+                .enumerate()
+                .for_each(|(ci, o)| {
+                    for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                        let row = w.row(ci * chunk + j);
+                        let whole = t / 4 * 4;
+                        for (vs, xs) in orow[..whole].chunks_exact_mut(4).zip(xq.chunks_exact(4)) {
+                            // SAFETY: `row_dot4` gave a kernel for features `isa()` detected on this CPU;
+                            // `row` holds whole `w.dtype` blocks, `xs` 4 rows quantized for `w.dtype`.
+                            unsafe { four(row, xs, vs) };
+                        }
+                        for (v, xr) in orow[whole..].iter_mut().zip(&xq[whole..]) {
+                            // SAFETY: as above, for one activation row and its single-row kernel.
+                            *v = unsafe { one(row, xr) };
+                        }
                     }
-                }
-            });
-        transpose_into(&out_t, t, rows, out);
-        return;
+                });
+            transpose_into(&out_t, t, rows, out);
+            return;
+        }
     }
     out_t
         .par_chunks_mut(chunk * t)

@@ -13,6 +13,27 @@ use crate::DType;
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 
+/// The same dot product for four activation rows at once (`xs.len() == 4`, into `out[..4]`):
+/// each weight block is unpacked once and met by all four.
+pub(crate) type RowDot4 = unsafe fn(&[u8], &[QuantizedRow], &mut [f32]);
+
+/// The four-row kernel matching [`row_dot`].
+pub(crate) fn row_dot4(isa: Isa, dtype: DType) -> Option<RowDot4> {
+    let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
+    if isa.0 < Level::Avx2 {
+        return None;
+    }
+    Some(match (dtype, vnni) {
+        (DType::Q4_0, false) => avx2::q4_0_x4,
+        (DType::Q4_0, true) => vnni::q4_0_x4,
+        (DType::Q4_1, false) => avx2::q4_1_x4,
+        (DType::Q4_1, true) => vnni::q4_1_x4,
+        (DType::Q8_0, false) => avx2::q8_0_x4,
+        (DType::Q8_0, true) => vnni::q8_0_x4,
+        _ => return None,
+    })
+}
+
 /// The fastest kernel for `dtype` against quantized activations, if this CPU has one.
 pub(crate) fn row_dot(isa: Isa, dtype: DType) -> Option<RowDot> {
     let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
@@ -135,6 +156,81 @@ macro_rules! row_kernels {
                     acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
                 }
                 hsum(acc)
+            }
+
+            fn q8_0_rows(xs: &[QuantizedRow]) -> [&[BlockQ8_0]; 4] {
+                std::array::from_fn(|r| match &xs[r] {
+                    QuantizedRow::Q8_0(b) => b.as_slice(),
+                    QuantizedRow::Q8_1(_) => unreachable!("Q8_0 activations expected"),
+                })
+            }
+
+            /// # Safety
+            /// As [`q4_0`]; `xs` holds 4 Q8_0 rows and `out` at least 4 values.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q4_0_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ4_0>(row);
+                let ys = q8_0_rows(xs);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (i, a) in w.iter().enumerate() {
+                    let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
+                    let dw = h(a.d);
+                    for r in 0..4 {
+                        let b = &ys[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
+                    }
+                }
+                for r in 0..4 {
+                    out[r] = hsum(acc[r]);
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_1`]; `xs` holds 4 Q8_1 rows and `out` at least 4 values.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q4_1_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ4_1>(row);
+                let ys: [&[BlockQ8_1]; 4] = std::array::from_fn(|r| match &xs[r] {
+                    QuantizedRow::Q8_1(b) => b.as_slice(),
+                    QuantizedRow::Q8_0(_) => unreachable!("Q8_1 activations expected"),
+                });
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut mins = [0f32; 4];
+                for (i, a) in w.iter().enumerate() {
+                    let qx = nibbles(&a.qs);
+                    let (dw, mw) = (h(a.d), h(a.m));
+                    for r in 0..4 {
+                        let b = &ys[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&b.qs)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
+                        mins[r] += mw * h(b.s);
+                    }
+                }
+                for r in 0..4 {
+                    out[r] = hsum(acc[r]) + mins[r];
+                }
+            }
+
+            /// # Safety
+            /// As [`q8_0`]; `xs` holds 4 Q8_0 rows and `out` at least 4 values.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q8_0_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ8_0>(row);
+                let ys = q8_0_rows(xs);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (i, a) in w.iter().enumerate() {
+                    let qx = load32(&a.qs);
+                    let dw = h(a.d);
+                    for r in 0..4 {
+                        let b = &ys[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
+                    }
+                }
+                for r in 0..4 {
+                    out[r] = hsum(acc[r]);
+                }
             }
         }
     };
