@@ -20,6 +20,19 @@ fn bora(args: &[&str]) -> (String, String) {
     (so, se)
 }
 
+/// `logits --json` output → every row's logits, concatenated.
+fn flat_logits(json: &[u8]) -> Vec<f32> {
+    let j: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let rows = j["logits"].as_array().unwrap().iter();
+    rows.flat_map(|r| {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+    })
+    .collect()
+}
+
 fn join(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
@@ -110,18 +123,7 @@ fn logits_json_last_and_all_positions() {
         "--chunk",
         "5",
     ]);
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let all: Vec<f32> = j["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
+    let all = flat_logits(out.as_bytes());
     assert_eq!(all.len(), prompt.len() * vocab);
     assert!(max_abs_diff(&all, &want) <= 1e-4);
 }
@@ -188,19 +190,10 @@ fn sliding_window_override_on_gguf() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let flat: Vec<f32> = j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
-        (flat, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            flat_logits(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (windowed, _) = run(&[]);
     assert!(max_abs_diff(&windowed, &want) <= 1e-4);

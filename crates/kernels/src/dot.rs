@@ -250,14 +250,7 @@ mod tests {
     #[test]
     fn fused_dot_matches_dequantized_dot() {
         let mut seed = 7u64;
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+        for dtype in DType::ALL {
             let lens: &[usize] = if dtype.is_quantized() {
                 &[32, 64, 96, 224, 1024]
             } else {

@@ -24,6 +24,15 @@ pub enum DTypeError {
 }
 
 impl DType {
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ];
+
     /// Elements per block (1 for plain floats).
     pub const fn block_elems(self) -> usize {
         match self {
@@ -151,14 +160,7 @@ mod tests {
 
     #[test]
     fn ggml_ids_round_trip() {
-        for d in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+        for d in DType::ALL {
             assert_eq!(DType::from_ggml_id(d.ggml_id()), Some(d));
         }
         assert_eq!(DType::from_ggml_id(12), None);

@@ -60,6 +60,18 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// Activation rows in `x` ([T, cols]), checking `out` is [T, rows].
+fn batch_rows(w: &MatRef<'_>, x: &[f32], out: &[f32]) -> usize {
+    assert_eq!(
+        x.len() % w.cols,
+        0,
+        "activation length is not a multiple of cols"
+    );
+    let t = x.len() / w.cols;
+    assert_eq!(out.len(), t * w.rows, "output has the wrong length");
+    t
+}
+
 /// Rows of W handled by one task: enough work to amortize scheduling, enough tasks to balance.
 fn rows_per_task(rows: usize) -> usize {
     let tasks = rayon::current_num_threads() * 8;
@@ -80,13 +92,7 @@ pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations)
         return matmul_q8(w, x, out);
     }
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        x.len() % cols,
-        0,
-        "activation length is not a multiple of cols"
-    );
-    let t = x.len() / cols;
-    assert_eq!(out.len(), t * rows, "output has the wrong length");
+    let t = batch_rows(w, x, out);
     let chunk = rows_per_task(rows);
     let isa = isa();
     if t == 1 {
@@ -161,13 +167,7 @@ multiversion! {
 /// Each activation row quantized once, then integer dot products with every weight row.
 fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        x.len() % cols,
-        0,
-        "activation length is not a multiple of cols"
-    );
-    let t = x.len() / cols;
-    assert_eq!(out.len(), t * rows, "output has the wrong length");
+    let t = batch_rows(w, x, out);
     let xq: Vec<QuantizedRow> = x
         .chunks_exact(cols)
         .map(|r| QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
@@ -177,11 +177,7 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let mut out_t = vec![0f32; rows * t];
     #[cfg(target_arch = "x86_64")]
     {
-        let kernels = (
-            crate::x86::row_dot(isa, w.dtype),
-            crate::x86::row_dot4(isa, w.dtype),
-        );
-        if let (Some(one), Some(four)) = kernels {
+        if let Some((one, four)) = crate::x86::row_dots(isa, w.dtype) {
             out_t
                 .par_chunks_mut(chunk * t)
                 .enumerate()
@@ -190,7 +186,7 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
                         let row = w.row(ci * chunk + j);
                         let whole = t / 4 * 4;
                         for (vs, xs) in orow[..whole].chunks_exact_mut(4).zip(xq.chunks_exact(4)) {
-                            // SAFETY: `row_dot4` gave a kernel for features `isa()` detected on this CPU;
+                            // SAFETY: `row_dots` gave kernels for features `isa()` detected on this CPU;
                             // `row` holds whole `w.dtype` blocks, `xs` 4 rows quantized for `w.dtype`.
                             unsafe { four(row, xs, vs) };
                         }
@@ -244,14 +240,7 @@ mod tests {
     fn every_isa_matches_the_portable_kernels() {
         use crate::dispatch::{Isa, Level};
         let (rows, cols) = (19, 256);
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+        for dtype in DType::ALL {
             let rb = dtype.row_bytes(cols).unwrap();
             let mut data: Vec<u8> = (0..rows * rb)
                 .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(11) as u8)

@@ -17,36 +17,20 @@ pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 /// each weight block is unpacked once and met by all four.
 pub(crate) type RowDot4 = unsafe fn(&[u8], &[QuantizedRow], &mut [f32]);
 
-/// The four-row kernel matching [`row_dot`].
-pub(crate) fn row_dot4(isa: Isa, dtype: DType) -> Option<RowDot4> {
-    let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
+/// The fastest kernels for `dtype` against quantized activations (one row, four rows), if
+/// this CPU has them.
+pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
     if isa.0 < Level::Avx2 {
         return None;
     }
-    Some(match (dtype, vnni) {
-        (DType::Q4_0, false) => avx2::q4_0_x4,
-        (DType::Q4_0, true) => vnni::q4_0_x4,
-        (DType::Q4_1, false) => avx2::q4_1_x4,
-        (DType::Q4_1, true) => vnni::q4_1_x4,
-        (DType::Q8_0, false) => avx2::q8_0_x4,
-        (DType::Q8_0, true) => vnni::q8_0_x4,
-        _ => return None,
-    })
-}
-
-/// The fastest kernel for `dtype` against quantized activations, if this CPU has one.
-pub(crate) fn row_dot(isa: Isa, dtype: DType) -> Option<RowDot> {
     let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
-    if isa.0 < Level::Avx2 {
-        return None;
-    }
     Some(match (dtype, vnni) {
-        (DType::Q4_0, false) => avx2::q4_0,
-        (DType::Q4_0, true) => vnni::q4_0,
-        (DType::Q4_1, false) => avx2::q4_1,
-        (DType::Q4_1, true) => vnni::q4_1,
-        (DType::Q8_0, false) => avx2::q8_0,
-        (DType::Q8_0, true) => vnni::q8_0,
+        (DType::Q4_0, false) => (avx2::q4_0, avx2::q4_0_x4),
+        (DType::Q4_0, true) => (vnni::q4_0, vnni::q4_0_x4),
+        (DType::Q4_1, false) => (avx2::q4_1, avx2::q4_1_x4),
+        (DType::Q4_1, true) => (vnni::q4_1, vnni::q4_1_x4),
+        (DType::Q8_0, false) => (avx2::q8_0, avx2::q8_0_x4),
+        (DType::Q8_0, true) => (vnni::q8_0, vnni::q8_0_x4),
         _ => return None,
     })
 }
@@ -272,6 +256,32 @@ mod tests {
         row
     }
 
+    /// The four-row kernel gives, bit for bit, what four single-row calls give.
+    fn check_four_rows(k: RowDot, k4: RowDot4, row: &[u8], x: &[f32], dtype: DType, name: &str) {
+        let xs: Vec<QuantizedRow> = (0..4)
+            .map(|r| {
+                let shifted: Vec<f32> = x
+                    .iter()
+                    .map(|v| v * (1.0 + r as f32 * 0.37) - r as f32 * 0.1)
+                    .collect();
+                QuantizedRow::for_weight(dtype, &shifted).unwrap()
+            })
+            .collect();
+        let mut four = [0f32; 4];
+        // SAFETY: the kernels come from `row_dots` for a detected ISA; `xs` holds 4 rows
+        // quantized for `dtype`, matching `row`.
+        unsafe { k4(row, &xs, &mut four) };
+        for (r, xr) in xs.iter().enumerate() {
+            // SAFETY: as above, one row.
+            let single = unsafe { k(row, xr) };
+            assert_eq!(
+                four[r].to_bits(),
+                single.to_bits(),
+                "{dtype} {name} x4 row {r}"
+            );
+        }
+    }
+
     /// Every SIMD kernel against the scalar reference, on random data, at odd block counts,
     /// including activations with outliers and all-zero blocks.
     #[test]
@@ -297,7 +307,7 @@ mod tests {
                     let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
                     let want = xq.dot(dtype, &row);
                     for &(isa, name) in &kernels {
-                        let k = row_dot(isa, dtype).expect("kernel for a quantized type");
+                        let (k, k4) = row_dots(isa, dtype).expect("kernels for a quantized type");
                         // SAFETY: `isa` is at most what the CPU reported; `row` and `xq` match.
                         let got = unsafe { k(&row, &xq) };
                         let tol = 1e-5 * want.abs().max(1.0);
@@ -305,6 +315,7 @@ mod tests {
                             (got - want).abs() <= tol,
                             "{dtype} {name} blocks={blocks}: {got} vs {want}"
                         );
+                        check_four_rows(k, k4, &row, &x, dtype, name);
                     }
                 }
             }
