@@ -219,13 +219,34 @@ fn put_str(b: &mut Vec<u8>, s: &str) {
 /// A GGUF v3 with `general.architecture = llama` and one F32 tensor `token_embd.weight`
 /// whose declared dims, type and data length are given.
 fn gguf(dims: &[u64], ty: u32, data_len: usize) -> Vec<u8> {
+    gguf_with(dims, ty, data_len, "llama", &[])
+}
+
+/// Metadata value types as GGUF numbers them.
+const GGUF_STRING: u32 = 8;
+const GGUF_ARRAY: u32 = 9;
+const GGUF_F32: u32 = 6;
+
+/// As [`gguf`], with another architecture and extra metadata (key, type, encoded value).
+fn gguf_with(
+    dims: &[u64],
+    ty: u32,
+    data_len: usize,
+    arch: &str,
+    extra: &[(&str, u32, Vec<u8>)],
+) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend(1u64.to_le_bytes()); // tensors
-    b.extend(1u64.to_le_bytes()); // kv
+    b.extend((1 + extra.len() as u64).to_le_bytes()); // kv
     put_str(&mut b, "general.architecture");
-    b.extend(8u32.to_le_bytes());
-    put_str(&mut b, "llama");
+    b.extend(GGUF_STRING.to_le_bytes());
+    put_str(&mut b, arch);
+    for (key, vtype, value) in extra {
+        put_str(&mut b, key);
+        b.extend(vtype.to_le_bytes());
+        b.extend(value);
+    }
     put_str(&mut b, "token_embd.weight");
     b.extend((dims.len() as u32).to_le_bytes());
     for d in dims {
@@ -412,4 +433,46 @@ fn gguf_duplicate_tensor_names() {
     b.extend(vec![0u8; 128]);
     let e = run_ids(&write_gguf("dup", &b), "1");
     assert!(e.contains("appears twice"), "{e}");
+}
+
+#[test]
+fn gguf_unsupported_architecture() {
+    let e = run_ids(
+        &write_gguf("arch", &gguf_with(&[4, 4], 0, 64, "gpt2", &[])),
+        "1",
+    );
+    assert!(e.contains("unsupported architecture 'gpt2'"), "{e}");
+}
+
+/// A vocabulary whose scores array is shorter than its token list is refused, naming the key.
+#[test]
+fn gguf_vocabulary_with_mismatched_arrays() {
+    let array = |ty: u32, items: &[Vec<u8>]| {
+        let mut v = ty.to_le_bytes().to_vec();
+        v.extend((items.len() as u64).to_le_bytes());
+        items.iter().for_each(|i| v.extend(i));
+        v
+    };
+    let s = |t: &str| {
+        let mut v = (t.len() as u64).to_le_bytes().to_vec();
+        v.extend(t.as_bytes());
+        v
+    };
+    let model = s("llama");
+    let tokens = array(GGUF_STRING, &[s("<unk>"), s("a"), s("b")]);
+    let scores = array(
+        GGUF_F32,
+        &[0f32.to_le_bytes().to_vec(), 1f32.to_le_bytes().to_vec()],
+    );
+    let extra = [
+        ("tokenizer.ggml.model", GGUF_STRING, model),
+        ("tokenizer.ggml.tokens", GGUF_ARRAY, tokens),
+        ("tokenizer.ggml.scores", GGUF_ARRAY, scores),
+    ];
+    let p = write_gguf("vocab", &gguf_with(&[4, 4], 0, 64, "llama", &extra));
+    let e = fails(&["tokenize", p.to_str().unwrap(), "--text", "ab"]);
+    assert!(
+        e.contains("tokenizer.ggml.scores") && e.contains("2 entries for 3 tokens"),
+        "{e}"
+    );
 }

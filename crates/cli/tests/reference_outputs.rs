@@ -85,6 +85,18 @@ fn block_sizes_and_chunks_that_straddle_the_window() {
     }
 }
 
+/// A step with no tokens is no work, not a panic.
+#[test]
+fn empty_step_returns_no_logits() {
+    let engine = load(&tiny("mistral_swa"));
+    let mut s = bora::engine::Session::new(&engine.model, 16, 16).unwrap();
+    assert!(s
+        .step(&[], bora::model::LogitsRows::All)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.len(), 0);
+}
+
 /// Decoding token by token, prefilling at once and batched chunks all agree: the property that
 /// makes chunked prefill safe, checked independently of any reference file.
 #[test]

@@ -1,5 +1,6 @@
 //! Text generation for one sequence: chunked prefill, then sample-and-decode until done.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use bora_model::{LogitsRows, Model};
@@ -45,12 +46,13 @@ pub fn default_prefill_chunk(model: &Model) -> usize {
     model.config.sliding_window.unwrap_or(512).min(512)
 }
 
-/// Generates after `prompt`, calling `on_token` with each new token as it is chosen.
+/// Generates after `prompt`, calling `on_token` with each new token as it is chosen; it
+/// returns `ControlFlow::Break` to stop early (a reader that went away).
 pub fn generate(
     model: &Model,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<GenerationStats> {
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -82,7 +84,9 @@ pub fn generate(
         }
         history.push(next);
         stats.generated_tokens += 1;
-        on_token(next);
+        if on_token(next).is_break() {
+            break;
+        }
         if i + 1 < opts.max_new_tokens {
             logits = session.step(&[next], LogitsRows::Last)?;
         }

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 /// Token types llama.cpp's converter writes.
+pub const TYPE_UNKNOWN: i32 = 2;
 pub const TYPE_CONTROL: i32 = 3;
 pub const TYPE_USER_DEFINED: i32 = 4;
 pub const TYPE_BYTE: i32 = 6;
@@ -39,7 +40,8 @@ impl SpmVocab {
                 if let Some(b) = parse_byte_piece(p) {
                     byte_ids[b as usize] = Some(i as u32);
                 }
-            } else {
+            } else if !matches!(types.get(i), Some(&TYPE_CONTROL | &TYPE_UNKNOWN)) {
+                // As sentencepiece: control and unknown pieces are never reached by merging.
                 index.entry(p.clone()).or_insert(i as u32);
             }
         }
@@ -251,7 +253,9 @@ impl PartialOrd for Candidate {
 
 impl Ord for Candidate {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
+        // Equal scores (0.0 and -0.0 included) go to the leftmost pair, as in sentencepiece.
+        let by_score = self.score.partial_cmp(&o.score).unwrap_or(Ordering::Equal);
+        by_score.then(o.left.cmp(&self.left))
     }
 }
 

@@ -97,12 +97,12 @@ impl Tokenizer {
         let meta = GgufVocab { g };
         let tokens = meta.strings("tokenizer.ggml.tokens")?;
         let types: Vec<i32> = meta
-            .numbers("tokenizer.ggml.token_type", tokens.len(), 1.0)
+            .numbers("tokenizer.ggml.token_type", tokens.len(), 1.0)?
             .iter()
             .map(|&t| t as i32)
             .collect();
         let id = |k: &str| meta.token_id(k, tokens.len());
-        let bos = id("tokenizer.ggml.bos_token_id");
+        let bos = id("tokenizer.ggml.bos_token_id")?;
         // Generation ends at EOS and at the end-of-turn / end-of-message tokens, as in llama.cpp.
         let mut eos: Vec<u32> = Vec::new();
         for key in [
@@ -110,15 +110,15 @@ impl Tokenizer {
             "tokenizer.ggml.eot_token_id",
             "tokenizer.ggml.eom_token_id",
         ] {
-            if let Some(t) = id(key).filter(|t| !eos.contains(t)) {
+            if let Some(t) = id(key)?.filter(|t| !eos.contains(t)) {
                 eos.push(t);
             }
         }
         let (backend, default_add_bos) = match model {
             "llama" => {
-                let scores = meta.numbers("tokenizer.ggml.scores", tokens.len(), 0.0);
+                let scores = meta.numbers("tokenizer.ggml.scores", tokens.len(), 0.0)?;
                 let add_space = meta.flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                let unk = id("tokenizer.ggml.unknown_token_id");
+                let unk = id("tokenizer.ggml.unknown_token_id")?;
                 let vocab = SpmVocab::new(tokens, scores, types, unk, add_space);
                 (Backend::Spm(Box::new(vocab)), true)
             }
@@ -251,26 +251,35 @@ impl GgufVocab<'_> {
             .collect()
     }
 
-    /// A numeric array, `n` long: missing entries (or a missing array) read as `default`.
-    fn numbers(&self, key: &str, n: usize, default: f32) -> Vec<f32> {
-        let given = self.g.get(key).and_then(Value::as_array).unwrap_or(&[]);
-        (0..n)
-            .map(|i| {
-                given
-                    .get(i)
-                    .and_then(Value::as_f64)
-                    .map_or(default, |v| v as f32)
+    /// A numeric array with one entry per token; absent, every entry is `default`.
+    fn numbers(&self, key: &str, n: usize, default: f32) -> Result<Vec<f32>> {
+        let Some(v) = self.g.get(key) else {
+            return Ok(vec![default; n]);
+        };
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(format!("'{key}' is not an array")))?;
+        if arr.len() != n {
+            return Err(self.err(format!("'{key}' has {} entries for {n} tokens", arr.len())));
+        }
+        arr.iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| self.err(format!("'{key}' holds a non-number")))
             })
             .collect()
     }
 
-    /// A token id, if present and inside the vocabulary.
-    fn token_id(&self, key: &str, vocab: usize) -> Option<u32> {
-        self.g
-            .get(key)
-            .and_then(Value::as_u64)
-            .filter(|&v| v < vocab as u64)
-            .map(|v| v as u32)
+    /// A token id: absent is `None`; present, it must be inside the vocabulary.
+    fn token_id(&self, key: &str, vocab: usize) -> Result<Option<u32>> {
+        match self.g.get(key).map(Value::as_u64) {
+            None => Ok(None),
+            Some(Some(v)) if v < vocab as u64 => Ok(Some(v as u32)),
+            Some(v) => Err(self.err(format!(
+                "'{key}' = {v:?} is not a token id in a vocabulary of {vocab}"
+            ))),
+        }
     }
 
     fn flag(&self, key: &str) -> Option<bool> {

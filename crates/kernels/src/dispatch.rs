@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 /// An instruction set the CPU was found to support. Only this module makes one (its field is
 /// private), so holding an `Isa` proves the detection ran: what the `unsafe` calls rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Isa(pub(crate) Level);
+pub struct Isa(Level);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Level {
@@ -18,6 +18,15 @@ pub(crate) enum Level {
 
 impl Isa {
     pub const PORTABLE: Isa = Isa(Level::Portable);
+
+    pub(crate) fn level(self) -> Level {
+        self.0
+    }
+
+    /// Whether kernels beyond the portable ones run on this CPU.
+    pub fn is_simd(self) -> bool {
+        self.0 > Level::Portable
+    }
 
     /// `level` if the CPU has it, else the best it has below it (tests compare levels).
     #[cfg(test)]
@@ -99,7 +108,7 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) { body($($arg),*) }
-                match isa.0 {
+                match isa.level() {
                     // SAFETY: an `Isa` is only made by this module, at or below the level the CPU
                     // reported: Avx512 means avx512f/bw/vl, avx2, fma and f16c were all detected.
                     $crate::dispatch::Level::Avx512 => return unsafe { avx512($($arg),*) },

@@ -93,6 +93,9 @@ pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations)
     }
     let (rows, cols) = (w.rows, w.cols);
     let t = batch_rows(w, x, out);
+    if t == 0 {
+        return;
+    }
     let chunk = rows_per_task(rows);
     let isa = isa();
     if t == 1 {
@@ -168,6 +171,9 @@ multiversion! {
 fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let t = batch_rows(w, x, out);
+    if t == 0 {
+        return;
+    }
     let xq: Vec<QuantizedRow> = x
         .chunks_exact(cols)
         .map(|r| QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))

@@ -1,7 +1,8 @@
 //! x86 SIMD versions of the integer block dot products in [`crate::act_quant`] (the scalar
 //! references). Two builds of each: AVX2 (`maddubs` + `madd` pair sums) and AVX-512 VNNI
-//! (`vpdpbusd`, one instruction per 32 products). A block's 32 products are summed in i32
-//! exactly as the reference does; only the f32 sum across blocks is reassociated (8 lanes).
+//! (`vpdpbusd`). A block's products are summed exactly in eight i32 lanes, each lane scaled
+//! and accumulated in f32 across blocks (llama.cpp's x86 order), then the lanes are added: the
+//! same terms as the reference, reassociated.
 
 use std::arch::x86_64::*;
 
@@ -20,10 +21,10 @@ pub(crate) type RowDot4 = unsafe fn(&[u8], &[QuantizedRow], &mut [f32]);
 /// The fastest kernels for `dtype` against quantized activations (one row, four rows), if
 /// this CPU has them.
 pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
-    if isa.0 < Level::Avx2 {
+    if isa.level() < Level::Avx2 {
         return None;
     }
-    let vnni = isa.0 >= Level::Avx512 && crate::dispatch::has_vnni();
+    let vnni = isa.level() >= Level::Avx512 && crate::dispatch::has_vnni();
     Some(match (dtype, vnni) {
         (DType::Q4_0, false) => (avx2::q4_0, avx2::q4_0_x4),
         (DType::Q4_0, true) => (vnni::q4_0, vnni::q4_0_x4),
@@ -287,10 +288,10 @@ mod tests {
     #[test]
     fn simd_dots_match_the_scalar_reference() {
         let cpu = crate::dispatch::isa();
-        if cpu.0 < Level::Avx2 {
+        if cpu.level() < Level::Avx2 {
             return;
         }
-        let kernels: Vec<(Isa, &str)> = [(Isa(Level::Avx2), "avx2"), (cpu, "best")]
+        let kernels: Vec<(Isa, &str)> = [(Isa::at_most(Level::Avx2), "avx2"), (cpu, "best")]
             .into_iter()
             .collect();
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {

@@ -91,6 +91,9 @@ impl Model {
                 });
             }
         }
+        if steps.iter().all(|s| s.tokens.is_empty()) {
+            return Ok(vec![Vec::new(); steps.len()]);
+        }
         for s in steps.iter_mut() {
             s.kv.prepare(pool, s.tokens.len(), window)?;
         }

@@ -1,6 +1,7 @@
 //! `bora run`: generate after a prompt, streaming text (or ids) to stdout.
 
 use std::io::{StdoutLock, Write};
+use std::ops::ControlFlow;
 
 use anyhow::{bail, Result};
 use bora_engine::{
@@ -46,7 +47,7 @@ enum Sink<'t> {
         tok: &'t Tokenizer,
         stream: StreamDecoder,
         out: StdoutLock<'static>,
-        /// The first write error; generation isn't interrupted, the error is reported after.
+        /// The write error that stopped generation, reported after it.
         error: Option<std::io::Error>,
     },
 }
@@ -70,7 +71,8 @@ impl<'t> Sink<'t> {
         })
     }
 
-    fn push(&mut self, id: u32) {
+    /// Takes a token; breaks once stdout is gone, so generation stops with it.
+    fn push(&mut self, id: u32) -> ControlFlow<()> {
         match self {
             Sink::Ids(ids) => ids.push(id),
             Sink::Text {
@@ -82,10 +84,12 @@ impl<'t> Sink<'t> {
                 if let Some(piece) = stream.push(tok, id) {
                     if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
                         error.get_or_insert(e);
+                        return ControlFlow::Break(());
                     }
                 }
             }
         }
+        ControlFlow::Continue(())
     }
 
     fn finish(self) -> Result<()> {

@@ -74,6 +74,10 @@ pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
         stop_tokens: vec![],
     };
     let mut out = Vec::new();
-    generate(model, prompt, &opts, |id| out.push(id)).unwrap();
+    generate(model, prompt, &opts, |id| {
+        out.push(id);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     out
 }
