@@ -48,6 +48,7 @@ FILES = [
     # (model dir, file suffix, quant type for matrices, file type)
     ("mistral_swa", "f32", QT.F32, FT.ALL_F32),
     ("mistral_swa", "f16", QT.F16, FT.MOSTLY_F16),
+    ("mistral_swa", "bf16", QT.BF16, FT.MOSTLY_BF16),
     ("mistral_swa", "q8_0", QT.Q8_0, FT.MOSTLY_Q8_0),
     ("mistral_swa", "q4_0", QT.Q4_0, FT.MOSTLY_Q4_0),
     ("mistral_swa", "q4_1", QT.Q4_1, FT.MOSTLY_Q4_1),
@@ -269,16 +270,16 @@ def main() -> None:
                 "max_abs_weight_error": max(max_err.values())}
         deq = gguf_to_hf(back, hp)
         for k in hf_t:
-            if suffix in ("f32", "f16"):
+            if suffix in ("f32", "f16", "bf16"):
                 assert np.array_equal(deq[k], hf_t[k]), k
 
         prompt_ids = ref["prompt_ids"]
         ref_logits = np.fromfile(mdir / "logits.f32.bin", dtype="<f4").reshape(ref["logits_shape"])
-        if (name, suffix) in LOGITS_REFS or suffix == "f32":
+        if (name, suffix) in LOGITS_REFS or suffix in ("f32", "bf16"):
             model = logits_from_weights(mdir, deq)
             logits = full_logits(model, prompt_ids)
             info["maxdiff_vs_f32_reference"] = float(np.abs(logits - ref_logits).max())
-            if suffix in ("f32", "f16"):
+            if suffix in ("f32", "f16", "bf16"):
                 assert np.array_equal(logits, ref_logits), (name, suffix)
             else:
                 # Cross-check: identical to quantizing the HF weights in memory (no GGUF, no permutation).

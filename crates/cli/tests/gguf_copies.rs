@@ -68,8 +68,9 @@ fn f32_gguf_matches_transformers() {
 }
 
 #[test]
-fn f16_gguf_matches_transformers() {
+fn f16_and_bf16_gguf_match_transformers() {
     check_float("mistral_swa.f16.gguf", "mistral_swa");
+    check_float("mistral_swa.bf16.gguf", "mistral_swa");
 }
 
 #[test]
