@@ -432,6 +432,39 @@ mod tests {
         assert_eq!(c.sliding_window, None);
     }
 
+    /// Mistral 7B v0.3 and Mixtral 8x7B as their published config.json files describe them.
+    #[test]
+    fn reads_mistral_v03_and_mixtral_8x7b_configs() {
+        let v03 = r#"{"architectures":["MistralForCausalLM"],"bos_token_id":1,"eos_token_id":2,
+            "head_dim":128,"hidden_act":"silu","hidden_size":4096,"intermediate_size":14336,
+            "max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,
+            "num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,
+            "rope_theta":1000000.0,"sliding_window":null,"tie_word_embeddings":false,
+            "vocab_size":32768}"#;
+        let c = ModelConfig::from_hf_json(v03, "config.json").unwrap();
+        assert_eq!(
+            (c.vocab_size, c.head_dim, c.sliding_window),
+            (32768, 128, None)
+        );
+        assert_eq!(c.rope_theta, 1e6);
+        let mixtral = r#"{"architectures":["MixtralForCausalLM"],"bos_token_id":1,"eos_token_id":2,
+            "hidden_act":"silu","hidden_size":4096,"intermediate_size":14336,
+            "max_position_embeddings":32768,"model_type":"mixtral","num_attention_heads":32,
+            "num_experts_per_tok":2,"num_hidden_layers":32,"num_key_value_heads":8,
+            "num_local_experts":8,"rms_norm_eps":1e-05,"rope_theta":1000000.0,
+            "router_aux_loss_coef":0.02,"sliding_window":null,"vocab_size":32000}"#;
+        let c = ModelConfig::from_hf_json(mixtral, "config.json").unwrap();
+        assert_eq!(c.arch, Arch::Mixtral);
+        assert_eq!(
+            c.moe,
+            Some(MoeConfig {
+                n_experts: 8,
+                top_k: 2
+            })
+        );
+        assert_eq!(c.head_dim, 128);
+    }
+
     #[test]
     fn rejects_impossible_shapes_and_unknown_archs() {
         let bad_heads =
