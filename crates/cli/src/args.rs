@@ -26,6 +26,8 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Show how the model's tokenizer splits a text.
     Tokenize(TokenizeArgs),
+    /// Measure prompt-processing and generation speed (median of repetitions).
+    Bench(BenchArgs),
 }
 
 /// How to load the model: shared by every subcommand that runs it.
@@ -164,6 +166,24 @@ pub struct LogitsArgs {
     #[arg(long)]
     pub all: bool,
     /// One JSON object: {"ids": [...], "logits": [[vocab floats] per position]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens per repetition.
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens per repetition.
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// One JSON object with `prompt_tokens_per_s` and `gen_tokens_per_s` (medians).
     #[arg(long)]
     pub json: bool,
 }

@@ -240,3 +240,45 @@ fn sliding_window_override_on_gguf() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("full attention (no sliding window)"));
 }
+
+/// `bench --json`: one object with the two medians, one measurement per repetition.
+#[test]
+fn bench_json_reports_medians_of_each_repetition() {
+    let dir = tiny("mistral_swa");
+    let (out, _) = bora(&[
+        "bench",
+        dir.to_str().unwrap(),
+        "-p",
+        "40",
+        "-n",
+        "8",
+        "-r",
+        "3",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for (median, runs) in [
+        ("prompt_tokens_per_s", "prompt_tokens_per_s_runs"),
+        ("gen_tokens_per_s", "gen_tokens_per_s_runs"),
+    ] {
+        let runs: Vec<f64> = j[runs]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 3);
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(
+            j[median].as_f64().unwrap(),
+            sorted[1],
+            "{median} is the median of {runs:?}"
+        );
+        assert!(sorted[0] > 0.0);
+    }
+    assert_eq!(
+        (j["n_prompt"].as_u64(), j["n_gen"].as_u64()),
+        (Some(40), Some(8))
+    );
+}

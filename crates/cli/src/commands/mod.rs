@@ -1,3 +1,4 @@
+mod bench;
 mod logits;
 mod run;
 mod tokenize;
@@ -12,6 +13,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
