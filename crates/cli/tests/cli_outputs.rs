@@ -37,24 +37,31 @@ fn join(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// `bora run MODEL --ids PROMPT -n 40 --temp 0 --print-ids EXTRA…`: (stdout, stderr).
+fn greedy_40_ids(dir: &std::path::Path, prompt: &[u32], extra: &[&str]) -> (String, String) {
+    let ids = join(prompt);
+    let mut args = vec![
+        "run",
+        dir.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--print-ids",
+    ];
+    args.extend(extra);
+    bora(&args)
+}
+
 #[test]
 fn run_print_ids_gives_the_greedy_continuation() {
     let dir = tiny("mistral_swa");
     let r = read_json(&dir.join("reference.json"));
     let prompt = ids(&r["greedy"]["prompt_ids"]);
     let want = ids(&r["greedy"]["generated_ids"]);
-    let (out, err) = bora(&[
-        "run",
-        dir.to_str().unwrap(),
-        "--ids",
-        &join(&prompt),
-        "-n",
-        "40",
-        "--temp",
-        "0",
-        "--print-ids",
-        "--ignore-eos",
-    ]);
+    let (out, err) = greedy_40_ids(&dir, &prompt, &["--ignore-eos"]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "{out}");
     let got: Vec<u32> = lines[0].split(' ').map(|t| t.parse().unwrap()).collect();
@@ -73,17 +80,7 @@ fn run_print_ids_gives_the_greedy_continuation() {
         .iter()
         .position(|&t| t == 2)
         .expect("reference continuation contains EOS");
-    let (out, err) = bora(&[
-        "run",
-        dir.to_str().unwrap(),
-        "--ids",
-        &join(&prompt),
-        "-n",
-        "40",
-        "--temp",
-        "0",
-        "--print-ids",
-    ]);
+    let (out, err) = greedy_40_ids(&dir, &prompt, &[]);
     let got: Vec<u32> = out.split_whitespace().map(|t| t.parse().unwrap()).collect();
     assert_eq!(got, want[..eos_at]);
     assert!(err.contains("end of sequence"), "{err}");

@@ -56,27 +56,23 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     }
     let mut model = Model::new(&ckpt, config)?;
     model.activations = opts.activations;
-    let tokenizer = if opts.no_tokenizer {
-        None
-    } else if let Some(t) = &opts.tokenizer {
-        Some(Tokenizer::from_json_file(
-            t,
-            model.config.bos_token_id,
-            model.config.eos_token_ids.clone(),
-        )?)
-    } else if let Some(g) = &ckpt.gguf {
-        Tokenizer::from_gguf(g)?
-    } else {
-        let file = path.join("tokenizer.json");
-        if file.exists() {
-            Some(Tokenizer::from_json_file(
-                &file,
+    // A tokenizer.json given explicitly, or the one in an HF folder; else a GGUF's vocabulary.
+    let json = match &opts.tokenizer {
+        Some(t) => Some(t.clone()),
+        None if ckpt.gguf.is_none() => Some(path.join("tokenizer.json")).filter(|f| f.exists()),
+        None => None,
+    };
+    let tokenizer = match (opts.no_tokenizer, json, &ckpt.gguf) {
+        (true, _, _) => None,
+        (false, Some(file), _) => {
+            let (bos, eos) = (
                 model.config.bos_token_id,
                 model.config.eos_token_ids.clone(),
-            )?)
-        } else {
-            None
+            );
+            Some(Tokenizer::from_json_file(&file, bos, eos)?)
         }
+        (false, None, Some(g)) => Tokenizer::from_gguf(g)?,
+        (false, None, None) => None,
     };
     Ok(Engine {
         model,

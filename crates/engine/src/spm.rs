@@ -66,20 +66,8 @@ impl SpmVocab {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.pieces.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
-    }
-
     pub fn piece(&self, id: u32) -> Option<&str> {
         self.pieces.get(id as usize).map(String::as_str)
-    }
-
-    pub fn is_control(&self, id: u32) -> bool {
-        self.types.get(id as usize) == Some(&TYPE_CONTROL)
     }
 
     /// Text → ids, as sentencepiece encodes it (control tokens in the text stay literal).

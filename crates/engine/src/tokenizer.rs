@@ -150,17 +150,6 @@ impl Tokenizer {
         }))
     }
 
-    pub fn source(&self) -> &Path {
-        &self.source
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match &self.backend {
-            Backend::Hf { parse, .. } => parse.get_vocab_size(true),
-            Backend::Spm(v) => v.len(),
-        }
-    }
-
     /// Text → ids, without BOS. Text spelling a special token (`<s>`, `<|im_start|>`) becomes
     /// that token, as llama.cpp and transformers treat prompts.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -210,15 +199,6 @@ impl Tokenizer {
         match &self.backend {
             Backend::Spm(v) => v.piece(id).unwrap_or("").to_string(),
             Backend::Hf { parse, .. } => parse.id_to_token(id).unwrap_or_default(),
-        }
-    }
-
-    pub fn is_control(&self, id: u32) -> bool {
-        match &self.backend {
-            Backend::Spm(v) => v.is_control(id),
-            Backend::Hf { parse, .. } => parse
-                .get_added_vocabulary()
-                .is_special_token(&parse.id_to_token(id).unwrap_or_default()),
         }
     }
 }

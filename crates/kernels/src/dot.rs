@@ -28,61 +28,43 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// f32 weights whose bytes are not 4-aligned (a safetensors offset may be anything).
+/// Little-endian element conversions for the float storage types.
 #[inline(always)]
-fn dot_f32_unaligned(row: &[u8], x: &[f32]) -> f32 {
+fn f32_le(b: [u8; 4]) -> f32 {
+    f32::from_le_bytes(b)
+}
+
+#[inline(always)]
+fn bf16_le(b: [u8; 2]) -> f32 {
+    f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
+}
+
+/// `row · x` where `row` holds `W`-byte elements that `conv` turns into f32: F16, BF16, and
+/// F32 whose bytes are not 4-aligned (a safetensors offset may be anything).
+#[inline(always)]
+fn dot_converted<const W: usize>(row: &[u8], x: &[f32], conv: impl Fn([u8; W]) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
-    let cw = row.chunks_exact(4 * LANES);
+    let cw = row.chunks_exact(W * LANES);
     let cx = x.chunks_exact(LANES);
     let (rw, rx) = (cw.remainder(), cx.remainder());
     for (w, xs) in cw.zip(cx) {
         for l in 0..LANES {
-            let b = [w[4 * l], w[4 * l + 1], w[4 * l + 2], w[4 * l + 3]];
-            acc[l] += f32::from_le_bytes(b) * xs[l];
+            acc[l] += conv(std::array::from_fn(|i| w[W * l + i])) * xs[l];
         }
     }
     let mut tail = 0f32;
-    for (w, xv) in rw.chunks_exact(4).zip(rx) {
-        tail += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * xv;
+    for (w, xv) in rw.chunks_exact(W).zip(rx) {
+        tail += conv(std::array::from_fn(|i| w[i])) * xv;
     }
     acc.iter().sum::<f32>() + tail
 }
 
+/// Expands `W`-byte elements into `out` with `conv`.
 #[inline(always)]
-fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let cw = row.chunks_exact(2 * LANES);
-    let cx = x.chunks_exact(LANES);
-    let (rw, rx) = (cw.remainder(), cx.remainder());
-    for (w, xs) in cw.zip(cx) {
-        for l in 0..LANES {
-            let bits = u16::from_le_bytes([w[2 * l], w[2 * l + 1]]);
-            acc[l] += f32::from_bits((bits as u32) << 16) * xs[l];
-        }
+fn expand<const W: usize>(row: &[u8], out: &mut [f32], conv: impl Fn([u8; W]) -> f32) {
+    for (o, w) in out.iter_mut().zip(row.chunks_exact(W)) {
+        *o = conv(std::array::from_fn(|i| w[i]));
     }
-    let mut tail = 0f32;
-    for (w, xv) in rw.chunks_exact(2).zip(rx) {
-        tail += f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16) * xv;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let cw = row.chunks_exact(2 * LANES);
-    let cx = x.chunks_exact(LANES);
-    let (rw, rx) = (cw.remainder(), cx.remainder());
-    for (w, xs) in cw.zip(cx) {
-        for l in 0..LANES {
-            acc[l] += f16_le([w[2 * l], w[2 * l + 1]]) * xs[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (w, xv) in rw.chunks_exact(2).zip(rx) {
-        tail += f16_le([w[0], w[1]]) * xv;
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -142,10 +124,10 @@ pub fn dot_row(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     match dtype {
         DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(row) {
             Ok(w) => dot_f32(w, x),
-            Err(_) => dot_f32_unaligned(row, x),
+            Err(_) => dot_converted(row, x, f32_le),
         },
-        DType::F16 => dot_f16(row, x),
-        DType::BF16 => dot_bf16(row, x),
+        DType::F16 => dot_converted(row, x, f16_le),
+        DType::BF16 => dot_converted(row, x, bf16_le),
         DType::Q8_0 => dot_q8_0(bytemuck::cast_slice(row), x),
         DType::Q4_0 => dot_q4_0(bytemuck::cast_slice(row), x),
         DType::Q4_1 => dot_q4_1(bytemuck::cast_slice(row), x),
@@ -157,21 +139,9 @@ pub fn dot_row(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 pub fn dequantize_row(dtype: DType, row: &[u8], out: &mut [f32]) {
     debug_assert_eq!(Ok(row.len()), dtype.row_bytes(out.len()));
     match dtype {
-        DType::F32 => {
-            for (o, w) in out.iter_mut().zip(row.chunks_exact(4)) {
-                *o = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            }
-        }
-        DType::F16 => {
-            for (o, w) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = f16_le([w[0], w[1]]);
-            }
-        }
-        DType::BF16 => {
-            for (o, w) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16);
-            }
-        }
+        DType::F32 => expand(row, out, f32_le),
+        DType::F16 => expand(row, out, f16_le),
+        DType::BF16 => expand(row, out, bf16_le),
         DType::Q8_0 => {
             let blocks: &[BlockQ8_0] = bytemuck::cast_slice(row);
             for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {

@@ -94,40 +94,58 @@ impl DType {
     }
 }
 
-/// The name llama.cpp gives a `ggml_type` id, for error messages about types bora can't run.
+/// Every `ggml_type` id llama.cpp defines: its name, and where known the block layout
+/// (elements per block, bytes per block), so a GGUF directory can be checked even for tensors
+/// of types bora does not compute with.
+/// (elements per block, bytes per block).
+type BlockLayout = (usize, usize);
+/// (ggml id, name, layout when known).
+type GgmlType = (u32, &'static str, Option<BlockLayout>);
+
+const GGML_TYPES: &[GgmlType] = &[
+    (0, "F32", Some((1, 4))),
+    (1, "F16", Some((1, 2))),
+    (2, "Q4_0", Some((32, 18))),
+    (3, "Q4_1", Some((32, 20))),
+    (6, "Q5_0", Some((32, 22))),
+    (7, "Q5_1", Some((32, 24))),
+    (8, "Q8_0", Some((32, 34))),
+    (9, "Q8_1", Some((32, 36))),
+    (10, "Q2_K", Some((256, 84))),
+    (11, "Q3_K", Some((256, 110))),
+    (12, "Q4_K", Some((256, 144))),
+    (13, "Q5_K", Some((256, 176))),
+    (14, "Q6_K", Some((256, 210))),
+    (15, "Q8_K", Some((256, 292))),
+    (16, "IQ2_XXS", None),
+    (17, "IQ2_XS", None),
+    (18, "IQ3_XXS", None),
+    (19, "IQ1_S", None),
+    (20, "IQ4_NL", None),
+    (21, "IQ3_S", None),
+    (22, "IQ2_S", None),
+    (23, "IQ4_XS", None),
+    (24, "I8", Some((1, 1))),
+    (25, "I16", Some((1, 2))),
+    (26, "I32", Some((1, 4))),
+    (27, "I64", Some((1, 8))),
+    (28, "F64", Some((1, 8))),
+    (29, "IQ1_M", None),
+    (30, "BF16", Some((1, 2))),
+];
+
+fn ggml_entry(id: u32) -> Option<&'static GgmlType> {
+    GGML_TYPES.iter().find(|e| e.0 == id)
+}
+
+/// The name llama.cpp gives a `ggml_type` id, for messages about types bora can't run.
 pub fn ggml_type_name(id: u32) -> &'static str {
-    match id {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        6 => "Q5_0",
-        7 => "Q5_1",
-        8 => "Q8_0",
-        9 => "Q8_1",
-        10 => "Q2_K",
-        11 => "Q3_K",
-        12 => "Q4_K",
-        13 => "Q5_K",
-        14 => "Q6_K",
-        15 => "Q8_K",
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        30 => "BF16",
-        _ => "unknown",
-    }
+    ggml_entry(id).map_or("unknown", |e| e.1)
+}
+
+/// (elements per block, bytes per block) of a `ggml_type` id whose layout is known.
+pub fn ggml_block_layout(id: u32) -> Option<BlockLayout> {
+    ggml_entry(id).and_then(|e| e.2)
 }
 
 impl fmt::Display for DType {
@@ -165,5 +183,12 @@ mod tests {
         }
         assert_eq!(DType::from_ggml_id(12), None);
         assert_eq!(ggml_type_name(12), "Q4_K");
+        // The layout table agrees with the block structs bora computes with.
+        for d in DType::ALL {
+            assert_eq!(
+                ggml_block_layout(d.ggml_id()),
+                Some((d.block_elems(), d.block_bytes()))
+            );
+        }
     }
 }

@@ -45,15 +45,6 @@ impl<'a> MatRef<'a> {
         &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
     }
 
-    /// Rows `start..end` as a matrix of their own (an expert's slice of a stacked tensor).
-    pub fn rows_range(&self, start: usize, end: usize) -> MatRef<'a> {
-        MatRef {
-            data: &self.data[start * self.row_bytes..end * self.row_bytes],
-            rows: end - start,
-            ..*self
-        }
-    }
-
     /// Row `i` expanded to f32.
     pub fn dequantize_row_into(&self, i: usize, out: &mut [f32]) {
         dequantize_row(self.dtype, self.row(i), out);

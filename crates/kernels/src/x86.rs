@@ -90,133 +90,113 @@ macro_rules! row_kernels {
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
             }
 
-            /// # Safety
-            /// The CPU must support the features this module is compiled for; `row` must hold
-            /// Q4_0 blocks matching `x` (a Q8_0 row).
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_0(row: &[u8], x: &QuantizedRow) -> f32 {
-                let (w, QuantizedRow::Q8_0(x)) = (bytemuck::cast_slice::<u8, BlockQ4_0>(row), x)
-                else {
-                    unreachable!("Q4_0 meets Q8_0 activations")
-                };
-                let mut acc = _mm256_setzero_ps();
-                for (a, b) in w.iter().zip(x) {
-                    let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
-                    let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
-                }
-                hsum(acc)
-            }
-
-            /// # Safety
-            /// As [`q4_0`], for Q4_1 blocks and a Q8_1 row.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_1(row: &[u8], x: &QuantizedRow) -> f32 {
-                let (w, QuantizedRow::Q8_1(x)) = (bytemuck::cast_slice::<u8, BlockQ4_1>(row), x)
-                else {
-                    unreachable!("Q4_1 meets Q8_1 activations")
-                };
-                let mut acc = _mm256_setzero_ps();
-                let mut mins = 0f32;
-                for (a, b) in w.iter().zip(x) {
-                    let b: &BlockQ8_1 = b;
-                    let p = _mm256_cvtepi32_ps(sum_us(nibbles(&a.qs), load32(&b.qs)));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
-                    mins += h(a.m) * h(b.s);
-                }
-                hsum(acc) + mins
-            }
-
-            /// # Safety
-            /// As [`q4_0`], for Q8_0 blocks and a Q8_0 row.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q8_0(row: &[u8], x: &QuantizedRow) -> f32 {
-                let (w, QuantizedRow::Q8_0(x)) = (bytemuck::cast_slice::<u8, BlockQ8_0>(row), x)
-                else {
-                    unreachable!("Q8_0 meets Q8_0 activations")
-                };
-                let mut acc = _mm256_setzero_ps();
-                for (a, b) in w.iter().zip(x) {
-                    let p = _mm256_cvtepi32_ps(sum_ss(load32(&a.qs), load32(&b.qs)));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(a.d) * h(b.d)), p, acc);
-                }
-                hsum(acc)
-            }
-
-            fn q8_0_rows(xs: &[QuantizedRow]) -> [&[BlockQ8_0]; 4] {
+            fn q8_0_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_0]; N] {
                 std::array::from_fn(|r| match &xs[r] {
                     QuantizedRow::Q8_0(b) => b.as_slice(),
                     QuantizedRow::Q8_1(_) => unreachable!("Q8_0 activations expected"),
                 })
             }
 
+            fn q8_1_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_1]; N] {
+                std::array::from_fn(|r| match &xs[r] {
+                    QuantizedRow::Q8_1(b) => b.as_slice(),
+                    QuantizedRow::Q8_0(_) => unreachable!("Q8_1 activations expected"),
+                })
+            }
+
+            /// `out[r] = row · xs[r]` for N activation rows; each weight block is unpacked once.
+            ///
             /// # Safety
-            /// As [`q4_0`]; `xs` holds 4 Q8_0 rows and `out` at least 4 values.
+            /// The CPU must support the features this module is compiled for; `row` must hold
+            /// Q4_0 blocks, `xs` N Q8_0 rows of as many blocks, `out` at least N values.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_0_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+            unsafe fn q4_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_0>(row);
-                let ys = q8_0_rows(xs);
-                let mut acc = [_mm256_setzero_ps(); 4];
+                let ys = q8_0_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
                 for (i, a) in w.iter().enumerate() {
                     let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
                     let dw = h(a.d);
-                    for r in 0..4 {
+                    for r in 0..N {
                         let b = &ys[r][i];
                         let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
                     }
                 }
-                for r in 0..4 {
+                for r in 0..N {
                     out[r] = hsum(acc[r]);
                 }
             }
 
             /// # Safety
-            /// As [`q4_1`]; `xs` holds 4 Q8_1 rows and `out` at least 4 values.
+            /// As [`q4_0_n`], for Q4_1 blocks and Q8_1 rows.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_1_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+            unsafe fn q4_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_1>(row);
-                let ys: [&[BlockQ8_1]; 4] = std::array::from_fn(|r| match &xs[r] {
-                    QuantizedRow::Q8_1(b) => b.as_slice(),
-                    QuantizedRow::Q8_0(_) => unreachable!("Q8_1 activations expected"),
-                });
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut mins = [0f32; 4];
+                let ys = q8_1_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut mins = [0f32; N];
                 for (i, a) in w.iter().enumerate() {
                     let qx = nibbles(&a.qs);
                     let (dw, mw) = (h(a.d), h(a.m));
-                    for r in 0..4 {
+                    for r in 0..N {
                         let b = &ys[r][i];
                         let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&b.qs)));
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
                         mins[r] += mw * h(b.s);
                     }
                 }
-                for r in 0..4 {
+                for r in 0..N {
                     out[r] = hsum(acc[r]) + mins[r];
                 }
             }
 
             /// # Safety
-            /// As [`q8_0`]; `xs` holds 4 Q8_0 rows and `out` at least 4 values.
+            /// As [`q4_0_n`], for Q8_0 blocks and Q8_0 rows.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q8_0_x4(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+            unsafe fn q8_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ8_0>(row);
-                let ys = q8_0_rows(xs);
-                let mut acc = [_mm256_setzero_ps(); 4];
+                let ys = q8_0_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
                 for (i, a) in w.iter().enumerate() {
                     let qx = load32(&a.qs);
                     let dw = h(a.d);
-                    for r in 0..4 {
+                    for r in 0..N {
                         let b = &ys[r][i];
                         let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h(b.d)), p, acc[r]);
                     }
                 }
-                for r in 0..4 {
+                for r in 0..N {
                     out[r] = hsum(acc[r]);
                 }
             }
+
+            /// The [`RowDot`] and [`RowDot4`] entry points: one and four activation rows.
+            macro_rules! entry_points {
+                ($one:ident, $four:ident, $n:ident) => {
+                    /// # Safety
+                    /// As the N-row kernel, for one row.
+                    #[target_feature(enable = $features)]
+                    pub(crate) unsafe fn $one(row: &[u8], x: &QuantizedRow) -> f32 {
+                        let mut out = [0f32];
+                        // SAFETY: this function's contract is the N-row kernel's, with N = 1.
+                        unsafe { $n::<1>(row, std::slice::from_ref(x), &mut out) };
+                        out[0]
+                    }
+
+                    /// # Safety
+                    /// As the N-row kernel, with N = 4.
+                    #[target_feature(enable = $features)]
+                    pub(crate) unsafe fn $four(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                        // SAFETY: this function's contract is the N-row kernel's, with N = 4.
+                        unsafe { $n::<4>(row, xs, out) }
+                    }
+                };
+            }
+            entry_points!(q4_0, q4_0_x4, q4_0_n);
+            entry_points!(q4_1, q4_1_x4, q4_1_n);
+            entry_points!(q8_0, q8_0_x4, q8_0_n);
         }
     };
 }

@@ -16,7 +16,7 @@ pub struct Checkpoint {
     pub format: Format,
     pub config: ModelConfig,
     pub tensors: BTreeMap<String, TensorRef>,
-    /// The GGUF file itself, for its tokenizer metadata.
+    /// The GGUF file itself, for its tokenizer metadata (its tensors moved to `tensors`).
     pub gguf: Option<GgufFile>,
 }
 
@@ -39,13 +39,15 @@ impl Checkpoint {
         let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut magic)
             .map_err(io)?;
         if n == 4 && &magic == b"GGUF" {
-            let g = GgufFile::open(path)?;
+            let mut g = GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&g)?;
+            // The checkpoint owns the directory; the GGUF file stays for its metadata.
+            let tensors = std::mem::take(&mut g.tensors);
             return Ok(Self {
                 path: path.to_path_buf(),
                 format: Format::Gguf,
                 config,
-                tensors: g.tensors.clone(),
+                tensors,
                 gguf: Some(g),
             });
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use bora_kernels::dtype::ggml_type_name;
+use bora_kernels::dtype::{ggml_block_layout, ggml_type_name};
 use bora_kernels::DType;
 
 use crate::error::{ModelError, Result};
@@ -84,32 +84,6 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorRef>,
     pub file: Arc<MappedFile>,
-}
-
-/// (elements per block, bytes per block) of every ggml type whose layout we know, so the
-/// directory can be checked even for tensors of types bora does not compute with.
-fn ggml_block_layout(id: u32) -> Option<(usize, usize)> {
-    Some(match id {
-        0 => (1, 4),
-        1 | 30 => (1, 2),
-        2 => (32, 18),
-        3 => (32, 20),
-        6 => (32, 22),
-        7 => (32, 24),
-        8 => (32, 34),
-        9 => (32, 36),
-        10 => (256, 84),
-        11 => (256, 110),
-        12 => (256, 144),
-        13 => (256, 176),
-        14 => (256, 210),
-        15 => (256, 292),
-        24 => (1, 1),
-        25 => (1, 2),
-        26 => (1, 4),
-        27 | 28 => (1, 8),
-        _ => return None,
-    })
 }
 
 struct Cursor<'a> {

@@ -122,8 +122,4 @@ impl Weight {
             ..*self
         }
     }
-
-    pub fn byte_len(&self) -> usize {
-        self.len
-    }
 }

@@ -151,26 +151,4 @@ impl ModelWeights {
             lm_head,
         })
     }
-
-    /// Bytes of weight data the model reads (the embedding counted once when tied).
-    pub fn byte_len(&self) -> usize {
-        let mlp = |m: &Mlp| m.gate.byte_len() + m.up.byte_len() + m.down.byte_len();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.wq.byte_len()
-                    + l.wk.byte_len()
-                    + l.wv.byte_len()
-                    + l.wo.byte_len()
-                    + match &l.ffn {
-                        Ffn::Dense(m) => mlp(m),
-                        Ffn::Moe { router, experts } => {
-                            router.byte_len() + experts.iter().map(mlp).sum::<usize>()
-                        }
-                    }
-            })
-            .sum();
-        layers + self.embed.byte_len() + self.lm_head.byte_len()
-    }
 }
