@@ -39,6 +39,102 @@ pub struct BlockQ8_1 {
     pub qs: [i8; QK],
 }
 
+/// 32 weights of 5 bits: `w[j] = d · (q[j] − 16)`, `q[j]` = nibble | (bit j of `qh`) << 4
+/// (nibbles as in Q4_0: element j low, j+16 high).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_0 {
+    pub d: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// 32 weights of 5 bits with an offset: `w[j] = d · q[j] + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// Weights per k-quant super-block.
+pub const QK_K: usize = 256;
+
+/// 2 bits per weight; 16 groups of 16 with a 4-bit scale and a 4-bit min each:
+/// `w = d · (scales[g] & 15) · q − dmin · (scales[g] >> 4)`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ2K {
+    pub scales: [u8; QK_K / 16],
+    pub qs: [u8; QK_K / 4],
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+}
+
+/// 3 bits per weight (2 low bits in `qs`, the high bit in `hmask`, set meaning "no −4");
+/// 16 groups of 16 with 6-bit signed scales: `w = d · (scale − 32) · q`, q in −4..=3.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: [u8; 2],
+}
+
+/// 4 bits per weight; 8 groups of 32 with 6-bit scales and mins packed in 12 bytes:
+/// `w = d · scale · q − dmin · min`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ4K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// Q4_K plus a fifth bit per weight in `qh`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ5K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// 6 bits per weight (4 in `ql`, 2 in `qh`); 16 groups of 16 with i8 scales:
+/// `w = d · scale · (q − 32)`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: [u8; 2],
+}
+
+/// 256 activations quantized for k-quant dot products: `x ≈ d · qs`, with the sums of each
+/// group of 16 quants (for the weights' min terms).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);

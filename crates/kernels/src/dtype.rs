@@ -3,6 +3,7 @@
 use std::fmt;
 
 /// A weight's storage type. Quantized types are stored in fixed-size blocks along a row.
+#[allow(non_camel_case_types)] // ggml's names: Q4_K is not Q4K
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -11,6 +12,13 @@ pub enum DType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,31 +32,73 @@ pub enum DTypeError {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [
+    pub const ALL: [DType; 13] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q8_0,
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
     ];
 
     /// Elements per block (1 for plain floats).
     pub const fn block_elems(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
         }
     }
 
     /// Bytes per block.
     pub const fn block_bytes(self) -> usize {
+        use crate::blocks::*;
+        use std::mem::size_of;
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::Q8_0 => std::mem::size_of::<crate::blocks::BlockQ8_0>(),
-            DType::Q4_0 => std::mem::size_of::<crate::blocks::BlockQ4_0>(),
-            DType::Q4_1 => std::mem::size_of::<crate::blocks::BlockQ4_1>(),
+            DType::Q8_0 => size_of::<BlockQ8_0>(),
+            DType::Q4_0 => size_of::<BlockQ4_0>(),
+            DType::Q4_1 => size_of::<BlockQ4_1>(),
+            DType::Q5_0 => size_of::<BlockQ5_0>(),
+            DType::Q5_1 => size_of::<BlockQ5_1>(),
+            DType::Q2_K => size_of::<BlockQ2K>(),
+            DType::Q3_K => size_of::<BlockQ3K>(),
+            DType::Q4_K => size_of::<BlockQ4K>(),
+            DType::Q5_K => size_of::<BlockQ5K>(),
+            DType::Q6_K => size_of::<BlockQ6K>(),
+        }
+    }
+
+    /// Whether this is a 256-weight super-block type (activations meet it as Q8_K).
+    pub const fn is_k_quant(self) -> bool {
+        self.block_elems() == crate::blocks::QK_K
+    }
+
+    /// Byte offsets of the f16 scale fields inside one block (tests fill them with sane
+    /// values so random blocks decode to finite, modest weights).
+    #[cfg(test)]
+    pub(crate) fn scale_fields(self) -> &'static [usize] {
+        match self {
+            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::Q4_K | DType::Q5_K => {
+                if self.is_k_quant() {
+                    &[0, 2]
+                } else {
+                    &[0]
+                }
+            }
+            DType::Q4_1 | DType::Q5_1 => &[0, 2],
+            DType::Q2_K => &[80, 82],
+            DType::Q3_K => &[108],
+            DType::Q6_K => &[208],
+            DType::F32 | DType::F16 | DType::BF16 => &[],
         }
     }
 
@@ -71,15 +121,7 @@ impl DType {
 
     /// GGUF `ggml_type` id → dtype, for the types bora computes with.
     pub fn from_ggml_id(id: u32) -> Option<DType> {
-        Some(match id {
-            0 => DType::F32,
-            1 => DType::F16,
-            2 => DType::Q4_0,
-            3 => DType::Q4_1,
-            8 => DType::Q8_0,
-            30 => DType::BF16,
-            _ => return None,
-        })
+        DType::ALL.into_iter().find(|d| d.ggml_id() == id)
     }
 
     pub const fn ggml_id(self) -> u32 {
@@ -88,7 +130,14 @@ impl DType {
             DType::F16 => 1,
             DType::Q4_0 => 2,
             DType::Q4_1 => 3,
+            DType::Q5_0 => 6,
+            DType::Q5_1 => 7,
             DType::Q8_0 => 8,
+            DType::Q2_K => 10,
+            DType::Q3_K => 11,
+            DType::Q4_K => 12,
+            DType::Q5_K => 13,
+            DType::Q6_K => 14,
             DType::BF16 => 30,
         }
     }
@@ -150,15 +199,7 @@ pub fn ggml_block_layout(id: u32) -> Option<BlockLayout> {
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::Q8_0 => "Q8_0",
-            DType::Q4_0 => "Q4_0",
-            DType::Q4_1 => "Q4_1",
-        };
-        f.write_str(s)
+        f.write_str(ggml_type_name(self.ggml_id()))
     }
 }
 
@@ -181,8 +222,10 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_ggml_id(d.ggml_id()), Some(d));
         }
-        assert_eq!(DType::from_ggml_id(12), None);
+        assert_eq!(DType::from_ggml_id(12), Some(DType::Q4_K));
+        assert_eq!(DType::from_ggml_id(16), None);
         assert_eq!(ggml_type_name(12), "Q4_K");
+        assert_eq!(DType::Q6_K.to_string(), "Q6_K");
         // The layout table agrees with the block structs bora computes with.
         for d in DType::ALL {
             assert_eq!(

@@ -16,6 +16,7 @@ pub mod blocks;
 pub mod dispatch;
 pub mod dot;
 pub mod dtype;
+pub mod kquants;
 pub mod matmul;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]

@@ -244,13 +244,15 @@ mod tests {
                 .collect();
             // Sane scales and floats: rewrite every 2-byte f16/bf16 (or scale) field.
             let (step, fields): (usize, &[usize]) = match dtype {
-                DType::Q8_0 | DType::Q4_0 => (dtype.block_bytes(), &[0]),
-                DType::Q4_1 => (20, &[0, 2]),
                 DType::F16 | DType::BF16 => (2, &[0]),
                 DType::F32 => (4, &[]),
+                _ => (dtype.block_bytes(), dtype.scale_fields()),
             };
             for (i, blk) in data.chunks_exact_mut(step).enumerate() {
-                let v = ((i * 37) % 101) as f32 / 101.0 - 0.5;
+                let mut v = ((i * 37) % 101) as f32 / 101.0 - 0.5;
+                if dtype.is_quantized() {
+                    v /= 16.0;
+                }
                 for &f in fields {
                     let b = if dtype == DType::BF16 {
                         half::bf16::from_f32(v).to_le_bytes()

@@ -93,14 +93,14 @@ macro_rules! row_kernels {
             fn q8_0_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_0]; N] {
                 std::array::from_fn(|r| match &xs[r] {
                     QuantizedRow::Q8_0(b) => b.as_slice(),
-                    QuantizedRow::Q8_1(_) => unreachable!("Q8_0 activations expected"),
+                    _ => unreachable!("Q8_0 activations expected"),
                 })
             }
 
             fn q8_1_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_1]; N] {
                 std::array::from_fn(|r| match &xs[r] {
                     QuantizedRow::Q8_1(b) => b.as_slice(),
-                    QuantizedRow::Q8_0(_) => unreachable!("Q8_1 activations expected"),
+                    _ => unreachable!("Q8_1 activations expected"),
                 })
             }
 

@@ -1,0 +1,30 @@
+//! Every quant type's block decoding against the `gguf` package's (gguf.quants.dequantize) on
+//! the same bytes: tests/fixtures/quants, written by tools/oracle/make_kquant_fixtures.py.
+
+use bora_kernels::{dequantize_row, DType};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../tests/fixtures/quants/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_type_dequantizes_as_the_gguf_package_does() {
+    for dtype in DType::ALL.into_iter().filter(|d| *d != DType::F32) {
+        let raw = fixture(&format!("{dtype}.bin"));
+        let want: Vec<f32> = fixture(&format!("{dtype}.f32.bin"))
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(dtype.row_bytes(want.len()), Ok(raw.len()), "{dtype}");
+        let mut got = vec![0f32; want.len()];
+        dequantize_row(dtype, &raw, &mut got);
+        // Same operations in the same order as numpy's float32 code: bit-exact.
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "{dtype} element {i}: bora {g} vs gguf {w}");
+        }
+    }
+}
