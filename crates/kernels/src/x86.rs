@@ -11,6 +11,9 @@ use crate::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::dispatch::{Isa, Level};
 use crate::DType;
 
+/// How far ahead of the block being computed the weight stream is prefetched.
+const PREFETCH_BYTES: usize = 4096;
+
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 
@@ -73,13 +76,24 @@ macro_rules! row_kernels {
                 unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
             }
 
-            /// f16 → f32 with the F16C instruction (the portable kernels convert in software).
+            /// f16 → f32 in integer arithmetic. Not F16C's `vcvtph2ps` on one lane: LLVM feeds
+            /// it with a `vpinsrw` that merges into whatever register is free, often the
+            /// accumulator, chaining every block's conversion behind the previous block's FMA
+            /// (measured: 10 ns per Q4_0 block instead of 2).
+            #[inline(always)]
+            fn h(b: [u8; 2]) -> f32 {
+                crate::blocks::f16_le(b)
+            }
+
+            /// Asks for the weight bytes `PREFETCH_BYTES` ahead of `at`. The hardware
+            /// prefetchers of the machines measured (VMs) do not keep a weight stream in flight
+            /// on their own: without this the kernels ran at a quarter of the read bandwidth.
             #[target_feature(enable = $features)]
             #[inline]
-            fn h(b: [u8; 2]) -> f32 {
-                _mm_cvtss_f32(_mm_cvtph_ps(
-                    _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
-                ))
+            fn prefetch<T>(at: &T) {
+                let p = (at as *const T as *const i8).wrapping_add(PREFETCH_BYTES);
+                // A prefetch is a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(p);
             }
 
             #[target_feature(enable = $features)]
@@ -115,6 +129,7 @@ macro_rules! row_kernels {
                 let ys = q8_0_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
                 for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
                     let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
                     let dw = h(a.d);
                     for r in 0..N {
@@ -137,6 +152,7 @@ macro_rules! row_kernels {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut mins = [0f32; N];
                 for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
                     let qx = nibbles(&a.qs);
                     let (dw, mw) = (h(a.d), h(a.m));
                     for r in 0..N {
@@ -159,6 +175,7 @@ macro_rules! row_kernels {
                 let ys = q8_0_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
                 for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
                     let qx = load32(&a.qs);
                     let dw = h(a.d);
                     for r in 0..N {

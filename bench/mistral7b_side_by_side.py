@@ -1,0 +1,295 @@
+"""bora vs llama.cpp on Mistral-7B-shaped GGUF files, same machine, same threads, run
+alternately; plus the machine's memory read bandwidth and decode speed as a fraction of the
+bandwidth limit (bandwidth ÷ bytes read per token).
+
+The files have random weights (speed does not depend on the values) in the layout of
+Mistral 7B v0.1: 32 layers, hidden 4096, MLP 14336, 32 query / 8 KV heads, vocab 32000,
+sliding window 4096, with the real v1 tokenizer from mistral-common. Tensor types follow
+llama.cpp's choices for each file type: Q4_0 (output Q6_K), Q8_0, and Q4_K_M (Q4_K, with
+Q6_K for output and for attn_v/ffn_down in llama.cpp's "more bits" layers).
+
+Needs: numpy, gguf, sentencepiece, mistral-common, llama-cpp-python, and a release build of
+bora. bench/mistral7b.sh sets all of that up on a fresh machine.
+
+    python bench/mistral7b_side_by_side.py [--dir DIR] [--types q4_0,q8_0,q4_k_m]
+        [-p 512] [-n 64] [-t 2] [-r 3] [--build-only]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+N_LAYER, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_VOCAB = 32, 4096, 14336, 32, 8, 32000
+HEAD_DIM = N_EMBD // N_HEAD
+
+
+# ------------------------------------------------------------------------ files
+
+def use_more_bits(i: int, n: int) -> bool:
+    """llama.cpp's rule for the layers that get Q6_K in Q4_K_M."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_plan(kind: str):
+    """(name, rows, cols, qtype) for every tensor, in llama.cpp's order; norms are F32."""
+    from gguf import GGMLQuantizationType as QT
+
+    base = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0, "q4_k_m": QT.Q4_K}[kind]
+    out_type = QT.Q8_0 if kind == "q8_0" else QT.Q6_K
+    plan = [("token_embd.weight", N_VOCAB, N_EMBD, base)]
+    kv = N_HEAD_KV * HEAD_DIM
+    for i in range(N_LAYER):
+        more = kind == "q4_k_m" and use_more_bits(i, N_LAYER)
+        b = f"blk.{i}."
+        plan += [
+            (b + "attn_norm.weight", 1, N_EMBD, QT.F32),
+            (b + "attn_q.weight", N_EMBD, N_EMBD, base),
+            (b + "attn_k.weight", kv, N_EMBD, base),
+            (b + "attn_v.weight", kv, N_EMBD, QT.Q6_K if more else base),
+            (b + "attn_output.weight", N_EMBD, N_EMBD, base),
+            (b + "ffn_norm.weight", 1, N_EMBD, QT.F32),
+            (b + "ffn_gate.weight", N_FF, N_EMBD, base),
+            (b + "ffn_up.weight", N_FF, N_EMBD, base),
+            (b + "ffn_down.weight", N_EMBD, N_FF, QT.Q6_K if more else base),
+        ]
+    plan += [("output_norm.weight", 1, N_EMBD, QT.F32), ("output.weight", N_VOCAB, N_EMBD, out_type)]
+    return plan
+
+
+# Offsets of the f16 scales in one block: random bytes there could be NaN or huge.
+SCALE_FIELDS = {"Q4_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
+
+
+def random_blocks(qt, nbytes: int, rng) -> np.ndarray:
+    import gguf
+
+    _, block_bytes = gguf.GGML_QUANT_SIZES[qt]
+    raw = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    blocks = raw.reshape(-1, block_bytes)
+    for off in SCALE_FIELDS[qt.name]:
+        s = rng.uniform(1e-4, 2e-3, blocks.shape[0]).astype(np.float16)
+        blocks[:, off:off + 2] = s.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+def add_v1_tokenizer(w) -> None:
+    import gguf
+    import sentencepiece as spm
+
+    spec = importlib.util.find_spec("mistral_common")
+    model = Path(spec.submodule_search_locations[0]) / "data" / "tokenizer.model.v1"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode())
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            types.append(gguf.TokenType.UNKNOWN)
+        elif sp.is_control(i):
+            types.append(gguf.TokenType.CONTROL)
+        elif sp.is_byte(i):
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types([int(t) for t in types])
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+
+
+def build(path: Path, kind: str) -> None:
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    ftype = {"q4_0": 2, "q8_0": 7, "q4_k_m": 15}[kind]
+    plan = tensor_plan(kind)
+    rng = np.random.default_rng(7)
+    # One random buffer per type, as large as its largest tensor; every tensor is a view of it.
+    pools = {}
+    for _, rows, cols, qt in plan:
+        if qt != QT.F32:
+            elems, bb = gguf.GGML_QUANT_SIZES[qt]
+            n = rows * cols // elems * bb
+            pools[qt] = max(pools.get(qt, 0), n)
+    pools = {qt: random_blocks(qt, n, rng) for qt, n in pools.items()}
+    ones = np.ones(N_EMBD, dtype=np.float32)
+    tmp = path.with_suffix(".partial")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(f"Mistral-7B-shape random {kind}")
+    w.add_context_length(32768)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_vocab_size(N_VOCAB)
+    w.add_sliding_window(4096)
+    w.add_file_type(ftype)
+    add_v1_tokenizer(w)
+    for name, rows, cols, qt in plan:
+        if qt == QT.F32:
+            w.add_tensor(name, ones)
+            continue
+        elems, bb = gguf.GGML_QUANT_SIZES[qt]
+        row_bytes = cols // elems * bb
+        data = pools[qt][: rows * row_bytes].reshape(rows, row_bytes)
+        w.add_tensor(name, data, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+    tmp.rename(path)
+
+
+def weight_bytes_per_token(path: Path) -> int:
+    """Bytes a decode step reads: every matrix except the token embedding (one row)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    return sum(int(t.n_bytes) for t in r.tensors if t.name != "token_embd.weight")
+
+
+# -------------------------------------------------------------------- bandwidth
+
+def read_bandwidth(threads: int, gib: float = 2.0, reps: int = 5) -> float:
+    """Aggregate read bandwidth (GB/s) of `threads` threads summing disjoint slices of a
+    buffer far larger than the caches (numpy releases the GIL inside the sum). Best of reps."""
+    n = int(gib * (1 << 30)) // 8
+    buf = np.ones(n, dtype=np.uint64)
+    parts = np.array_split(buf, threads)
+    best = 0.0
+    for _ in range(reps):
+        ts = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, buf.nbytes / (time.perf_counter() - t0) / 1e9)
+    del buf
+    return best
+
+
+# ---------------------------------------------------------------------- engines
+
+def bora_once(model: Path, p: int, n: int, threads: int):
+    cmd = [str(ROOT / "target/release/bora"), "bench", str(model), "-p", str(p), "-n", str(n),
+           "-r", "1", "-t", str(threads), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    j = json.loads(out)
+    return j["prompt_tokens_per_s"], j["gen_tokens_per_s"]
+
+
+class LlamaCpp:
+    def __init__(self, model: Path, p: int, n: int, threads: int):
+        import llama_cpp
+        from llama_cpp import Llama
+
+        orig = llama_cpp.llama_cpp.llama_model_default_params
+
+        def defaults():  # plain CPU kernels: this build's AMX path crashes on these machines
+            mp = orig()
+            mp.use_extra_bufts = False
+            return mp
+
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
+        try:
+            self.llm = Llama(model_path=str(model), n_ctx=p + n + 8, n_batch=p, n_ubatch=p,
+                             n_threads=threads, n_threads_batch=threads, verbose=False)
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = orig
+        self.prompt = [(i * 7919 + 13) % N_VOCAB for i in range(p)]
+        self.n = n
+
+    def once(self):
+        llm = self.llm
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(self.prompt)
+        t1 = time.perf_counter()
+        for _ in range(self.n):
+            ptr = llm._ctx.get_logits_ith(-1)
+            nxt = int(np.ctypeslib.as_array(ptr, shape=(N_VOCAB,)).argmax())
+            llm.eval([nxt])
+        t2 = time.perf_counter()
+        return len(self.prompt) / (t1 - t0), self.n / (t2 - t1)
+
+    def close(self):
+        self.llm.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bora" / "bench")
+    ap.add_argument("--types", default="q4_0,q8_0,q4_k_m")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=64)
+    ap.add_argument("-t", type=int, default=2)
+    ap.add_argument("-r", type=int, default=3)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--engines", default="bora,llama.cpp")
+    a = ap.parse_args()
+    a.dir.mkdir(parents=True, exist_ok=True)
+    kinds = a.types.split(",")
+    files = {}
+    for kind in kinds:
+        path = a.dir / f"mistral-7b-shape.{kind}.gguf"
+        if not path.exists():
+            t0 = time.perf_counter()
+            build(path, kind)
+            print(f"built {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        files[kind] = path
+    if a.build_only:
+        return
+    engines = a.engines.split(",")
+    bw = read_bandwidth(a.t)
+    print(f"memory read bandwidth, {a.t} threads: {bw:.1f} GB/s (best of 5)", flush=True)
+    rows = []
+    for kind, path in files.items():
+        per_token = weight_bytes_per_token(path)
+        limit = bw * 1e9 / per_token
+        res = {e: [] for e in engines}
+        llama = LlamaCpp(path, a.p, a.n, a.t) if "llama.cpp" in engines else None
+        for r in range(a.r):
+            if "bora" in engines:
+                res["bora"].append(bora_once(path, a.p, a.n, a.t))
+            if llama:
+                res["llama.cpp"].append(llama.once())
+            print(f"{kind} round {r + 1}: " + ", ".join(
+                f"{e} pp {v[-1][0]:.2f} tg {v[-1][1]:.2f}" for e, v in res.items()), flush=True)
+        if llama:
+            llama.close()
+        med = {e: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for e, v in res.items()}
+        rows.append((kind, path.stat().st_size, limit, med))
+    print()
+    print(f"Mistral-7B shape, random weights, {a.t} threads, pp{a.p} / tg{a.n}, median of {a.r} alternating rounds; "
+          f"read bandwidth {bw:.1f} GB/s")
+    print(f"| file | GB | engine | pp{a.p} tok/s | tg{a.n} tok/s | pp vs llama.cpp | tg vs llama.cpp | tg / bandwidth limit |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, size, limit, med in rows:
+        base = med.get("llama.cpp")
+        for e, (pp, tg) in med.items():
+            ratio = (f"{pp / base[0]:.2f}×", f"{tg / base[1]:.2f}×") if base else ("", "")
+            print(f"| {kind.upper()} | {size / 1e9:.2f} | {e} | {pp:.2f} | {tg:.2f} | {ratio[0]} | {ratio[1]} | "
+                  f"{tg / limit:.0%} of {limit:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
