@@ -87,15 +87,33 @@ pub fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
     k
 }
 
+/// Q4_K/Q5_K scales and mins, each 32-group's value given for both its groups of 16.
+pub struct Scales16 {
+    pub scale: [i16; GROUPS],
+    pub min: [i16; GROUPS],
+}
+
 #[inline(always)]
-fn scales_k4(s: &[u8; 12], k: &mut KBlock) {
+pub fn unpack_scales_q4_k(s: &[u8; 12]) -> Scales16 {
+    let mut out = Scales16 {
+        scale: [0; GROUPS],
+        min: [0; GROUPS],
+    };
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, s);
-        k.scale[2 * j] = sc;
-        k.scale[2 * j + 1] = sc;
-        k.min[2 * j] = m;
-        k.min[2 * j + 1] = m;
+        out.scale[2 * j] = sc;
+        out.scale[2 * j + 1] = sc;
+        out.min[2 * j] = m;
+        out.min[2 * j + 1] = m;
     }
+    out
+}
+
+#[inline(always)]
+fn scales_k4(s: &[u8; 12], k: &mut KBlock) {
+    let u = unpack_scales_q4_k(s);
+    k.scale = u.scale;
+    k.min = u.min;
 }
 
 #[inline(always)]

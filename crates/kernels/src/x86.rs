@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use crate::act_quant::QuantizedRow;
-use crate::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::dispatch::{Isa, Level};
 use crate::DType;
 
@@ -35,6 +35,10 @@ pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
         (DType::Q4_1, true) => (vnni::q4_1, vnni::q4_1_x4),
         (DType::Q8_0, false) => (avx2::q8_0, avx2::q8_0_x4),
         (DType::Q8_0, true) => (vnni::q8_0, vnni::q8_0_x4),
+        (DType::Q4_K, false) => (avx2::q4_k, avx2::q4_k_x4),
+        (DType::Q4_K, true) => (vnni::q4_k, vnni::q4_k_x4),
+        (DType::Q6_K, false) => (avx2::q6_k, avx2::q6_k_x4),
+        (DType::Q6_K, true) => (vnni::q6_k, vnni::q6_k_x4),
         _ => return None,
     })
 }
@@ -91,9 +95,152 @@ macro_rules! row_kernels {
             #[target_feature(enable = $features)]
             #[inline]
             fn prefetch<T>(at: &T) {
-                let p = (at as *const T as *const i8).wrapping_add(PREFETCH_BYTES);
-                // A prefetch is a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(p);
+                let base = (at as *const T as *const i8).wrapping_add(PREFETCH_BYTES);
+                // One hint per cache line the block spans (k-quant blocks span several).
+                for line in (0..std::mem::size_of::<T>()).step_by(64) {
+                    // A prefetch is a hint: it never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line));
+                }
+            }
+
+            /// Σ over pairs of (u·s) pairs, each pair sum times the i16 scale in its lane:
+            /// eight i32 lanes. Exact: |u| ≤ 63 and |s| ≤ 127 keep pair sums inside i16.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn sum_scaled(u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale)
+            }
+
+            fn q8k_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8K]; N] {
+                std::array::from_fn(|r| match &xs[r] {
+                    QuantizedRow::Q8K(b) => b.as_slice(),
+                    _ => unreachable!("Q8_K activations expected"),
+                })
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load_bsums(b: &BlockQ8K) -> __m256i {
+                // SAFETY: `bsums` is 16 i16 = 32 readable bytes; the load is unaligned.
+                unsafe { _mm256_loadu_si256(b.bsums.as_ptr() as *const __m256i) }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load_q8k(b: &BlockQ8K, at: usize) -> __m256i {
+                let q: &[i8; 32] = b.qs[at..at + 32].try_into().expect("32 quants");
+                load32(q)
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q4_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q4_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ4K>(row);
+                let ys = q8k_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_min = [_mm256_setzero_ps(); N];
+                let nib = _mm256_set1_epi8(0x0F);
+                for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
+                    let k = crate::kquants::unpack_scales_q4_k(&a.scales);
+                    // Mins per group of 16 (each 32-group's min twice), against the bsums.
+                    // SAFETY: `k.min` is 16 i16 = 32 readable bytes.
+                    let mins = unsafe { _mm256_loadu_si256(k.min.as_ptr() as *const __m256i) };
+                    let mut sumi = [_mm256_setzero_si256(); N];
+                    for c in 0..4 {
+                        // SAFETY: `qs[32c..32c+32]` is in bounds (128 bytes).
+                        let q = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i) };
+                        let lo = _mm256_and_si256(q, nib);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+                        let (sl, sh) = (
+                            _mm256_set1_epi16(k.scale[4 * c]),
+                            _mm256_set1_epi16(k.scale[4 * c + 2]),
+                        );
+                        for r in 0..N {
+                            let y = &ys[r][i];
+                            let pl = sum_scaled(lo, load_q8k(y, 64 * c), sl);
+                            let ph = sum_scaled(hi, load_q8k(y, 64 * c + 32), sh);
+                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+                        }
+                    }
+                    let (d, dmin) = (h(a.d), h(a.dmin));
+                    for r in 0..N {
+                        let y = &ys[r][i];
+                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q6_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q6_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ6K>(row);
+                let ys = q8k_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let (nib, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+                for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
+                    // SAFETY: `scales` is 16 readable bytes.
+                    let sc8 = unsafe { _mm_loadu_si128(a.scales.as_ptr() as *const __m128i) };
+                    let scales = _mm256_cvtepi8_epi16(sc8);
+                    // Weights are q − 32: Σ sc·(q−32)·x = Σ sc·q·x − 32 · Σ sc · bsum.
+                    let mut sumi = [_mm256_setzero_si256(); N];
+                    for r in 0..N {
+                        let offset = _mm256_madd_epi16(scales, load_bsums(&ys[r][i]));
+                        sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(offset, 5));
+                    }
+                    for half in 0..2 {
+                        // SAFETY: ql[64h..64h+64] and qh[32h..32h+32] are in bounds.
+                        let (la, lb, qh) = unsafe {
+                            (
+                                _mm256_loadu_si256(a.ql.as_ptr().add(64 * half) as *const __m256i),
+                                _mm256_loadu_si256(a.ql.as_ptr().add(64 * half + 32) as *const __m256i),
+                                _mm256_loadu_si256(a.qh.as_ptr().add(32 * half) as *const __m256i),
+                            )
+                        };
+                        let high = |shift: i32| -> __m256i {
+                            let v = match shift {
+                                0 => qh,
+                                2 => _mm256_srli_epi16(qh, 2),
+                                4 => _mm256_srli_epi16(qh, 4),
+                                _ => _mm256_srli_epi16(qh, 6),
+                            };
+                            _mm256_slli_epi16(_mm256_and_si256(v, two), 4)
+                        };
+                        let q = [
+                            _mm256_or_si256(_mm256_and_si256(la, nib), high(0)),
+                            _mm256_or_si256(_mm256_and_si256(lb, nib), high(2)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), nib), high(4)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), nib), high(6)),
+                        ];
+                        for (part, qv) in q.into_iter().enumerate() {
+                            let g = 8 * half + 2 * part;
+                            let sc = _mm256_set_m128i(
+                                _mm_set1_epi16(a.scales[g + 1] as i16),
+                                _mm_set1_epi16(a.scales[g] as i16),
+                            );
+                            for r in 0..N {
+                                let x = load_q8k(&ys[r][i], 128 * half + 32 * part);
+                                sumi[r] = _mm256_add_epi32(sumi[r], sum_scaled(qv, x, sc));
+                            }
+                        }
+                    }
+                    let d = h(a.d);
+                    for r in 0..N {
+                        let dd = _mm256_set1_ps(ys[r][i].d * d);
+                        acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(acc[r]);
+                }
             }
 
             #[target_feature(enable = $features)]
@@ -214,6 +361,8 @@ macro_rules! row_kernels {
             entry_points!(q4_0, q4_0_x4, q4_0_n);
             entry_points!(q4_1, q4_1_x4, q4_1_n);
             entry_points!(q8_0, q8_0_x4, q8_0_n);
+            entry_points!(q4_k, q4_k_x4, q4_k_n);
+            entry_points!(q6_k, q6_k_x4, q6_k_n);
         }
     };
 }
@@ -246,9 +395,9 @@ mod tests {
             .collect();
         for (k, blk) in row.chunks_exact_mut(bytes).enumerate() {
             let d = ((k as u32 * 7 + seed) % 97) as f32 / 97.0 * 0.05 + 0.001;
-            blk[..2].copy_from_slice(&f16_bytes(d));
-            if dtype == DType::Q4_1 {
-                blk[2..4].copy_from_slice(&f16_bytes(-d * 4.0));
+            for (f, &off) in dtype.scale_fields().iter().enumerate() {
+                let v = if f == 0 { d } else { -d * 4.0 };
+                blk[off..off + 2].copy_from_slice(&f16_bytes(v));
             }
         }
         row
@@ -291,24 +440,28 @@ mod tests {
         let kernels: Vec<(Isa, &str)> = [(Isa::at_most(Level::Avx2), "avx2"), (cpu, "best")]
             .into_iter()
             .collect();
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             for blocks in [1usize, 2, 3, 7, 15, 17, 31, 33] {
                 for seed in 0..4u32 {
                     let row = random_row(dtype, blocks, seed);
-                    let mut x: Vec<f32> = (0..blocks * 32)
+                    let mut x: Vec<f32> = (0..blocks * dtype.block_elems())
                         .map(|i| {
                             (((i as u32 * 7919 + seed * 31) % 2001) as f32 / 1000.0 - 1.0)
                                 * (1.0 + (i % 13) as f32)
                         })
                         .collect();
-                    x[..32].iter_mut().for_each(|v| *v = 0.0);
+                    x[..dtype.block_elems()].iter_mut().for_each(|v| *v = 0.0);
                     let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
                     let want = xq.dot(dtype, &row);
+                    // Float rounding scales with the terms' magnitude, which may cancel.
+                    let mut w = vec![0f32; x.len()];
+                    crate::dot::dequantize_row(dtype, &row, &mut w);
+                    let magnitude: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
                     for &(isa, name) in &kernels {
                         let (k, k4) = row_dots(isa, dtype).expect("kernels for a quantized type");
                         // SAFETY: `isa` is at most what the CPU reported; `row` and `xq` match.
                         let got = unsafe { k(&row, &xq) };
-                        let tol = 1e-5 * want.abs().max(1.0);
+                        let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
                         assert!(
                             (got - want).abs() <= tol,
                             "{dtype} {name} blocks={blocks}: {got} vs {want}"
