@@ -12,9 +12,7 @@ mod common;
 use bora::kernels::Activations;
 use common::*;
 
-const FILES: [&str; 7] = [
-    "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q5_0", "q5_1",
-];
+const FILES: [&str; 7] = ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q5_0", "q5_1"];
 
 fn prompt() -> Vec<u32> {
     ids(&read_json(&tiny("summary_kquants.json"))["prompt_ids"])

@@ -1,5 +1,5 @@
 //! Decode-shaped matrix-vector speed of one weight type, on an in-memory matrix:
-//! `cargo run --release -p bora-kernels --example matvec_speed -- Q4_0 [rows] [cols] [iters]`.
+//! `cargo run --release -p bora-kernels --example matvec_speed -- Q4_0 [rows] [cols] [iters] [tokens]`.
 use bora_kernels::{matmul_with, Activations, DType, MatRef};
 use std::time::Instant;
 
@@ -12,8 +12,11 @@ fn main() {
     let rows: usize = args.get(2).map_or(14336 * 4, |s| s.parse().unwrap());
     let cols: usize = args.get(3).map_or(4096, |s| s.parse().unwrap());
     let iters: usize = args.get(4).map_or(10, |s| s.parse().unwrap());
+    let tokens: usize = args.get(5).map_or(1, |s| s.parse().unwrap());
     let rb = dtype.row_bytes(cols).unwrap();
-    let mut data: Vec<u8> = (0..rows * rb).map(|i| (i as u32).wrapping_mul(2654435761) as u8 >> 1).collect();
+    let mut data: Vec<u8> = (0..rows * rb)
+        .map(|i| (i as u32).wrapping_mul(2654435761) as u8 >> 1)
+        .collect();
     // Small f16 scales at offset 0 of every block (enough for speed; values don't matter).
     for blk in data.chunks_exact_mut(dtype.block_bytes()) {
         blk[0] = 0;
@@ -31,11 +34,15 @@ fn main() {
             }
         }
         let s = t0.elapsed().as_secs_f64() / iters as f64;
-        println!("plain sum: {:.1} GB/s ({})", data.len() as f64 / s / 1e9, acc.iter().sum::<u64>() & 1);
+        println!(
+            "plain sum: {:.1} GB/s ({})",
+            data.len() as f64 / s / 1e9,
+            acc.iter().sum::<u64>() & 1
+        );
     }
     let w = MatRef::new(dtype, rows, cols, &data).unwrap();
-    let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
-    let mut out = vec![0f32; rows];
+    let x: Vec<f32> = (0..cols * tokens).map(|i| (i % 7) as f32 - 3.0).collect();
+    let mut out = vec![0f32; rows * tokens];
     matmul_with(&w, &x, &mut out, Activations::Q8);
     let t0 = Instant::now();
     for _ in 0..iters {
@@ -44,10 +51,11 @@ fn main() {
     let s = t0.elapsed().as_secs_f64() / iters as f64;
     let blocks = (rows * cols / dtype.block_elems()) as f64;
     println!(
-        "{dtype} {rows}x{cols}: {:.2} ms, {:.1} GB/s, {:.2} ns/block, threads {}",
+        "{dtype} {rows}x{cols} T={tokens}: {:.2} ms, {:.1} GB/s, {:.2} ns/block-row, {:.1} GMAC/s, threads {}",
         s * 1e3,
         data.len() as f64 / s / 1e9,
-        s * 1e9 / blocks * rayon::current_num_threads() as f64,
+        s * 1e9 / blocks / tokens as f64 * rayon::current_num_threads() as f64,
+        (rows * cols * tokens) as f64 / s / 1e9,
         rayon::current_num_threads()
     );
 }

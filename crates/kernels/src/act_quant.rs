@@ -125,9 +125,53 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
 
 /// One activation row quantized for the weight type it will meet.
 pub enum QuantizedRow {
-    Q8_0(Vec<BlockQ8_0>),
-    Q8_1(Vec<BlockQ8_1>),
+    Q8_0(Q8Blocks<BlockQ8_0>),
+    Q8_1(Q8Blocks<BlockQ8_1>),
     Q8K(Vec<BlockQ8K>),
+}
+
+/// 32-element activation blocks in ggml's layout, with per-block values the SIMD kernels
+/// would otherwise recompute for every weight row: the f16 scales as f32 (exactly), and the
+/// integer sum of the quants.
+pub struct Q8Blocks<B> {
+    pub blocks: Vec<B>,
+    /// `d` of each block, as f32.
+    pub d: Vec<f32>,
+    /// Q8_1 only: `s` of each block, as f32.
+    pub s: Vec<f32>,
+    /// Σ qs of each block.
+    pub sum: Vec<i32>,
+}
+
+impl<B> std::ops::Deref for Q8Blocks<B> {
+    type Target = [B];
+    fn deref(&self) -> &[B] {
+        &self.blocks
+    }
+}
+
+fn q8_0_blocks(blocks: Vec<BlockQ8_0>) -> Q8Blocks<BlockQ8_0> {
+    Q8Blocks {
+        d: blocks.iter().map(|b| f16_le(b.d)).collect(),
+        s: Vec::new(),
+        sum: blocks
+            .iter()
+            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+            .collect(),
+        blocks,
+    }
+}
+
+fn q8_1_blocks(blocks: Vec<BlockQ8_1>) -> Q8Blocks<BlockQ8_1> {
+    Q8Blocks {
+        d: blocks.iter().map(|b| f16_le(b.d)).collect(),
+        s: blocks.iter().map(|b| f16_le(b.s)).collect(),
+        sum: blocks
+            .iter()
+            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+            .collect(),
+        blocks,
+    }
 }
 
 impl QuantizedRow {
@@ -144,7 +188,7 @@ impl QuantizedRow {
                     n
                 ];
                 quantize_q8_0(x, &mut v);
-                Some(QuantizedRow::Q8_0(v))
+                Some(QuantizedRow::Q8_0(q8_0_blocks(v)))
             }
             DType::Q4_1 | DType::Q5_1 => {
                 let mut v = vec![
@@ -156,7 +200,7 @@ impl QuantizedRow {
                     n
                 ];
                 quantize_q8_1(x, &mut v);
-                Some(QuantizedRow::Q8_1(v))
+                Some(QuantizedRow::Q8_1(q8_1_blocks(v)))
             }
             DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 let mut v = vec![BlockQ8K::zeroed(); x.len() / QK_K];
@@ -281,7 +325,11 @@ mod tests {
                 // And it approximates the exact f32 product, within the activations' 8-bit
                 // rounding (relative to the magnitude of the terms, which may cancel).
                 let exact = dot_row(dtype, &row, &x) as f64;
-                let magnitude: f64 = w.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let magnitude: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
                 assert!(
                     (got - exact).abs() <= 0.01 * magnitude.max(1.0),
                     "{dtype} n={n}: {got} vs {exact}"

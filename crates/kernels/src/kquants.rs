@@ -283,16 +283,13 @@ mod tests {
         quantize_q8_k(&x, &mut b);
         for (blk, xs) in b.iter().zip(x.chunks_exact(QK_K)) {
             // The largest-magnitude value maps to ∓127 exactly (d carries its sign).
-            let (imax, _) = xs
-                .iter()
-                .enumerate()
-                .fold((0, 0f32), |(bi, bv), (i, v)| {
-                    if v.abs() > bv {
-                        (i, v.abs())
-                    } else {
-                        (bi, bv)
-                    }
-                });
+            let (imax, _) = xs.iter().enumerate().fold((0, 0f32), |(bi, bv), (i, v)| {
+                if v.abs() > bv {
+                    (i, v.abs())
+                } else {
+                    (bi, bv)
+                }
+            });
             assert_eq!(blk.qs[imax], -127);
             for (q, v) in blk.qs.iter().zip(xs) {
                 assert!((*q as f32 * blk.d - v).abs() <= 0.5 * blk.d.abs() * 1.0001);

@@ -179,14 +179,22 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
                 .par_chunks_mut(chunk * t)
                 .enumerate()
                 .for_each(|(ci, o)| {
-                    for (j, orow) in o.chunks_exact_mut(t).enumerate() {
-                        let row = w.row(ci * chunk + j);
-                        let whole = t / 4 * 4;
-                        for (vs, xs) in orow[..whole].chunks_exact_mut(4).zip(xq.chunks_exact(4)) {
+                    // Tokens in groups of four, outermost: a group's activation rows stay in L1
+                    // while every weight row of this task meets them (rows come from L2).
+                    // Weight row outermost instead streamed all T activation rows from L2 per
+                    // weight row, which bounded prefill by L2 bandwidth.
+                    let whole = t / 4 * 4;
+                    for g in (0..whole).step_by(4) {
+                        let xs = &xq[g..g + 4];
+                        for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                            let row = w.row(ci * chunk + j);
                             // SAFETY: `row_dots` gave kernels for features `isa()` detected on this CPU;
                             // `row` holds whole `w.dtype` blocks, `xs` 4 rows quantized for `w.dtype`.
-                            unsafe { four(row, xs, vs) };
+                            unsafe { four(row, xs, &mut orow[g..g + 4]) };
                         }
+                    }
+                    for (j, orow) in o.chunks_exact_mut(t).enumerate() {
+                        let row = w.row(ci * chunk + j);
                         for (v, xr) in orow[whole..].iter_mut().zip(&xq[whole..]) {
                             // SAFETY: as above, for one activation row and its single-row kernel.
                             *v = unsafe { one(row, xr) };

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::act_quant::QuantizedRow;
+use crate::act_quant::{Q8Blocks, QuantizedRow};
 use crate::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::dispatch::{Isa, Level};
 use crate::DType;
@@ -54,13 +54,6 @@ macro_rules! row_kernels {
             #[inline]
             fn sum_us(u: __m256i, s: __m256i) -> __m256i {
                 $sum_us(u, s)
-            }
-
-            /// Σ a[i]·b[i] for signed bytes: |a| · (b with a's sign).
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn sum_ss(a: __m256i, b: __m256i) -> __m256i {
-                sum_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
             }
 
             /// 16 bytes of nibbles → 32 bytes: low nibbles first (elements 0..16), then high.
@@ -160,7 +153,9 @@ macro_rules! row_kernels {
                     let mut sumi = [_mm256_setzero_si256(); N];
                     for c in 0..4 {
                         // SAFETY: `qs[32c..32c+32]` is in bounds (128 bytes).
-                        let q = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i) };
+                        let q = unsafe {
+                            _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i)
+                        };
                         let lo = _mm256_and_si256(q, nib);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
                         let (sl, sh) = (
@@ -178,7 +173,11 @@ macro_rules! row_kernels {
                     for r in 0..N {
                         let y = &ys[r][i];
                         let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(y.d * d),
+                            _mm256_cvtepi32_ps(sumi[r]),
+                            acc[r],
+                        );
                         acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
                     }
                 }
@@ -211,7 +210,9 @@ macro_rules! row_kernels {
                         let (la, lb, qh) = unsafe {
                             (
                                 _mm256_loadu_si256(a.ql.as_ptr().add(64 * half) as *const __m256i),
-                                _mm256_loadu_si256(a.ql.as_ptr().add(64 * half + 32) as *const __m256i),
+                                _mm256_loadu_si256(
+                                    a.ql.as_ptr().add(64 * half + 32) as *const __m256i
+                                ),
                                 _mm256_loadu_si256(a.qh.as_ptr().add(32 * half) as *const __m256i),
                             )
                         };
@@ -227,8 +228,14 @@ macro_rules! row_kernels {
                         let q = [
                             _mm256_or_si256(_mm256_and_si256(la, nib), high(0)),
                             _mm256_or_si256(_mm256_and_si256(lb, nib), high(2)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), nib), high(4)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), nib), high(6)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(la, 4), nib),
+                                high(4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(lb, 4), nib),
+                                high(6),
+                            ),
                         ];
                         for (part, qv) in q.into_iter().enumerate() {
                             let g = 8 * half + 2 * part;
@@ -261,18 +268,31 @@ macro_rules! row_kernels {
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
             }
 
-            fn q8_0_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_0]; N] {
+            fn q8_0_rows<const N: usize>(xs: &[QuantizedRow]) -> [&Q8Blocks<BlockQ8_0>; N] {
                 std::array::from_fn(|r| match &xs[r] {
-                    QuantizedRow::Q8_0(b) => b.as_slice(),
+                    QuantizedRow::Q8_0(b) => b,
                     _ => unreachable!("Q8_0 activations expected"),
                 })
             }
 
-            fn q8_1_rows<const N: usize>(xs: &[QuantizedRow]) -> [&[BlockQ8_1]; N] {
+            fn q8_1_rows<const N: usize>(xs: &[QuantizedRow]) -> [&Q8Blocks<BlockQ8_1>; N] {
                 std::array::from_fn(|r| match &xs[r] {
-                    QuantizedRow::Q8_1(b) => b.as_slice(),
+                    QuantizedRow::Q8_1(b) => b,
                     _ => unreachable!("Q8_1 activations expected"),
                 })
+            }
+
+            /// The f32 factor of a block product: one fused conversion for a single row
+            /// (decode), the weight's scale converted once and met by each row's
+            /// precomputed f32 scale otherwise. The same product either way.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn scale<const N: usize>(dw: [u8; 2], dw32: f32, dx: [u8; 2], dx32: f32) -> f32 {
+                if N == 1 {
+                    hmul(dw, dx)
+                } else {
+                    dw32 * dx32
+                }
             }
 
             /// `out[r] = row · xs[r]` for N activation rows; each weight block is unpacked once.
@@ -285,13 +305,24 @@ macro_rules! row_kernels {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_0>(row);
                 let ys = q8_0_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
+                let n = w.len();
+                // Equal lengths up front let the compiler drop the per-block bounds checks.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
+                let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
+                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
                 for (i, a) in w.iter().enumerate() {
                     prefetch(a);
-                    let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
+                    // Σ (q − 8)·x = Σ q·x − 8·Σ x: unsigned nibbles straight into the u8·i8
+                    // sum, the offset added as an integer in lane 0 (exact, as the reference).
+                    let qx = nibbles(&a.qs);
+                    let dw = if N == 1 { 0.0 } else { h(a.d) };
                     for r in 0..N {
                         let b = &ys[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(hmul(a.d, b.d)), p, acc[r]);
+                        let offset = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum[r][i]));
+                        let lanes = _mm256_add_epi32(sum_us(qx, load32(&b.qs)), offset);
+                        let p = _mm256_cvtepi32_ps(lanes);
+                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
                     }
                 }
                 for r in 0..N {
@@ -306,15 +337,22 @@ macro_rules! row_kernels {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_1>(row);
                 let ys = q8_1_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
+                let n = w.len();
+                // Equal lengths up front let the compiler drop the per-block bounds checks.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
+                let s: [&[f32]; N] = std::array::from_fn(|r| &ys[r].s[..n]);
+                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
                 let mut mins = [0f32; N];
                 for (i, a) in w.iter().enumerate() {
                     prefetch(a);
                     let qx = nibbles(&a.qs);
+                    let (dw, mw) = if N == 1 { (0.0, 0.0) } else { (h(a.d), h(a.m)) };
                     for r in 0..N {
                         let b = &ys[r][i];
                         let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&b.qs)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(hmul(a.d, b.d)), p, acc[r]);
-                        mins[r] += hmul(a.m, b.s);
+                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
+                        mins[r] += scale::<N>(a.m, mw, b.s, s[r][i]);
                     }
                 }
                 for r in 0..N {
@@ -329,13 +367,22 @@ macro_rules! row_kernels {
                 let w = bytemuck::cast_slice::<u8, BlockQ8_0>(row);
                 let ys = q8_0_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
+                let n = w.len();
+                // Equal lengths up front let the compiler drop the per-block bounds checks.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
+                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
                 for (i, a) in w.iter().enumerate() {
                     prefetch(a);
                     let qx = load32(&a.qs);
+                    // |w| and x carrying w's sign: the u8·i8 form of a signed product, once
+                    // per weight block for the sign of w, once per row for x.
+                    let ax = _mm256_sign_epi8(qx, qx);
+                    let dw = if N == 1 { 0.0 } else { h(a.d) };
                     for r in 0..N {
                         let b = &ys[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_ss(qx, load32(&b.qs)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(hmul(a.d, b.d)), p, acc[r]);
+                        let p = _mm256_cvtepi32_ps(sum_us(ax, _mm256_sign_epi8(load32(&b.qs), qx)));
+                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
                     }
                 }
                 for r in 0..N {
@@ -447,7 +494,13 @@ mod tests {
         let kernels: Vec<(Isa, &str)> = [(Isa::at_most(Level::Avx2), "avx2"), (cpu, "best")]
             .into_iter()
             .collect();
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q6_K,
+        ] {
             for blocks in [1usize, 2, 3, 7, 15, 17, 31, 33] {
                 for seed in 0..4u32 {
                     let row = random_row(dtype, blocks, seed);

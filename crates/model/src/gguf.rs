@@ -434,15 +434,15 @@ mod tests {
 
     #[test]
     fn known_but_unsupported_type_is_named_when_used() {
-        // Q4_K: 256 elements in 144 bytes. The directory is valid; computing with it is not.
-        let g = parse(&file_with(12, 2 * 144), "q4k").unwrap();
+        // Q8_K (activations only): 256 elements in 292 bytes. The directory is valid; computing with it is not.
+        let g = parse(&file_with(15, 2 * 292), "q4k").unwrap();
         let e = g.tensors["w"].dtype().unwrap_err().to_string();
         assert!(
-            e.contains("'w'") && e.contains("Q4_K is not supported"),
+            e.contains("'w'") && e.contains("Q8_K is not supported"),
             "{e}"
         );
-        // One byte short of what Q4_K needs: the directory itself is rejected.
-        let e = parse(&file_with(12, 2 * 144 - 1), "q4k_short")
+        // One byte short of what Q8_K needs: the directory itself is rejected.
+        let e = parse(&file_with(15, 2 * 292 - 1), "q4k_short")
             .err()
             .unwrap()
             .to_string();
