@@ -190,11 +190,11 @@ def read_bandwidth(threads: int, gib: float = 2.0, reps: int = 5) -> float:
 # ---------------------------------------------------------------------- engines
 
 def bora_once(model: Path, p: int, n: int, threads: int):
+    """(prompt tok/s, generation tok/s, load seconds, peak RSS bytes) of one `bora bench` run."""
     cmd = [str(ROOT / "target/release/bora"), "bench", str(model), "-p", str(p), "-n", str(n),
            "-r", "1", "-t", str(threads), "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    j = json.loads(out)
-    return j["prompt_tokens_per_s"], j["gen_tokens_per_s"]
+    j = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return j["prompt_tokens_per_s"], j["gen_tokens_per_s"], j["load_seconds"], j["peak_rss_bytes"]
 
 
 class LlamaCpp:
@@ -277,18 +277,30 @@ def main() -> None:
         if llama:
             llama.close()
         med = {e: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for e, v in res.items()}
-        rows.append((kind, path.stat().st_size, limit, med))
+        extra = None
+        if res.get("bora"):
+            extra = (statistics.median(x[2] for x in res["bora"]), max(x[3] for x in res["bora"]))
+        rows.append((kind, path.stat().st_size, limit, med, extra))
     print()
     print(f"Mistral-7B shape, random weights, {a.t} threads, pp{a.p} / tg{a.n}, median of {a.r} alternating rounds; "
           f"read bandwidth {bw:.1f} GB/s")
     print(f"| file | GB | engine | pp{a.p} tok/s | tg{a.n} tok/s | pp vs llama.cpp | tg vs llama.cpp | tg / bandwidth limit |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, size, limit, med in rows:
+    for kind, size, limit, med, _ in rows:
         base = med.get("llama.cpp")
         for e, (pp, tg) in med.items():
             ratio = (f"{pp / base[0]:.2f}×", f"{tg / base[1]:.2f}×") if base else ("", "")
             print(f"| {kind.upper()} | {size / 1e9:.2f} | {e} | {pp:.2f} | {tg:.2f} | {ratio[0]} | {ratio[1]} | "
                   f"{tg / limit:.0%} of {limit:.1f} |")
+    # KV cache at p+n tokens: 32 layers x 2 (K, V) x 8 heads x 128 x f32.
+    kv = N_LAYER * 2 * N_HEAD_KV * HEAD_DIM * 4 * (a.p + a.n)
+    print()
+    print("| file | bora load s (median) | bora peak RSS GB | file + KV cache GB | RSS / (file + KV) |")
+    print("|---|---|---|---|---|")
+    for kind, size, _, _, extra in rows:
+        if extra:
+            load_s, rss = extra
+            print(f"| {kind.upper()} | {load_s:.3f} | {rss / 1e9:.2f} | {(size + kv) / 1e9:.2f} | {rss / (size + kv):.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.reps == 0 || a.n_prompt == 0 {
         bail!("-p and -r must be at least 1");
     }
+    let load_start = Instant::now();
     let engine = super::load(&a.model, a.json)?;
+    let load_s = load_start.elapsed().as_secs_f64();
     let model = &engine.model;
     let limit = model.config.max_context;
     if a.n_prompt.saturating_add(a.n_gen) > limit {
@@ -61,6 +63,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "gen_tokens_per_s": tg_med,
             "prompt_tokens_per_s_runs": pp,
             "gen_tokens_per_s_runs": tg,
+            "load_seconds": load_s,
+            "peak_rss_bytes": peak_rss_bytes(),
         });
         println!("{obj}");
         return Ok(());
@@ -103,4 +107,12 @@ fn median_and_spread(v: &mut [f64]) -> (f64, f64) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
     (median, (v[n - 1] - v[0]) / 2.0)
+}
+
+/// The process's peak resident set (Linux `VmHWM`), for memory targets; `None` elsewhere.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
