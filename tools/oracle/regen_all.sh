@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/make_tiny_models.py
 "$PY" tools/oracle/convert_gguf.py
 "$PY" tools/oracle/check_gguf_llamacpp.py
+"$PY" tools/oracle/make_kquant_fixtures.py
 "$PY" tools/oracle/make_tokenizer_fixtures.py
 "$PY" tools/oracle/make_smollm2_reference.py
 "$PY" tools/oracle/make_smollm2_exact.py

@@ -5,8 +5,12 @@
 //!   (tools/oracle/make_smollm2_exact.py). bora with f32 activations computes the same thing.
 //! - llama.cpp (llama-cpp-python, tools/oracle/make_smollm2_reference.py). bora's default
 //!   numerics round activations to 8-bit blocks as llama.cpp does; llama.cpp additionally keeps
-//!   K/V and attention arithmetic in f16, so logits agree to its rounding (measured: ≤ 0.8 over
-//!   a range of ~33), and greedy runs agree until a step whose top-2 margin is below that.
+//!   K/V and attention arithmetic in f16, so logits agree to its rounding, and greedy runs
+//!   agree until a step whose top-2 margin is below that. 8-bit rounding makes this model's
+//!   logits jumpy: bora's SIMD kernels and its scalar reference (the same integer products,
+//!   summed in another order) differ by up to 1.4 on a prompt's last logits (range ~33), as
+//!   one flipped rounding in an early layer is carried through 30; against llama.cpp bora
+//!   measured 0.74 / 0.68 / 0.51 (one block at a time) and 1.16 / 0.54 / 0.56 (8-block groups).
 
 mod common;
 
@@ -111,7 +115,7 @@ fn llama_cpp_numerics_match_llama_cpp_logits() {
         );
         let d = max_abs_diff(&all[(prompt.len() - 1) * vocab..], &want);
         assert!(
-            d <= 1.0,
+            d <= 1.5,
             "{:?}: max |Δlogit| {d} against llama.cpp",
             p["text"]
         );

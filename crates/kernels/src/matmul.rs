@@ -179,18 +179,19 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
                 .par_chunks_mut(chunk * t)
                 .enumerate()
                 .for_each(|(ci, o)| {
-                    // Tokens in groups of four, outermost: a group's activation rows stay in L1
+                    // Tokens in groups of GROUP, outermost: a group's activation rows stay in L1
                     // while every weight row of this task meets them (rows come from L2).
                     // Weight row outermost instead streamed all T activation rows from L2 per
                     // weight row, which bounded prefill by L2 bandwidth.
-                    let whole = t / 4 * 4;
-                    for g in (0..whole).step_by(4) {
-                        let xs = &xq[g..g + 4];
+                    const G: usize = crate::x86::GROUP;
+                    let whole = t / G * G;
+                    for g in (0..whole).step_by(G) {
+                        let xs = &xq[g..g + G];
                         for (j, orow) in o.chunks_exact_mut(t).enumerate() {
                             let row = w.row(ci * chunk + j);
                             // SAFETY: `row_dots` gave kernels for features `isa()` detected on this CPU;
-                            // `row` holds whole `w.dtype` blocks, `xs` 4 rows quantized for `w.dtype`.
-                            unsafe { four(row, xs, &mut orow[g..g + 4]) };
+                            // `row` holds whole `w.dtype` blocks, `xs` GROUP rows quantized for `w.dtype`.
+                            unsafe { four(row, xs, &mut orow[g..g + G]) };
                         }
                     }
                     for (j, orow) in o.chunks_exact_mut(t).enumerate() {

@@ -17,11 +17,14 @@ const PREFETCH_BYTES: usize = 4096;
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 
-/// The same dot product for four activation rows at once (`xs.len() == 4`, into `out[..4]`):
-/// each weight block is unpacked once and met by all four.
+/// Activation rows met together by the multi-row kernels (prefill, batched decode).
+pub(crate) const GROUP: usize = 8;
+
+/// The same dot product for [`GROUP`] activation rows at once (`xs.len() == GROUP`, into
+/// `out[..GROUP]`): each weight block is unpacked once and met by all of them.
 pub(crate) type RowDot4 = unsafe fn(&[u8], &[QuantizedRow], &mut [f32]);
 
-/// The fastest kernels for `dtype` against quantized activations (one row, four rows), if
+/// The fastest kernels for `dtype` against quantized activations (one row, GROUP rows), if
 /// this CPU has them.
 pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
     if isa.level() < Level::Avx2 {
@@ -80,16 +83,6 @@ macro_rules! row_kernels {
             #[inline(always)]
             fn h(b: [u8; 2]) -> f32 {
                 crate::blocks::f16_le(b)
-            }
-
-            /// f16(a) · f16(b), both converted by one F16C instruction from a full 32-bit
-            /// `vmovd` (which, unlike a 16-bit insert, depends on nothing before it).
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn hmul(a: [u8; 2], b: [u8; 2]) -> f32 {
-                let packed = i32::from_le_bytes([a[0], a[1], b[0], b[1]]);
-                let v = _mm_cvtph_ps(_mm_cvtsi32_si128(packed));
-                _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
             }
 
             /// Asks for the weight bytes `PREFETCH_BYTES` ahead of `at`. The hardware
@@ -282,18 +275,54 @@ macro_rules! row_kernels {
                 })
             }
 
-            /// The f32 factor of a block product: one fused conversion for a single row
-            /// (decode), the weight's scale converted once and met by each row's
-            /// precomputed f32 scale otherwise. The same product either way.
+            /// Eight consecutive blocks' f16 field at byte `off` (blocks of `size` bytes from
+            /// block `first`), as f32 lanes: one F16C conversion for eight blocks.
+            /// Always inlined, so never a call that spills the callers' accumulators; only
+            /// called from this module's kernels, which are compiled with these features.
+            #[inline(always)]
+            fn scales8(row: &[u8], size: usize, first: usize, off: usize) -> __m256 {
+                let at = |k: usize| {
+                    let p = (first + k) * size + off;
+                    i16::from_le_bytes([row[p], row[p + 1]])
+                };
+                let h = [at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7)];
+                // SAFETY: inlined into kernels compiled with F16C and AVX (their callers
+                // checked the CPU has them); `h` is 16 readable bytes, loaded unaligned.
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)) }
+            }
+
+            /// The eight lanes of `v`, for broadcasting one at a time: a broadcast from memory
+            /// is a load, where an in-register lane permute would compete with the dot
+            /// products for the shuffle port.
             #[target_feature(enable = $features)]
             #[inline]
-            fn scale<const N: usize>(dw: [u8; 2], dw32: f32, dx: [u8; 2], dx32: f32) -> f32 {
-                if N == 1 {
-                    hmul(dw, dx)
-                } else {
-                    dw32 * dx32
-                }
+            fn lanes(v: __m256) -> [f32; 8] {
+                let mut out = [0f32; 8];
+                // SAFETY: `out` is 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+                out
             }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load8_ps(v: &[f32]) -> __m256 {
+                let v: &[f32; 8] = v.try_into().expect("8 values");
+                // SAFETY: `v` is 8 readable f32; the load is unaligned.
+                unsafe { _mm256_loadu_ps(v.as_ptr()) }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load8_epi32(v: &[i32]) -> __m256i {
+                let v: &[i32; 8] = v.try_into().expect("8 values");
+                // SAFETY: `v` is 8 readable i32; the load is unaligned.
+                unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+            }
+
+            // The 32-weight kernels work in groups of eight blocks: the eight weight scales
+            // are converted at once and multiplied by the rows' eight precomputed activation
+            // scales, so a block costs one broadcast (a load) and one FMA per row on top of its
+            // integer dot. Blocks past the last whole group take the per-block path.
 
             /// `out[r] = row · xs[r]` for N activation rows; each weight block is unpacked once.
             ///
@@ -304,29 +333,48 @@ macro_rules! row_kernels {
             unsafe fn q4_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_0>(row);
                 let ys = q8_0_rows::<N>(xs);
-                let mut acc = [_mm256_setzero_ps(); N];
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
                 let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
                 let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
                 let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                for (i, a) in w.iter().enumerate() {
-                    prefetch(a);
-                    // Σ (q − 8)·x = Σ q·x − 8·Σ x: unsigned nibbles straight into the u8·i8
-                    // sum, the offset added as an integer in lane 0 (exact, as the reference).
-                    let qx = nibbles(&a.qs);
-                    let dw = if N == 1 { 0.0 } else { h(a.d) };
+                // Σ (q − 8)·x = Σ q·x − 8·Σ x: unsigned nibbles go straight into the u8·i8
+                // sum; the offsets, scaled like the products, are accumulated apart.
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_off = [_mm256_setzero_ps(); N];
+                let mut tail_off = [0f32; N];
+                let whole = n / 8 * 8;
+                for i0 in (0..whole).step_by(8) {
+                    let dw = scales8(row, 18, i0, 0);
+                    let mut f = [[0f32; 8]; N];
                     for r in 0..N {
-                        let b = &ys[r][i];
-                        let offset = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum[r][i]));
-                        let lanes = _mm256_add_epi32(sum_us(qx, load32(&b.qs)), offset);
-                        let p = _mm256_cvtepi32_ps(lanes);
-                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
+                        let fv = _mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8]));
+                        let sx = _mm256_cvtepi32_ps(load8_epi32(&sum[r][i0..i0 + 8]));
+                        acc_off[r] = _mm256_fmadd_ps(fv, sx, acc_off[r]);
+                        f[r] = lanes(fv);
+                    }
+                    for k in 0..8 {
+                        let a = &w[i0 + k];
+                        prefetch(a);
+                        let qx = nibbles(&a.qs);
+                        for r in 0..N {
+                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
+                        }
+                    }
+                }
+                for i in whole..n {
+                    let a = &w[i];
+                    let qx = nibbles(&a.qs);
+                    for r in 0..N {
+                        let f = h(a.d) * d[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
+                        tail_off[r] += f * sum[r][i] as f32;
                     }
                 }
                 for r in 0..N {
-                    out[r] = hsum(acc[r]);
+                    out[r] = hsum(acc[r]) - 8.0 * (hsum(acc_off[r]) + tail_off[r]);
                 }
             }
 
@@ -336,27 +384,45 @@ macro_rules! row_kernels {
             unsafe fn q4_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ4_1>(row);
                 let ys = q8_1_rows::<N>(xs);
-                let mut acc = [_mm256_setzero_ps(); N];
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
                 let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
                 let s: [&[f32]; N] = std::array::from_fn(|r| &ys[r].s[..n]);
                 let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                let mut mins = [0f32; N];
-                for (i, a) in w.iter().enumerate() {
-                    prefetch(a);
-                    let qx = nibbles(&a.qs);
-                    let (dw, mw) = if N == 1 { (0.0, 0.0) } else { (h(a.d), h(a.m)) };
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_min = [_mm256_setzero_ps(); N];
+                let mut tail_min = [0f32; N];
+                let whole = n / 8 * 8;
+                for i0 in (0..whole).step_by(8) {
+                    let dw = scales8(row, 20, i0, 0);
+                    let mw = scales8(row, 20, i0, 2);
+                    let mut f = [[0f32; 8]; N];
                     for r in 0..N {
-                        let b = &ys[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&b.qs)));
-                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
+                        f[r] = lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])));
+                        acc_min[r] = _mm256_fmadd_ps(mw, load8_ps(&s[r][i0..i0 + 8]), acc_min[r]);
+                    }
+                    for k in 0..8 {
+                        let a = &w[i0 + k];
+                        prefetch(a);
+                        let qx = nibbles(&a.qs);
+                        for r in 0..N {
+                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
+                        }
+                    }
+                }
+                for i in whole..n {
+                    let a = &w[i];
+                    let qx = nibbles(&a.qs);
+                    for r in 0..N {
+                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
+                        let f = h(a.d) * d[r][i];
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        mins[r] += scale::<N>(a.m, mw, b.s, s[r][i]);
+                        tail_min[r] += h(a.m) * s[r][i];
                     }
                 }
                 for r in 0..N {
-                    out[r] = hsum(acc[r]) + mins[r];
+                    out[r] = hsum(acc[r]) + hsum(acc_min[r]) + tail_min[r];
                 }
             }
 
@@ -366,23 +432,39 @@ macro_rules! row_kernels {
             unsafe fn q8_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let w = bytemuck::cast_slice::<u8, BlockQ8_0>(row);
                 let ys = q8_0_rows::<N>(xs);
-                let mut acc = [_mm256_setzero_ps(); N];
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
                 let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
                 let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                for (i, a) in w.iter().enumerate() {
-                    prefetch(a);
+                let mut acc = [_mm256_setzero_ps(); N];
+                // |w| and x carrying w's sign: the u8·i8 form of a signed product.
+                let dot = |a: &BlockQ8_0, b: &BlockQ8_0| {
                     let qx = load32(&a.qs);
-                    // |w| and x carrying w's sign: the u8·i8 form of a signed product, once
-                    // per weight block for the sign of w, once per row for x.
-                    let ax = _mm256_sign_epi8(qx, qx);
-                    let dw = if N == 1 { 0.0 } else { h(a.d) };
+                    _mm256_cvtepi32_ps(sum_us(
+                        _mm256_sign_epi8(qx, qx),
+                        _mm256_sign_epi8(load32(&b.qs), qx),
+                    ))
+                };
+                let whole = n / 8 * 8;
+                for i0 in (0..whole).step_by(8) {
+                    let dw = scales8(row, 34, i0, 0);
+                    let f: [[f32; 8]; N] = std::array::from_fn(|r| {
+                        lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])))
+                    });
+                    for k in 0..8 {
+                        let a = &w[i0 + k];
+                        prefetch(a);
+                        for r in 0..N {
+                            let p = dot(a, &ys[r][i0 + k]);
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
+                        }
+                    }
+                }
+                for i in whole..n {
+                    let a = &w[i];
                     for r in 0..N {
-                        let b = &ys[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_us(ax, _mm256_sign_epi8(load32(&b.qs), qx)));
-                        let f = scale::<N>(a.d, dw, b.d, d[r][i]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
+                        let f = h(a.d) * d[r][i];
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), dot(a, &ys[r][i]), acc[r]);
                     }
                 }
                 for r in 0..N {
@@ -404,11 +486,11 @@ macro_rules! row_kernels {
                     }
 
                     /// # Safety
-                    /// As the N-row kernel, with N = 4.
+                    /// As the N-row kernel, with N = [`GROUP`].
                     #[target_feature(enable = $features)]
                     pub(crate) unsafe fn $four(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                        // SAFETY: this function's contract is the N-row kernel's, with N = 4.
-                        unsafe { $n::<4>(row, xs, out) }
+                        // SAFETY: this function's contract is the N-row kernel's, with N = GROUP.
+                        unsafe { $n::<GROUP>(row, xs, out) }
                     }
                 };
             }
@@ -459,7 +541,7 @@ mod tests {
 
     /// The four-row kernel gives, bit for bit, what four single-row calls give.
     fn check_four_rows(k: RowDot, k4: RowDot4, row: &[u8], x: &[f32], dtype: DType, name: &str) {
-        let xs: Vec<QuantizedRow> = (0..4)
+        let xs: Vec<QuantizedRow> = (0..GROUP)
             .map(|r| {
                 let shifted: Vec<f32> = x
                     .iter()
@@ -468,7 +550,7 @@ mod tests {
                 QuantizedRow::for_weight(dtype, &shifted).unwrap()
             })
             .collect();
-        let mut four = [0f32; 4];
+        let mut four = [0f32; GROUP];
         // SAFETY: the kernels come from `row_dots` for a detected ISA; `xs` holds 4 rows
         // quantized for `dtype`, matching `row`.
         unsafe { k4(row, &xs, &mut four) };
