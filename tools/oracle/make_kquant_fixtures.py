@@ -84,6 +84,15 @@ def block_fixtures() -> dict:
         (QUANTS_DIR / f"{qt.name}.bin").write_bytes(raw.tobytes())
         write_f32(QUANTS_DIR / f"{qt.name}.f32.bin", deq)
         out[qt.name] = {"elements": n_elems, "bytes": int(raw.size)}
+    # Quantization oracle for the types the gguf package quantizes (bit-exact with ggml's
+    # reference quantizers): one shared input row, its bytes per type.
+    x = rng.normal(0, 1, 1024).astype(np.float32)
+    x[::97] *= 8.0
+    x[300:340] = 0.25
+    write_f32(QUANTS_DIR / "quantize_input.f32.bin", x)
+    for qt in (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1):
+        q = gguf.quants.quantize(x.reshape(1, -1), qt).reshape(-1)
+        (QUANTS_DIR / f"{qt.name}.quantized.bin").write_bytes(q.tobytes())
     write_json(QUANTS_DIR / "summary.json", {
         "oracle": f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else ''} gguf.quants.dequantize",
         "types": out})

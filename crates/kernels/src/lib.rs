@@ -19,6 +19,7 @@ pub mod dtype;
 pub mod kquants;
 pub mod matmul;
 pub mod ops;
+pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

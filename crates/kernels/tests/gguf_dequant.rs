@@ -28,3 +28,27 @@ fn every_type_dequantizes_as_the_gguf_package_does() {
         }
     }
 }
+
+/// ggml's reference quantizers, as the `gguf` package reimplements them bit-exactly: bora
+/// writes the same bytes for the same input.
+#[test]
+fn legacy_types_quantize_as_the_gguf_package_does() {
+    let x: Vec<f32> = fixture("quantize_input.f32.bin")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for dtype in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+    ] {
+        let want = fixture(&format!("{dtype}.quantized.bin"));
+        let mut got = vec![0u8; dtype.row_bytes(x.len()).unwrap()];
+        bora_kernels::quantize::quantize_row(dtype, &x, &mut got).unwrap();
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(first_diff, None, "{dtype}: first differing byte");
+        assert_eq!(got.len(), want.len());
+    }
+}
