@@ -28,6 +28,33 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure prompt-processing and generation speed (median of repetitions).
     Bench(BenchArgs),
+    /// Write a GGUF file's weights in another quant type (as llama-quantize does).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The GGUF file to read (float or quantized).
+    pub input: PathBuf,
+    /// The GGUF file to write.
+    pub output: PathBuf,
+    /// q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m or q6_k (llama.cpp's file types).
+    #[arg(long = "type", value_parser = crate::commands::quantize::parse_file_type)]
+    pub file_type: crate::commands::quantize::FileType,
+}
+
+/// A `--quant` value: a type bora can quantize weights to.
+fn parse_quant(s: &str) -> std::result::Result<bora_kernels::DType, String> {
+    bora_kernels::quantize::QUANTIZABLE
+        .into_iter()
+        .find(|d| d.to_string().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            let names: Vec<String> = bora_kernels::quantize::QUANTIZABLE
+                .iter()
+                .map(|d| d.to_string().to_lowercase())
+                .collect();
+            format!("'{s}' is not one of {}", names.join(", "))
+        })
 }
 
 /// How to load the model: shared by every subcommand that runs it.
@@ -53,6 +80,10 @@ pub struct ModelArgs {
     /// Keep activations in f32 against quantized weights (exact; default: 8-bit blocks, as llama.cpp).
     #[arg(long)]
     pub f32_activations: bool,
+    /// Quantize a float checkpoint's weight matrices to this type while loading
+    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k).
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<bora_kernels::DType>,
 }
 
 impl ModelArgs {
@@ -67,6 +98,7 @@ impl ModelArgs {
             } else {
                 Activations::Q8
             },
+            quant: self.quant,
         }
     }
 

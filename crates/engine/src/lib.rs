@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub no_tokenizer: bool,
     /// How activations meet quantized weights; default: 8-bit, as llama.cpp.
     pub activations: Activations,
+    /// Quantize a float checkpoint's matrices to this type while loading.
+    pub quant: Option<bora_kernels::DType>,
 }
 
 pub struct Engine {
@@ -56,6 +58,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     }
     let mut model = Model::new(&ckpt, config)?;
     model.activations = opts.activations;
+    if let Some(target) = opts.quant {
+        model.weights.quantize(target)?;
+    }
     // A tokenizer.json given explicitly, or the one in an HF folder; else a GGUF's vocabulary.
     let json = match &opts.tokenizer {
         Some(t) => Some(t.clone()),

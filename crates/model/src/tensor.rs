@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use bora_kernels::quantize::{quantize_row, QuantizeError};
 use bora_kernels::{DType, MatRef};
+use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
 use crate::mmap::MappedFile;
@@ -61,13 +63,30 @@ impl TensorRef {
     }
 }
 
-/// A weight matrix the model computes with: `rows × cols` in its stored dtype, mapped.
+/// Where a weight's bytes live: in a mapped checkpoint (zero copy), or in memory when bora
+/// quantized it at load.
+#[derive(Clone)]
+enum Storage {
+    Mapped(Arc<MappedFile>),
+    Owned(Arc<[u8]>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(f) => f.bytes(),
+            Storage::Owned(b) => b,
+        }
+    }
+}
+
+/// A weight matrix the model computes with: `rows × cols` in its stored dtype.
 #[derive(Clone)]
 pub struct Weight {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
-    file: Arc<MappedFile>,
+    storage: Storage,
     start: usize,
     len: usize,
 }
@@ -95,20 +114,18 @@ impl Weight {
             dtype,
             rows,
             cols,
-            file: Arc::clone(&t.file),
+            storage: Storage::Mapped(Arc::clone(&t.file)),
             start: t.start,
             len: t.len,
         })
     }
 
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.start..self.start + self.len]
+    }
+
     pub fn mat(&self) -> MatRef<'_> {
-        MatRef::new(
-            self.dtype,
-            self.rows,
-            self.cols,
-            &self.file.bytes()[self.start..self.start + self.len],
-        )
-        .expect("shape checked at load")
+        MatRef::new(self.dtype, self.rows, self.cols, self.bytes()).expect("shape checked at load")
     }
 
     /// Rows `[i·n, (i+1)·n)` as a weight of their own: one expert of a stacked tensor.
@@ -118,8 +135,32 @@ impl Weight {
             rows: n,
             start: self.start + first * rb,
             len: n * rb,
-            file: Arc::clone(&self.file),
+            storage: self.storage.clone(),
             ..*self
         }
+    }
+
+    /// The same matrix stored as `target`: each row expanded to f32 and quantized, in parallel.
+    pub fn quantized(&self, target: DType) -> std::result::Result<Self, QuantizeError> {
+        let rb = target.row_bytes(self.cols)?;
+        let mut out = vec![0u8; rb * self.rows];
+        let m = self.mat();
+        out.par_chunks_mut(rb)
+            .enumerate()
+            .try_for_each_init(
+                || vec![0f32; self.cols],
+                |row, (i, o)| {
+                    m.dequantize_row_into(i, row);
+                    quantize_row(target, row, o)
+                },
+            )?;
+        Ok(Self {
+            dtype: target,
+            rows: self.rows,
+            cols: self.cols,
+            len: out.len(),
+            storage: Storage::Owned(out.into()),
+            start: 0,
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! The model's weights, taken from a checkpoint by role and checked against the config.
 
+use bora_kernels::DType;
+
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -150,5 +152,65 @@ impl ModelWeights {
             final_norm,
             lm_head,
         })
+    }
+}
+
+/// What quantizing a model's matrices did: how many went to the asked type, how many to Q8_0
+/// because their rows don't split into the asked type's blocks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QuantizeReport {
+    pub to_target: usize,
+    pub to_q8_0: usize,
+}
+
+impl ModelWeights {
+    /// Stores every weight matrix as `target` (quantization at load). The MoE router stays as
+    /// it is (llama.cpp keeps it in f32 too); a matrix whose rows are not a whole number of
+    /// `target` blocks gets Q8_0, as llama.cpp falls back for such rows. Only float
+    /// checkpoints: re-quantizing quantized weights would compound two roundings.
+    pub fn quantize(&mut self, target: DType) -> Result<QuantizeReport> {
+        let mut report = QuantizeReport::default();
+        let mut convert = |w: &mut Weight| -> Result<()> {
+            if w.dtype.is_quantized() {
+                return Err(ModelError::Quantize {
+                    target,
+                    msg: format!("the weights are already quantized ({})", w.dtype),
+                });
+            }
+            let to = if target.row_bytes(w.cols).is_ok() {
+                report.to_target += 1;
+                target
+            } else {
+                report.to_q8_0 += 1;
+                DType::Q8_0
+            };
+            *w = w.quantized(to).map_err(|e| ModelError::Quantize {
+                target,
+                msg: e.to_string(),
+            })?;
+            Ok(())
+        };
+        let tied = self.lm_head.bytes().as_ptr() == self.embed.bytes().as_ptr();
+        convert(&mut self.embed)?;
+        if tied {
+            self.lm_head = self.embed.clone();
+        } else {
+            convert(&mut self.lm_head)?;
+        }
+        for l in &mut self.layers {
+            for w in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+                convert(w)?;
+            }
+            let mlps: Vec<&mut Mlp> = match &mut l.ffn {
+                Ffn::Dense(m) => vec![m],
+                Ffn::Moe { experts, .. } => experts.iter_mut().collect(),
+            };
+            for m in mlps {
+                for w in [&mut m.gate, &mut m.up, &mut m.down] {
+                    convert(w)?;
+                }
+            }
+        }
+        Ok(report)
     }
 }

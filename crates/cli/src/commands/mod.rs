@@ -1,5 +1,6 @@
 mod bench;
 mod logits;
+pub(crate) mod quantize;
 mod run;
 mod tokenize;
 
@@ -14,6 +15,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Logits(a) => logits::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }
 

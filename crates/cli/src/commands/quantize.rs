@@ -1,0 +1,247 @@
+//! `bora quantize IN OUT --type T`: a GGUF file's weights stored again in another quant type,
+//! each tensor's type chosen as llama.cpp's llama-quantize chooses it for that file type, so
+//! the result is what users expect to find in a file of that name.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bora_kernels::quantize::quantize_row;
+use bora_kernels::{DType, MatRef};
+use bora_model::gguf::{GgufFile, Value};
+use bora_model::gguf_write::{write_gguf, TensorSpec};
+use rayon::prelude::*;
+
+use crate::args::QuantizeArgs;
+
+/// llama.cpp's file types that bora writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    /// Q4_K everywhere (output Q6_K); llama.cpp's Q4_K_S also moves a few layers to Q5_K.
+    Q4K,
+    /// Q4_K, with Q6_K for output and for attn_v / ffn_down in llama.cpp's "more bits" layers.
+    Q4KM,
+    Q6K,
+}
+
+const FILE_TYPES: [(&str, FileType); 8] = [
+    ("q8_0", FileType::Q8_0),
+    ("q4_0", FileType::Q4_0),
+    ("q4_1", FileType::Q4_1),
+    ("q5_0", FileType::Q5_0),
+    ("q5_1", FileType::Q5_1),
+    ("q4_k", FileType::Q4K),
+    ("q4_k_m", FileType::Q4KM),
+    ("q6_k", FileType::Q6K),
+];
+
+pub fn parse_file_type(s: &str) -> std::result::Result<FileType, String> {
+    FILE_TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = FILE_TYPES.iter().map(|(n, _)| *n).collect();
+            format!("'{s}' is not one of {}", names.join(", "))
+        })
+}
+
+impl FileType {
+    fn base(self) -> DType {
+        match self {
+            FileType::Q8_0 => DType::Q8_0,
+            FileType::Q4_0 => DType::Q4_0,
+            FileType::Q4_1 => DType::Q4_1,
+            FileType::Q5_0 => DType::Q5_0,
+            FileType::Q5_1 => DType::Q5_1,
+            FileType::Q4K | FileType::Q4KM => DType::Q4_K,
+            FileType::Q6K => DType::Q6_K,
+        }
+    }
+
+    /// `general.file_type` (llama.cpp's `llama_ftype`).
+    fn ftype(self) -> u32 {
+        match self {
+            FileType::Q4_0 => 2,
+            FileType::Q4_1 => 3,
+            FileType::Q8_0 => 7,
+            FileType::Q5_0 => 8,
+            FileType::Q5_1 => 9,
+            FileType::Q4K => 14,
+            FileType::Q4KM => 15,
+            FileType::Q6K => 18,
+        }
+    }
+}
+
+/// llama.cpp's layers that get more bits in the _M mixes: the first and last eighth, and
+/// every third layer between.
+fn use_more_bits(layer: usize, n_layers: usize) -> bool {
+    layer < n_layers / 8
+        || layer >= 7 * n_layers / 8
+        || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+}
+
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// The type a tensor is written in.
+fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
+    let is_matrix = shape.len() >= 2 && !name.contains("ffn_gate_inp");
+    if !is_matrix {
+        return DType::F32;
+    }
+    let more_bits = ft == FileType::Q4KM
+        && (name.contains("attn_v.") || name.contains("ffn_down"))
+        && layer_of(name).is_some_and(|l| use_more_bits(l, n_layers));
+    let wanted = if (name == "output.weight" && ft != FileType::Q8_0) || more_bits {
+        DType::Q6_K
+    } else {
+        ft.base()
+    };
+    // Rows that don't split into the wanted blocks fall back, as in llama.cpp.
+    let cols = shape[shape.len() - 1];
+    [wanted, DType::Q8_0, DType::F16]
+        .into_iter()
+        .find(|d| d.row_bytes(cols).is_ok())
+        .unwrap_or(DType::F32)
+}
+
+/// One tensor's rows, expanded to f32 and stored as `to`.
+fn convert(src: &MatRef<'_>, to: DType) -> Result<Vec<u8>> {
+    let rb = to.row_bytes(src.cols)?;
+    let mut out = vec![0u8; rb * src.rows];
+    out.par_chunks_mut(rb).enumerate().try_for_each_init(
+        || vec![0f32; src.cols],
+        |row, (i, o)| -> Result<()> {
+            src.dequantize_row_into(i, row);
+            match to {
+                DType::F32 => {
+                    for (b, v) in o.chunks_exact_mut(4).zip(row.iter()) {
+                        b.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                DType::F16 => {
+                    for (b, v) in o.chunks_exact_mut(2).zip(row.iter()) {
+                        b.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                    }
+                }
+                _ => quantize_row(to, row, o)?,
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    if a.input.is_dir() {
+        bail!(
+            "{}: bora quantize reads GGUF files; a safetensors folder can be quantized as it \
+             loads (--quant), but writing its tokenizer into GGUF is not supported yet",
+            a.input.display()
+        );
+    }
+    if a.input.canonicalize().ok() == a.output.canonicalize().ok() && a.output.exists() {
+        bail!("{}: the output would overwrite the input", a.output.display());
+    }
+    let start = Instant::now();
+    let g = GgufFile::open(&a.input)?;
+    let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("llama");
+    let n_layers = g
+        .get(&format!("{arch}.block_count"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as usize;
+    let mut sources: Vec<_> = g.tensors.values().collect();
+    sources.sort_by_key(|t| t.start);
+    let mut specs = Vec::with_capacity(sources.len());
+    let mut requantized = BTreeMap::<String, usize>::new();
+    for t in &sources {
+        let dtype = t.dtype()?;
+        if dtype.is_quantized() {
+            *requantized.entry(dtype.to_string()).or_default() += 1;
+        }
+        specs.push(TensorSpec {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype: target(a.file_type, &t.name, &t.shape, n_layers),
+        });
+    }
+    if !requantized.is_empty() {
+        let list: Vec<String> = requantized.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        eprintln!(
+            "bora: warning: {} tensors are already quantized ({}); quantizing them again \
+             compounds the rounding",
+            requantized.values().sum::<usize>(),
+            list.join(", ")
+        );
+    }
+    let mut metadata: BTreeMap<String, Value> = g.metadata.clone();
+    metadata.insert("general.file_type".into(), Value::U32(a.file_type.ftype()));
+    metadata.insert("general.quantization_version".into(), Value::U32(2));
+    write_gguf(&a.output, &metadata, &specs, |i| {
+        let t = sources[i];
+        let cols = *t.shape.last().unwrap_or(&1);
+        let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
+        let src = MatRef::new(t.dtype()?, rows, cols, t.bytes())
+            .with_context(|| format!("tensor '{}': size does not match its shape", t.name))
+            .map_err(|e| bora_model::ModelError::Tensor {
+                path: a.input.clone(),
+                name: t.name.clone(),
+                msg: e.to_string(),
+            })?;
+        convert(&src, specs[i].dtype).map_err(|e| bora_model::ModelError::Tensor {
+            path: a.output.clone(),
+            name: t.name.clone(),
+            msg: e.to_string(),
+        })
+    })?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &specs {
+        *counts.entry(s.dtype.to_string()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "bora: wrote {}: {} tensors ({}), {:.1} MB -> {:.1} MB in {:.1} s",
+        a.output.display(),
+        specs.len(),
+        counts.join(", "),
+        size(&a.input) as f64 / 1e6,
+        size(&a.output) as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's Q4_K_M layout for a 32-layer model: 16 of 32 attn_v get Q6_K.
+    #[test]
+    fn q4_k_m_gives_more_bits_where_llama_cpp_does() {
+        let six: Vec<usize> = (0..32).filter(|&l| use_more_bits(l, 32)).collect();
+        assert_eq!(six.len(), 16);
+        assert_eq!(&six[..6], &[0, 1, 2, 3, 6, 9]);
+        let t = |name: &str, cols: usize| target(FileType::Q4KM, name, &[4096, cols], 32);
+        assert_eq!(t("blk.0.attn_v.weight", 4096), DType::Q6_K);
+        assert_eq!(t("blk.4.attn_v.weight", 4096), DType::Q4_K);
+        assert_eq!(t("blk.31.ffn_down.weight", 14336), DType::Q6_K);
+        assert_eq!(t("blk.5.ffn_up.weight", 4096), DType::Q4_K);
+        assert_eq!(t("output.weight", 4096), DType::Q6_K);
+        // Rows that don't split into 256-blocks fall back to Q8_0.
+        assert_eq!(t("blk.5.ffn_up.weight", 576), DType::Q8_0);
+        assert_eq!(
+            target(FileType::Q4_0, "blk.0.attn_norm.weight", &[4096], 32),
+            DType::F32
+        );
+        assert_eq!(target(FileType::Q8_0, "output.weight", &[10, 64], 32), DType::Q8_0);
+    }
+}
