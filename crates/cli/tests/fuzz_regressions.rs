@@ -23,7 +23,9 @@ fn read_any(bytes: &[u8]) {
 }
 
 fn files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz")
+        .join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -60,7 +62,11 @@ fn truncated_and_mutated_seeds_are_handled() {
             // One to three bytes changed, biased to the header where the counts and sizes are.
             for k in 0..=(state >> 62) as usize % 3 {
                 let r = state.rotate_left(17 * k as u32 + 5);
-                let span = if r & 1 == 0 { 512.min(m.len()) } else { m.len() };
+                let span = if r & 1 == 0 {
+                    512.min(m.len())
+                } else {
+                    m.len()
+                };
                 let at = (r >> 8) as usize % span;
                 m[at] = match (r >> 40) % 4 {
                     0 => 0xFF,

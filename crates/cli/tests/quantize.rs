@@ -18,14 +18,16 @@ fn quantize(input: &Path, ty: &str, out_name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(out_name);
     let o = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(["quantize", input.to_str().unwrap(), out.to_str().unwrap(), "--type", ty])
+        .args([
+            "quantize",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+        ])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
 
@@ -108,7 +110,10 @@ fn quantizing_at_load_gives_the_rounded_weights_logits() {
         ..Default::default()
     };
     let e = bora::engine::load(&tiny("mistral_swa"), &opts).unwrap();
-    assert_eq!(e.model.weights.layers[0].wq.dtype, bora::kernels::DType::Q8_0);
+    assert_eq!(
+        e.model.weights.layers[0].wq.dtype,
+        bora::kernels::DType::Q8_0
+    );
     let got = all_logits(&e.model, &ids(&r["prompt_ids"]), 16);
     let want = read_f32(&tiny("mistral_swa.q8_0.logits.f32.bin"));
     let d = max_abs_diff(&got, &want);

@@ -7,7 +7,10 @@
 use std::arch::x86_64::*;
 
 use crate::act_quant::{Q8Blocks, QuantizedRow};
-use crate::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::blocks::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
+};
 use crate::dispatch::{Isa, Level};
 use crate::DType;
 
@@ -38,8 +41,14 @@ pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
         (DType::Q4_1, true) => (vnni::q4_1, vnni::q4_1_x4),
         (DType::Q8_0, false) => (avx2::q8_0, avx2::q8_0_x4),
         (DType::Q8_0, true) => (vnni::q8_0, vnni::q8_0_x4),
+        (DType::Q5_0, false) => (avx2::q5_0, avx2::q5_0_x4),
+        (DType::Q5_0, true) => (vnni::q5_0, vnni::q5_0_x4),
+        (DType::Q5_1, false) => (avx2::q5_1, avx2::q5_1_x4),
+        (DType::Q5_1, true) => (vnni::q5_1, vnni::q5_1_x4),
         (DType::Q4_K, false) => (avx2::q4_k, avx2::q4_k_x4),
         (DType::Q4_K, true) => (vnni::q4_k, vnni::q4_k_x4),
+        (DType::Q5_K, false) => (avx2::q5_k, avx2::q5_k_x4),
+        (DType::Q5_K, true) => (vnni::q5_k, vnni::q5_k_x4),
         (DType::Q6_K, false) => (avx2::q6_k, avx2::q6_k_x4),
         (DType::Q6_K, true) => (vnni::q6_k, vnni::q6_k_x4),
         _ => return None,
@@ -151,6 +160,66 @@ macro_rules! row_kernels {
                         };
                         let lo = _mm256_and_si256(q, nib);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+                        let (sl, sh) = (
+                            _mm256_set1_epi16(k.scale[4 * c]),
+                            _mm256_set1_epi16(k.scale[4 * c + 2]),
+                        );
+                        for r in 0..N {
+                            let y = &ys[r][i];
+                            let pl = sum_scaled(lo, load_q8k(y, 64 * c), sl);
+                            let ph = sum_scaled(hi, load_q8k(y, 64 * c + 32), sh);
+                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+                        }
+                    }
+                    let (d, dmin) = (h(a.d), h(a.dmin));
+                    for r in 0..N {
+                        let y = &ys[r][i];
+                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(y.d * d),
+                            _mm256_cvtepi32_ps(sumi[r]),
+                            acc[r],
+                        );
+                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q5_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q5_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ5K>(row);
+                let ys = q8k_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_min = [_mm256_setzero_ps(); N];
+                let (nib, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x01));
+                for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
+                    let k = crate::kquants::unpack_scales_q4_k(&a.scales);
+                    // SAFETY: `k.min` is 16 i16 = 32 readable bytes.
+                    let mins = unsafe { _mm256_loadu_si256(k.min.as_ptr() as *const __m256i) };
+                    // SAFETY: `qh` is 32 readable bytes.
+                    let qh = unsafe { _mm256_loadu_si256(a.qh.as_ptr() as *const __m256i) };
+                    let mut sumi = [_mm256_setzero_si256(); N];
+                    for c in 0..4 {
+                        // SAFETY: `qs[32c..32c+32]` is in bounds (128 bytes).
+                        let q = unsafe {
+                            _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i)
+                        };
+                        // The fifth bit of group j is bit j of each qh byte.
+                        let bit = |j: usize| {
+                            let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32));
+                            _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
+                        };
+                        let lo = _mm256_or_si256(_mm256_and_si256(q, nib), bit(2 * c));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(q, 4), nib),
+                            bit(2 * c + 1),
+                        );
                         let (sl, sh) = (
                             _mm256_set1_epi16(k.scale[4 * c]),
                             _mm256_set1_epi16(k.scale[4 * c + 2]),
@@ -426,6 +495,121 @@ macro_rules! row_kernels {
                 }
             }
 
+            /// Bit e of a Q5 block's `qh` as 0x10 in byte e (the fifth bit of element e, in the
+            /// element order [`nibbles`] gives), else 0.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn fifth_bits(qh: [u8; 4]) -> __m256i {
+                let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+                let spread = _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                );
+                let bytes = _mm256_shuffle_epi8(v, spread);
+                let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+                _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q5_0 blocks and Q8_0 rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q5_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ5_0>(row);
+                let ys = q8_0_rows::<N>(xs);
+                let n = w.len();
+                // Equal lengths up front let the compiler drop the per-block bounds checks.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
+                let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
+                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
+                // Σ (q − 16)·x = Σ q·x − 16·Σ x: unsigned 5-bit values go straight into the u8·i8
+                // sum; the offsets, scaled like the products, are accumulated apart.
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_off = [_mm256_setzero_ps(); N];
+                let mut tail_off = [0f32; N];
+                let whole = n / 8 * 8;
+                for i0 in (0..whole).step_by(8) {
+                    let dw = scales8(row, 22, i0, 0);
+                    let mut f = [[0f32; 8]; N];
+                    for r in 0..N {
+                        let fv = _mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8]));
+                        let sx = _mm256_cvtepi32_ps(load8_epi32(&sum[r][i0..i0 + 8]));
+                        acc_off[r] = _mm256_fmadd_ps(fv, sx, acc_off[r]);
+                        f[r] = lanes(fv);
+                    }
+                    for k in 0..8 {
+                        let a = &w[i0 + k];
+                        prefetch(a);
+                        let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                        for r in 0..N {
+                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
+                        }
+                    }
+                }
+                for i in whole..n {
+                    let a = &w[i];
+                    let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                    for r in 0..N {
+                        let f = h(a.d) * d[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
+                        tail_off[r] += f * sum[r][i] as f32;
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(acc[r]) - 16.0 * (hsum(acc_off[r]) + tail_off[r]);
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q5_1 blocks and Q8_1 rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q5_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ5_1>(row);
+                let ys = q8_1_rows::<N>(xs);
+                let n = w.len();
+                // Equal lengths up front let the compiler drop the per-block bounds checks.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
+                let s: [&[f32]; N] = std::array::from_fn(|r| &ys[r].s[..n]);
+                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_min = [_mm256_setzero_ps(); N];
+                let mut tail_min = [0f32; N];
+                let whole = n / 8 * 8;
+                for i0 in (0..whole).step_by(8) {
+                    let dw = scales8(row, 24, i0, 0);
+                    let mw = scales8(row, 24, i0, 2);
+                    let mut f = [[0f32; 8]; N];
+                    for r in 0..N {
+                        f[r] = lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])));
+                        acc_min[r] = _mm256_fmadd_ps(mw, load8_ps(&s[r][i0..i0 + 8]), acc_min[r]);
+                    }
+                    for k in 0..8 {
+                        let a = &w[i0 + k];
+                        prefetch(a);
+                        let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                        for r in 0..N {
+                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
+                        }
+                    }
+                }
+                for i in whole..n {
+                    let a = &w[i];
+                    let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                    for r in 0..N {
+                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
+                        let f = h(a.d) * d[r][i];
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
+                        tail_min[r] += h(a.m) * s[r][i];
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(acc[r]) + hsum(acc_min[r]) + tail_min[r];
+                }
+            }
+
             /// # Safety
             /// As [`q4_0_n`], for Q8_0 blocks and Q8_0 rows.
             #[target_feature(enable = $features)]
@@ -497,7 +681,10 @@ macro_rules! row_kernels {
             entry_points!(q4_0, q4_0_x4, q4_0_n);
             entry_points!(q4_1, q4_1_x4, q4_1_n);
             entry_points!(q8_0, q8_0_x4, q8_0_n);
+            entry_points!(q5_0, q5_0_x4, q5_0_n);
+            entry_points!(q5_1, q5_1_x4, q5_1_n);
             entry_points!(q4_k, q4_k_x4, q4_k_n);
+            entry_points!(q5_k, q5_k_x4, q5_k_n);
             entry_points!(q6_k, q6_k_x4, q6_k_n);
         }
     };

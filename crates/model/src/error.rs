@@ -42,7 +42,10 @@ pub enum ModelError {
     )]
     UnknownFormat { path: PathBuf },
     #[error("cannot quantize to {target}: {msg}")]
-    Quantize { target: bora_kernels::DType, msg: String },
+    Quantize {
+        target: bora_kernels::DType,
+        msg: String,
+    },
     #[error("token id {id} is out of range: the vocabulary has {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("position {pos} is past the context limit of {limit} tokens")]

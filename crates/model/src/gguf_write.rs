@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(g.version, 3);
         assert_eq!(g.metadata, meta);
         let w = &g.tensors["w"];
-        assert_eq!((w.shape.clone(), w.dtype.clone()), (vec![2, 64], Ok(DType::Q8_0)));
+        assert_eq!(
+            (w.shape.clone(), w.dtype.clone()),
+            (vec![2, 64], Ok(DType::Q8_0))
+        );
         assert_eq!(w.start % 64, 0);
         assert!(w.bytes().iter().all(|&b| b == 2));
         assert!(g.tensors["x"].bytes().iter().all(|&b| b == 1));

@@ -145,15 +145,13 @@ impl Weight {
         let rb = target.row_bytes(self.cols)?;
         let mut out = vec![0u8; rb * self.rows];
         let m = self.mat();
-        out.par_chunks_mut(rb)
-            .enumerate()
-            .try_for_each_init(
-                || vec![0f32; self.cols],
-                |row, (i, o)| {
-                    m.dequantize_row_into(i, row);
-                    quantize_row(target, row, o)
-                },
-            )?;
+        out.par_chunks_mut(rb).enumerate().try_for_each_init(
+            || vec![0f32; self.cols],
+            |row, (i, o)| {
+                m.dequantize_row_into(i, row);
+                quantize_row(target, row, o)
+            },
+        )?;
         Ok(Self {
             dtype: target,
             rows: self.rows,

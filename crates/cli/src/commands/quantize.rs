@@ -149,11 +149,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         );
     }
     if a.input.canonicalize().ok() == a.output.canonicalize().ok() && a.output.exists() {
-        bail!("{}: the output would overwrite the input", a.output.display());
+        bail!(
+            "{}: the output would overwrite the input",
+            a.output.display()
+        );
     }
     let start = Instant::now();
     let g = GgufFile::open(&a.input)?;
-    let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("llama");
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("llama");
     let n_layers = g
         .get(&format!("{arch}.block_count"))
         .and_then(Value::as_u64)
@@ -174,7 +180,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         });
     }
     if !requantized.is_empty() {
-        let list: Vec<String> = requantized.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        let list: Vec<String> = requantized
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
         eprintln!(
             "bora: warning: {} tensors are already quantized ({}); quantizing them again \
              compounds the rounding",
@@ -242,6 +251,9 @@ mod tests {
             target(FileType::Q4_0, "blk.0.attn_norm.weight", &[4096], 32),
             DType::F32
         );
-        assert_eq!(target(FileType::Q8_0, "output.weight", &[10, 64], 32), DType::Q8_0);
+        assert_eq!(
+            target(FileType::Q8_0, "output.weight", &[10, 64], 32),
+            DType::Q8_0
+        );
     }
 }
