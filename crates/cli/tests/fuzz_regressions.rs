@@ -43,7 +43,7 @@ fn inputs_the_fuzzer_failed_on_are_handled() {
 
 #[test]
 fn truncated_and_mutated_seeds_are_handled() {
-    let seeds = files("corpus/gguf");
+    let seeds = files("seeds/gguf");
     assert!(seeds.len() >= 2, "fuzz seeds missing: {seeds:?}");
     for f in seeds {
         let seed = std::fs::read(&f).unwrap();

@@ -65,15 +65,21 @@ pub fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
     k
 }
 
+/// Q3_K's 16 signed 6-bit scales: low 4 bits in bytes 0..8 (two per byte), top 2 bits in
+/// bytes 8..12 (four per byte).
+#[inline(always)]
+pub fn unpack_scales_q3_k(s: &[u8; 12]) -> [i16; GROUPS] {
+    std::array::from_fn(|g| {
+        let low = if g < 8 { s[g] & 0x0F } else { s[g - 8] >> 4 };
+        let high = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+        (low | (high << 4)) as i16 - 32
+    })
+}
+
 #[inline(always)]
 pub fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
     let mut k = KBlock::new(f16_le(b.d), 0.0);
-    let s = &b.scales;
-    for g in 0..GROUPS {
-        let low = if g < 8 { s[g] & 0x0F } else { s[g - 8] >> 4 };
-        let high = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
-        k.scale[g] = (low | (high << 4)) as i16 - 32;
-    }
+    k.scale = unpack_scales_q3_k(&b.scales);
     // Element 128n + 32j + l: 2 bits of qs[32n + l], minus 4 unless bit 4n+j of hmask[l] is set.
     for n in 0..2 {
         for j in 0..4 {

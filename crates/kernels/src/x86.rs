@@ -8,8 +8,8 @@ use std::arch::x86_64::*;
 
 use crate::act_quant::{Q8Blocks, QuantizedRow};
 use crate::blocks::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use crate::dispatch::{Isa, Level};
 use crate::DType;
@@ -45,6 +45,10 @@ pub(crate) fn row_dots(isa: Isa, dtype: DType) -> Option<(RowDot, RowDot4)> {
         (DType::Q5_0, true) => (vnni::q5_0, vnni::q5_0_x4),
         (DType::Q5_1, false) => (avx2::q5_1, avx2::q5_1_x4),
         (DType::Q5_1, true) => (vnni::q5_1, vnni::q5_1_x4),
+        (DType::Q2_K, false) => (avx2::q2_k, avx2::q2_k_x4),
+        (DType::Q2_K, true) => (vnni::q2_k, vnni::q2_k_x4),
+        (DType::Q3_K, false) => (avx2::q3_k, avx2::q3_k_x4),
+        (DType::Q3_K, true) => (vnni::q3_k, vnni::q3_k_x4),
         (DType::Q4_K, false) => (avx2::q4_k, avx2::q4_k_x4),
         (DType::Q4_K, true) => (vnni::q4_k, vnni::q4_k_x4),
         (DType::Q5_K, false) => (avx2::q5_k, avx2::q5_k_x4),
@@ -185,6 +189,118 @@ macro_rules! row_kernels {
                 }
                 for r in 0..N {
                     out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
+                }
+            }
+
+            /// Σ over the 16-weight groups of scale · Σ u·x, for a block whose 2-bit fields sit
+            /// as Q2_K/Q3_K pack them (element 128n + 32j + l: bits 2j of byte 32n + l), each
+            /// field widened by `high(n, j)` (Q3_K's third bit), against N rows.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn sum_2bit_fields<const N: usize>(
+                qs: &[u8; 64],
+                scales: &[i16; 16],
+                high: impl Fn(usize, usize) -> __m256i,
+                ys: &[&[BlockQ8K]; N],
+                i: usize,
+                sumi: &mut [__m256i; N],
+            ) {
+                let three = _mm256_set1_epi8(0x03);
+                for n in 0..2 {
+                    // SAFETY: `qs[32n..32n+32]` is in bounds (64 bytes).
+                    let qv =
+                        unsafe { _mm256_loadu_si256(qs.as_ptr().add(32 * n) as *const __m256i) };
+                    for j in 0..4 {
+                        let shifted = _mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * j as i32));
+                        let u = _mm256_or_si256(_mm256_and_si256(shifted, three), high(n, j));
+                        let g = 8 * n + 2 * j;
+                        let sc = _mm256_set_m128i(
+                            _mm_set1_epi16(scales[g + 1]),
+                            _mm_set1_epi16(scales[g]),
+                        );
+                        for r in 0..N {
+                            let x = load_q8k(&ys[r][i], 128 * n + 32 * j);
+                            sumi[r] = _mm256_add_epi32(sumi[r], sum_scaled(u, x, sc));
+                        }
+                    }
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q2_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q2_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ2K>(row);
+                let ys = q8k_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut acc_min = [_mm256_setzero_ps(); N];
+                for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
+                    let scales: [i16; 16] = std::array::from_fn(|g| (a.scales[g] & 0x0F) as i16);
+                    let mins: [i16; 16] = std::array::from_fn(|g| (a.scales[g] >> 4) as i16);
+                    // SAFETY: `mins` is 16 i16 = 32 readable bytes.
+                    let mins = unsafe { _mm256_loadu_si256(mins.as_ptr() as *const __m256i) };
+                    let mut sumi = [_mm256_setzero_si256(); N];
+                    sum_2bit_fields::<N>(
+                        &a.qs,
+                        &scales,
+                        |_, _| _mm256_setzero_si256(),
+                        &ys,
+                        i,
+                        &mut sumi,
+                    );
+                    let (d, dmin) = (h(a.d), h(a.dmin));
+                    for r in 0..N {
+                        let y = &ys[r][i];
+                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(y.d * d),
+                            _mm256_cvtepi32_ps(sumi[r]),
+                            acc[r],
+                        );
+                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
+                }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q3_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q3_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let w = bytemuck::cast_slice::<u8, BlockQ3K>(row);
+                let ys = q8k_rows::<N>(xs);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let one = _mm256_set1_epi8(0x01);
+                for (i, a) in w.iter().enumerate() {
+                    prefetch(a);
+                    let scales = crate::kquants::unpack_scales_q3_k(&a.scales);
+                    // SAFETY: `scales` is 16 i16 = 32 readable bytes.
+                    let sc16 = unsafe { _mm256_loadu_si256(scales.as_ptr() as *const __m256i) };
+                    // SAFETY: `hmask` is 32 readable bytes.
+                    let hm = unsafe { _mm256_loadu_si256(a.hmask.as_ptr() as *const __m256i) };
+                    // Weights are u − 4 with u = low bits + 4·(hmask bit): Σ sc·(u−4)·x =
+                    // Σ sc·u·x − 4 · Σ sc · bsum.
+                    let mut sumi = [_mm256_setzero_si256(); N];
+                    for r in 0..N {
+                        let offset = _mm256_madd_epi16(sc16, load_bsums(&ys[r][i]));
+                        sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(offset, 2));
+                    }
+                    let high = |n: usize, j: usize| {
+                        let v = _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + j) as i32));
+                        _mm256_slli_epi16(_mm256_and_si256(v, one), 2)
+                    };
+                    sum_2bit_fields::<N>(&a.qs, &scales, high, &ys, i, &mut sumi);
+                    let d = h(a.d);
+                    for r in 0..N {
+                        let dd = _mm256_set1_ps(ys[r][i].d * d);
+                        acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                    }
+                }
+                for r in 0..N {
+                    out[r] = hsum(acc[r]);
                 }
             }
 
@@ -684,6 +800,8 @@ macro_rules! row_kernels {
             entry_points!(q5_0, q5_0_x4, q5_0_n);
             entry_points!(q5_1, q5_1_x4, q5_1_n);
             entry_points!(q4_k, q4_k_x4, q4_k_n);
+            entry_points!(q2_k, q2_k_x4, q2_k_n);
+            entry_points!(q3_k, q3_k_x4, q3_k_n);
             entry_points!(q5_k, q5_k_x4, q5_k_n);
             entry_points!(q6_k, q6_k_x4, q6_k_n);
         }
