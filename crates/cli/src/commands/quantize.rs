@@ -82,9 +82,8 @@ impl FileType {
 /// llama.cpp's layers that get more bits in the _M mixes: the first and last eighth, and
 /// every third layer between.
 fn use_more_bits(layer: usize, n_layers: usize) -> bool {
-    layer < n_layers / 8
-        || layer >= 7 * n_layers / 8
-        || (layer >= n_layers / 8 && (layer - n_layers / 8) % 3 == 2)
+    let eighth = n_layers / 8;
+    layer < eighth || layer >= 7 * n_layers / 8 || (layer - eighth) % 3 == 2
 }
 
 fn layer_of(name: &str) -> Option<usize> {
