@@ -20,6 +20,35 @@ const PREFETCH_BYTES: usize = 4096;
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 
+/// The fields Q4_K and Q5_K share, for the one kernel body they share.
+trait Q4KLike: bytemuck::Pod {
+    fn d(&self) -> [u8; 2];
+    fn dmin(&self) -> [u8; 2];
+    fn scales(&self) -> &[u8; 12];
+    fn qs(&self) -> &[u8; 128];
+}
+
+macro_rules! q4k_like {
+    ($t:ty) => {
+        impl Q4KLike for $t {
+            fn d(&self) -> [u8; 2] {
+                self.d
+            }
+            fn dmin(&self) -> [u8; 2] {
+                self.dmin
+            }
+            fn scales(&self) -> &[u8; 12] {
+                &self.scales
+            }
+            fn qs(&self) -> &[u8; 128] {
+                &self.qs
+            }
+        }
+    };
+}
+q4k_like!(BlockQ4K);
+q4k_like!(BlockQ5K);
+
 /// Activation rows met together by the multi-row kernels (prefill, batched decode).
 pub(crate) const GROUP: usize = 8;
 
@@ -141,18 +170,48 @@ macro_rules! row_kernels {
                 load32(q)
             }
 
-            /// # Safety
-            /// As [`q4_0_n`], for Q4_K blocks and Q8_K rows.
+            /// One k-quant block's share for each row: `d_x·d · Σ sc·u·x − d_x·dmin · Σ m·bsum`,
+            /// the integer sums `sumi` and the per-16 mins given.
             #[target_feature(enable = $features)]
-            unsafe fn q4_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ4K>(row);
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            fn add_scaled<const N: usize>(
+                d: f32,
+                dmin: f32,
+                mins: __m256i,
+                sumi: &[__m256i; N],
+                ys: &[&[BlockQ8K]; N],
+                i: usize,
+                acc: &mut [__m256; N],
+                acc_min: &mut [__m256; N],
+            ) {
+                for r in 0..N {
+                    let y = &ys[r][i];
+                    let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
+                    let dd = _mm256_set1_ps(y.d * d);
+                    acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                    acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
+                }
+            }
+
+            /// Q4_K and Q5_K (`w = d·sc·u − dmin·m`, u in 4 or 5 bits) against Q8_K rows;
+            /// `fifth(block, group)` gives group's fifth bits (0x10 per set bit) or zero.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4k_like_n<const N: usize, B: Q4KLike>(
+                row: &[u8],
+                xs: &[QuantizedRow],
+                out: &mut [f32],
+                fifth: impl Fn(&B, usize) -> __m256i,
+            ) {
+                let w = bytemuck::cast_slice::<u8, B>(row);
                 let ys = q8k_rows::<N>(xs);
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut acc_min = [_mm256_setzero_ps(); N];
                 let nib = _mm256_set1_epi8(0x0F);
                 for (i, a) in w.iter().enumerate() {
                     prefetch(a);
-                    let k = crate::kquants::unpack_scales_q4_k(&a.scales);
+                    let k = crate::kquants::unpack_scales_q4_k(a.scales());
                     // Mins per group of 16 (each 32-group's min twice), against the bsums.
                     // SAFETY: `k.min` is 16 i16 = 32 readable bytes.
                     let mins = unsafe { _mm256_loadu_si256(k.min.as_ptr() as *const __m256i) };
@@ -160,10 +219,13 @@ macro_rules! row_kernels {
                     for c in 0..4 {
                         // SAFETY: `qs[32c..32c+32]` is in bounds (128 bytes).
                         let q = unsafe {
-                            _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i)
+                            _mm256_loadu_si256(a.qs().as_ptr().add(32 * c) as *const __m256i)
                         };
-                        let lo = _mm256_and_si256(q, nib);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+                        let lo = _mm256_or_si256(_mm256_and_si256(q, nib), fifth(a, 2 * c));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(q, 4), nib),
+                            fifth(a, 2 * c + 1),
+                        );
                         let (sl, sh) = (
                             _mm256_set1_epi16(k.scale[4 * c]),
                             _mm256_set1_epi16(k.scale[4 * c + 2]),
@@ -175,21 +237,34 @@ macro_rules! row_kernels {
                             sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
                         }
                     }
-                    let (d, dmin) = (h(a.d), h(a.dmin));
-                    for r in 0..N {
-                        let y = &ys[r][i];
-                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(y.d * d),
-                            _mm256_cvtepi32_ps(sumi[r]),
-                            acc[r],
-                        );
-                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
-                    }
+                    let (d, dmin) = (h(a.d()), h(a.dmin()));
+                    add_scaled::<N>(d, dmin, mins, &sumi, &ys, i, &mut acc, &mut acc_min);
                 }
                 for r in 0..N {
                     out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
                 }
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q4_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q4_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                q4k_like_n::<N, BlockQ4K>(row, xs, out, |_, _| _mm256_setzero_si256())
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q5_K blocks and Q8_K rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q5_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                let one = _mm256_set1_epi8(0x01);
+                // The fifth bit of group j is bit j of each qh byte.
+                let fifth = |a: &BlockQ5K, j: usize| {
+                    // SAFETY: `qh` is 32 readable bytes.
+                    let qh = unsafe { _mm256_loadu_si256(a.qh.as_ptr() as *const __m256i) };
+                    let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32));
+                    _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
+                };
+                q4k_like_n::<N, BlockQ5K>(row, xs, out, fifth)
             }
 
             /// Σ over the 16-weight groups of scale · Σ u·x, for a block whose 2-bit fields sit
@@ -250,16 +325,7 @@ macro_rules! row_kernels {
                         &mut sumi,
                     );
                     let (d, dmin) = (h(a.d), h(a.dmin));
-                    for r in 0..N {
-                        let y = &ys[r][i];
-                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(y.d * d),
-                            _mm256_cvtepi32_ps(sumi[r]),
-                            acc[r],
-                        );
-                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
-                    }
+                    add_scaled::<N>(d, dmin, mins, &sumi, &ys, i, &mut acc, &mut acc_min);
                 }
                 for r in 0..N {
                     out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
@@ -301,66 +367,6 @@ macro_rules! row_kernels {
                 }
                 for r in 0..N {
                     out[r] = hsum(acc[r]);
-                }
-            }
-
-            /// # Safety
-            /// As [`q4_0_n`], for Q5_K blocks and Q8_K rows.
-            #[target_feature(enable = $features)]
-            unsafe fn q5_k_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ5K>(row);
-                let ys = q8k_rows::<N>(xs);
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_min = [_mm256_setzero_ps(); N];
-                let (nib, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x01));
-                for (i, a) in w.iter().enumerate() {
-                    prefetch(a);
-                    let k = crate::kquants::unpack_scales_q4_k(&a.scales);
-                    // SAFETY: `k.min` is 16 i16 = 32 readable bytes.
-                    let mins = unsafe { _mm256_loadu_si256(k.min.as_ptr() as *const __m256i) };
-                    // SAFETY: `qh` is 32 readable bytes.
-                    let qh = unsafe { _mm256_loadu_si256(a.qh.as_ptr() as *const __m256i) };
-                    let mut sumi = [_mm256_setzero_si256(); N];
-                    for c in 0..4 {
-                        // SAFETY: `qs[32c..32c+32]` is in bounds (128 bytes).
-                        let q = unsafe {
-                            _mm256_loadu_si256(a.qs.as_ptr().add(32 * c) as *const __m256i)
-                        };
-                        // The fifth bit of group j is bit j of each qh byte.
-                        let bit = |j: usize| {
-                            let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32));
-                            _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
-                        };
-                        let lo = _mm256_or_si256(_mm256_and_si256(q, nib), bit(2 * c));
-                        let hi = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(q, 4), nib),
-                            bit(2 * c + 1),
-                        );
-                        let (sl, sh) = (
-                            _mm256_set1_epi16(k.scale[4 * c]),
-                            _mm256_set1_epi16(k.scale[4 * c + 2]),
-                        );
-                        for r in 0..N {
-                            let y = &ys[r][i];
-                            let pl = sum_scaled(lo, load_q8k(y, 64 * c), sl);
-                            let ph = sum_scaled(hi, load_q8k(y, 64 * c + 32), sh);
-                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
-                        }
-                    }
-                    let (d, dmin) = (h(a.d), h(a.dmin));
-                    for r in 0..N {
-                        let y = &ys[r][i];
-                        let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(y.d * d),
-                            _mm256_cvtepi32_ps(sumi[r]),
-                            acc[r],
-                        );
-                        acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
-                    }
-                }
-                for r in 0..N {
-                    out[r] = hsum(_mm256_add_ps(acc[r], acc_min[r]));
                 }
             }
 
@@ -509,28 +515,34 @@ macro_rules! row_kernels {
             // scales, so a block costs one broadcast (a load) and one FMA per row on top of its
             // integer dot. Blocks past the last whole group take the per-block path.
 
-            /// `out[r] = row · xs[r]` for N activation rows; each weight block is unpacked once.
-            ///
-            /// # Safety
-            /// The CPU must support the features this module is compiled for; `row` must hold
-            /// Q4_0 blocks, `xs` N Q8_0 rows of as many blocks, `out` at least N values.
+            /// Q4_0 and Q5_0: `w = d·(u − offset)` with u unsigned (4 or 5 bits), against Q8_0
+            /// rows. `unpack` gives a block's 32 values of u; d is the f16 at byte 0.
             #[target_feature(enable = $features)]
-            unsafe fn q4_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ4_0>(row);
+            #[inline]
+            fn symmetric_n<const N: usize, B: bytemuck::Pod>(
+                row: &[u8],
+                xs: &[QuantizedRow],
+                out: &mut [f32],
+                offset: f32,
+                d_of: impl Fn(&B) -> [u8; 2],
+                unpack: impl Fn(&B) -> __m256i,
+            ) {
+                let size = std::mem::size_of::<B>();
+                let w = bytemuck::cast_slice::<u8, B>(row);
                 let ys = q8_0_rows::<N>(xs);
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
                 let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
                 let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
                 let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                // Σ (q − 8)·x = Σ q·x − 8·Σ x: unsigned nibbles go straight into the u8·i8
+                // Σ (u − offset)·x = Σ u·x − offset·Σ x: unsigned values go straight into the u8·i8
                 // sum; the offsets, scaled like the products, are accumulated apart.
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut acc_off = [_mm256_setzero_ps(); N];
                 let mut tail_off = [0f32; N];
                 let whole = n / 8 * 8;
                 for i0 in (0..whole).step_by(8) {
-                    let dw = scales8(row, 18, i0, 0);
+                    let dw = scales8(row, size, i0, 0);
                     let mut f = [[0f32; 8]; N];
                     for r in 0..N {
                         let fv = _mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8]));
@@ -541,7 +553,7 @@ macro_rules! row_kernels {
                     for k in 0..8 {
                         let a = &w[i0 + k];
                         prefetch(a);
-                        let qx = nibbles(&a.qs);
+                        let qx = unpack(a);
                         for r in 0..N {
                             let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
                             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
@@ -550,24 +562,32 @@ macro_rules! row_kernels {
                 }
                 for i in whole..n {
                     let a = &w[i];
-                    let qx = nibbles(&a.qs);
+                    let qx = unpack(a);
                     for r in 0..N {
-                        let f = h(a.d) * d[r][i];
+                        let f = h(d_of(a)) * d[r][i];
                         let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
                         tail_off[r] += f * sum[r][i] as f32;
                     }
                 }
                 for r in 0..N {
-                    out[r] = hsum(acc[r]) - 8.0 * (hsum(acc_off[r]) + tail_off[r]);
+                    out[r] = hsum(acc[r]) - offset * (hsum(acc_off[r]) + tail_off[r]);
                 }
             }
 
-            /// # Safety
-            /// As [`q4_0_n`], for Q4_1 blocks and Q8_1 rows.
+            /// Q4_1 and Q5_1: `w = d·u + m` with u unsigned, against Q8_1 rows; d and m are
+            /// the f16s at bytes 0 and 2.
             #[target_feature(enable = $features)]
-            unsafe fn q4_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ4_1>(row);
+            #[inline]
+            fn affine_n<const N: usize, B: bytemuck::Pod>(
+                row: &[u8],
+                xs: &[QuantizedRow],
+                out: &mut [f32],
+                dm_of: impl Fn(&B) -> ([u8; 2], [u8; 2]),
+                unpack: impl Fn(&B) -> __m256i,
+            ) {
+                let size = std::mem::size_of::<B>();
+                let w = bytemuck::cast_slice::<u8, B>(row);
                 let ys = q8_1_rows::<N>(xs);
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
@@ -579,8 +599,8 @@ macro_rules! row_kernels {
                 let mut tail_min = [0f32; N];
                 let whole = n / 8 * 8;
                 for i0 in (0..whole).step_by(8) {
-                    let dw = scales8(row, 20, i0, 0);
-                    let mw = scales8(row, 20, i0, 2);
+                    let dw = scales8(row, size, i0, 0);
+                    let mw = scales8(row, size, i0, 2);
                     let mut f = [[0f32; 8]; N];
                     for r in 0..N {
                         f[r] = lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])));
@@ -589,7 +609,7 @@ macro_rules! row_kernels {
                     for k in 0..8 {
                         let a = &w[i0 + k];
                         prefetch(a);
-                        let qx = nibbles(&a.qs);
+                        let qx = unpack(a);
                         for r in 0..N {
                             let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
                             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
@@ -598,12 +618,12 @@ macro_rules! row_kernels {
                 }
                 for i in whole..n {
                     let a = &w[i];
-                    let qx = nibbles(&a.qs);
+                    let qx = unpack(a);
                     for r in 0..N {
                         let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
-                        let f = h(a.d) * d[r][i];
+                        let f = h(dm_of(a).0) * d[r][i];
                         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        tail_min[r] += h(a.m) * s[r][i];
+                        tail_min[r] += h(dm_of(a).1) * s[r][i];
                     }
                 }
                 for r in 0..N {
@@ -627,103 +647,37 @@ macro_rules! row_kernels {
                 _mm256_and_si256(set, _mm256_set1_epi8(0x10))
             }
 
+            /// `out[r] = row · xs[r]` for N activation rows; each weight block is unpacked once.
+            ///
+            /// # Safety
+            /// The CPU must support the features this module is compiled for; `row` must hold
+            /// Q4_0 blocks, `xs` N Q8_0 rows of as many blocks, `out` at least N values.
+            #[target_feature(enable = $features)]
+            unsafe fn q4_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                symmetric_n::<N, BlockQ4_0>(row, xs, out, 8.0, |a| a.d, |a| nibbles(&a.qs))
+            }
+
             /// # Safety
             /// As [`q4_0_n`], for Q5_0 blocks and Q8_0 rows.
             #[target_feature(enable = $features)]
             unsafe fn q5_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ5_0>(row);
-                let ys = q8_0_rows::<N>(xs);
-                let n = w.len();
-                // Equal lengths up front let the compiler drop the per-block bounds checks.
-                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
-                let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
-                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                // Σ (q − 16)·x = Σ q·x − 16·Σ x: unsigned 5-bit values go straight into the u8·i8
-                // sum; the offsets, scaled like the products, are accumulated apart.
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_off = [_mm256_setzero_ps(); N];
-                let mut tail_off = [0f32; N];
-                let whole = n / 8 * 8;
-                for i0 in (0..whole).step_by(8) {
-                    let dw = scales8(row, 22, i0, 0);
-                    let mut f = [[0f32; 8]; N];
-                    for r in 0..N {
-                        let fv = _mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8]));
-                        let sx = _mm256_cvtepi32_ps(load8_epi32(&sum[r][i0..i0 + 8]));
-                        acc_off[r] = _mm256_fmadd_ps(fv, sx, acc_off[r]);
-                        f[r] = lanes(fv);
-                    }
-                    for k in 0..8 {
-                        let a = &w[i0 + k];
-                        prefetch(a);
-                        let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                        for r in 0..N {
-                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
-                        }
-                    }
-                }
-                for i in whole..n {
-                    let a = &w[i];
-                    let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                    for r in 0..N {
-                        let f = h(a.d) * d[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        tail_off[r] += f * sum[r][i] as f32;
-                    }
-                }
-                for r in 0..N {
-                    out[r] = hsum(acc[r]) - 16.0 * (hsum(acc_off[r]) + tail_off[r]);
-                }
+                let unpack = |a: &BlockQ5_0| _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                symmetric_n::<N, BlockQ5_0>(row, xs, out, 16.0, |a| a.d, unpack)
+            }
+
+            /// # Safety
+            /// As [`q4_0_n`], for Q4_1 blocks and Q8_1 rows.
+            #[target_feature(enable = $features)]
+            unsafe fn q4_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
+                affine_n::<N, BlockQ4_1>(row, xs, out, |a| (a.d, a.m), |a| nibbles(&a.qs))
             }
 
             /// # Safety
             /// As [`q4_0_n`], for Q5_1 blocks and Q8_1 rows.
             #[target_feature(enable = $features)]
             unsafe fn q5_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                let w = bytemuck::cast_slice::<u8, BlockQ5_1>(row);
-                let ys = q8_1_rows::<N>(xs);
-                let n = w.len();
-                // Equal lengths up front let the compiler drop the per-block bounds checks.
-                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
-                let s: [&[f32]; N] = std::array::from_fn(|r| &ys[r].s[..n]);
-                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_min = [_mm256_setzero_ps(); N];
-                let mut tail_min = [0f32; N];
-                let whole = n / 8 * 8;
-                for i0 in (0..whole).step_by(8) {
-                    let dw = scales8(row, 24, i0, 0);
-                    let mw = scales8(row, 24, i0, 2);
-                    let mut f = [[0f32; 8]; N];
-                    for r in 0..N {
-                        f[r] = lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])));
-                        acc_min[r] = _mm256_fmadd_ps(mw, load8_ps(&s[r][i0..i0 + 8]), acc_min[r]);
-                    }
-                    for k in 0..8 {
-                        let a = &w[i0 + k];
-                        prefetch(a);
-                        let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                        for r in 0..N {
-                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
-                        }
-                    }
-                }
-                for i in whole..n {
-                    let a = &w[i];
-                    let qx = _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                    for r in 0..N {
-                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
-                        let f = h(a.d) * d[r][i];
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        tail_min[r] += h(a.m) * s[r][i];
-                    }
-                }
-                for r in 0..N {
-                    out[r] = hsum(acc[r]) + hsum(acc_min[r]) + tail_min[r];
-                }
+                let unpack = |a: &BlockQ5_1| _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
+                affine_n::<N, BlockQ5_1>(row, xs, out, |a| (a.d, a.m), unpack)
             }
 
             /// # Safety
