@@ -137,7 +137,7 @@ pub struct Q8Blocks<B> {
     pub blocks: Vec<B>,
     /// `d` of each block, as f32.
     pub d: Vec<f32>,
-    /// Q8_1 only: `s` of each block, as f32.
+    /// `s` of each block, as f32 (Q8_1; zero for Q8_0).
     pub s: Vec<f32>,
     /// Σ qs of each block.
     pub sum: Vec<i32>,
@@ -150,28 +150,38 @@ impl<B> std::ops::Deref for Q8Blocks<B> {
     }
 }
 
-fn q8_0_blocks(blocks: Vec<BlockQ8_0>) -> Q8Blocks<BlockQ8_0> {
-    Q8Blocks {
-        d: blocks.iter().map(|b| f16_le(b.d)).collect(),
-        s: Vec::new(),
-        sum: blocks
-            .iter()
-            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
-            .collect(),
-        blocks,
+impl<B> Q8Blocks<B> {
+    fn new(blocks: Vec<B>, fields: impl Fn(&B) -> ([u8; 2], [u8; 2], &[i8; QK])) -> Self {
+        let mut q = Q8Blocks {
+            blocks,
+            d: Vec::new(),
+            s: Vec::new(),
+            sum: Vec::new(),
+        };
+        q.refresh(fields);
+        q
+    }
+
+    /// Recomputes the per-block values from the blocks (`fields`: d, s, qs of a block).
+    fn refresh(&mut self, fields: impl Fn(&B) -> ([u8; 2], [u8; 2], &[i8; QK])) {
+        self.d.clear();
+        self.s.clear();
+        self.sum.clear();
+        for b in &self.blocks {
+            let (d, s, qs) = fields(b);
+            self.d.push(f16_le(d));
+            self.s.push(f16_le(s));
+            self.sum.push(qs.iter().map(|&q| q as i32).sum());
+        }
     }
 }
 
+fn q8_0_blocks(blocks: Vec<BlockQ8_0>) -> Q8Blocks<BlockQ8_0> {
+    Q8Blocks::new(blocks, |b| (b.d, [0; 2], &b.qs))
+}
+
 fn q8_1_blocks(blocks: Vec<BlockQ8_1>) -> Q8Blocks<BlockQ8_1> {
-    Q8Blocks {
-        d: blocks.iter().map(|b| f16_le(b.d)).collect(),
-        s: blocks.iter().map(|b| f16_le(b.s)).collect(),
-        sum: blocks
-            .iter()
-            .map(|b| b.qs.iter().map(|&q| q as i32).sum())
-            .collect(),
-        blocks,
-    }
+    Q8Blocks::new(blocks, |b| (b.d, b.s, &b.qs))
 }
 
 impl QuantizedRow {
@@ -208,6 +218,28 @@ impl QuantizedRow {
                 Some(QuantizedRow::Q8K(v))
             }
             DType::F32 | DType::F16 | DType::BF16 => None,
+        }
+    }
+
+    /// Quantizes `x` for `dtype` into this row, reusing its buffers when it already holds
+    /// the activation type `dtype` needs (no allocation once they are large enough).
+    pub fn refill(&mut self, dtype: DType, x: &[f32]) {
+        match self {
+            QuantizedRow::Q8_0(b) if matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q5_0) => {
+                b.blocks.resize(x.len() / QK, BlockQ8_0::zeroed());
+                quantize_q8_0(x, &mut b.blocks);
+                b.refresh(|blk| (blk.d, [0; 2], &blk.qs));
+            }
+            QuantizedRow::Q8_1(b) if matches!(dtype, DType::Q4_1 | DType::Q5_1) => {
+                b.blocks.resize(x.len() / QK, BlockQ8_1::zeroed());
+                quantize_q8_1(x, &mut b.blocks);
+                b.refresh(|blk| (blk.d, blk.s, &blk.qs));
+            }
+            QuantizedRow::Q8K(v) if dtype.is_k_quant() => {
+                v.resize(x.len() / QK_K, BlockQ8K::zeroed());
+                quantize_q8_k(x, v);
+            }
+            other => *other = QuantizedRow::for_weight(dtype, x).expect("a quantized weight type"),
         }
     }
 
@@ -275,6 +307,45 @@ mod tests {
         ];
         quantize_q8_0(&[0.0; 32], &mut zero);
         assert!(zero[0].qs.iter().all(|&q| q == 0));
+    }
+
+    /// A row refilled in place (whatever it held before) equals a freshly quantized one.
+    #[test]
+    fn refilled_rows_equal_fresh_ones() {
+        let seq = [
+            (DType::Q4_0, 64),
+            (DType::Q4_K, 512),
+            (DType::Q5_1, 96),
+            (DType::Q8_0, 32),
+            (DType::Q8_0, 256),
+            (DType::Q6_K, 256),
+        ];
+        let mut row = QuantizedRow::for_weight(DType::Q4_1, &data(64, 9)).unwrap();
+        for (k, &(dtype, n)) in seq.iter().enumerate() {
+            let x = data(n, k as u32);
+            row.refill(dtype, &x);
+            let fresh = QuantizedRow::for_weight(dtype, &x).unwrap();
+            let bytes = |r: &QuantizedRow| -> (Vec<u8>, Vec<f32>, Vec<f32>, Vec<i32>) {
+                match r {
+                    QuantizedRow::Q8_0(b) => (
+                        bytemuck::cast_slice(&b.blocks).to_vec(),
+                        b.d.clone(),
+                        b.s.clone(),
+                        b.sum.clone(),
+                    ),
+                    QuantizedRow::Q8_1(b) => (
+                        bytemuck::cast_slice(&b.blocks).to_vec(),
+                        b.d.clone(),
+                        b.s.clone(),
+                        b.sum.clone(),
+                    ),
+                    QuantizedRow::Q8K(v) => {
+                        (bytemuck::cast_slice(v).to_vec(), vec![], vec![], vec![])
+                    }
+                }
+            };
+            assert!(bytes(&row) == bytes(&fresh), "{dtype} n={n}");
+        }
     }
 
     /// The integer dot equals the f32 dot of the dequantized weights with the dequantized

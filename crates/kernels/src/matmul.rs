@@ -158,20 +158,54 @@ multiversion! {
     }
 }
 
+/// Buffers `matmul_q8` keeps between calls on a thread: the quantized activation rows and
+/// the [rows, T] result, so a decode step allocates nothing once they have grown.
+#[derive(Default)]
+struct Q8Scratch {
+    xq: Vec<QuantizedRow>,
+    out_t: Vec<f32>,
+}
+
+thread_local! {
+    static Q8_SCRATCH: std::cell::RefCell<Q8Scratch> = Default::default();
+}
+
 /// Each activation row quantized once, then integer dot products with every weight row.
 fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
     let t = batch_rows(w, x, out);
     if t == 0 {
         return;
     }
-    let xq: Vec<QuantizedRow> = x
-        .chunks_exact(cols)
-        .map(|r| QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
-        .collect();
+    Q8_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => matmul_q8_with(w, x, out, &mut s),
+        // A matmul already running on this thread (rayon ran another job while it waited):
+        // this one gets buffers of its own.
+        Err(_) => matmul_q8_with(w, x, out, &mut Q8Scratch::default()),
+    })
+}
+
+fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch) {
+    let (rows, cols) = (w.rows, w.cols);
+    let t = x.len() / cols;
+    s.xq.truncate(t);
+    for (i, r) in x.chunks_exact(cols).enumerate() {
+        match s.xq.get_mut(i) {
+            Some(q) => q.refill(w.dtype, r),
+            None => {
+                s.xq.push(QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
+            }
+        }
+    }
+    let xq = &s.xq;
     let chunk = rows_per_task(rows);
     let isa = isa();
-    let mut out_t = vec![0f32; rows * t];
+    // One token: the result is already in output order.
+    let out_t: &mut [f32] = if t == 1 {
+        out
+    } else {
+        s.out_t.resize(rows * t, 0.0);
+        &mut s.out_t
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if let Some((one, four)) = crate::x86::row_dots(isa, w.dtype) {
@@ -202,15 +236,19 @@ fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
                         }
                     }
                 });
-            transpose_into(&out_t, t, rows, out);
+            if t > 1 {
+                transpose_into(&s.out_t, t, rows, out);
+            }
             return;
         }
     }
     out_t
         .par_chunks_mut(chunk * t)
         .enumerate()
-        .for_each(|(ci, o)| rows_q8(isa, w, ci * chunk, &xq, o));
-    transpose_into(&out_t, t, rows, out);
+        .for_each(|(ci, o)| rows_q8(isa, w, ci * chunk, xq, o));
+    if t > 1 {
+        transpose_into(&s.out_t, t, rows, out);
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +338,46 @@ mod tests {
                     assert!(
                         got == reference,
                         "{dtype} T={t} {isa:?} differs from the portable kernels"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The 8-bit path, one token or many, reusing its buffers across calls of different
+    /// types and sizes, gives each row's reference integer dot.
+    #[test]
+    fn q8_matmul_matches_the_reference_dots_across_calls() {
+        for (dtype, rows, cols, t) in [
+            (DType::Q4_0, 13, 256, 1),
+            (DType::Q4_K, 7, 512, 11),
+            (DType::Q4_0, 5, 64, 9),
+            (DType::Q8_0, 9, 256, 3),
+            (DType::Q4_1, 3, 256, 1),
+        ] {
+            let rb = dtype.row_bytes(cols).unwrap();
+            let mut data: Vec<u8> = (0..rows * rb)
+                .map(|i| (i as u32).wrapping_mul(2246822519).rotate_left(9) as u8)
+                .collect();
+            for blk in data.chunks_exact_mut(dtype.block_bytes()) {
+                for &f in dtype.scale_fields() {
+                    blk[f..f + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            let m = MatRef::new(dtype, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..t * cols)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let mut out = vec![0f32; t * rows];
+            matmul_with(&m, &x, &mut out, Activations::Q8);
+            for (ti, xr) in x.chunks_exact(cols).enumerate() {
+                let q = QuantizedRow::for_weight(dtype, xr).unwrap();
+                for r in 0..rows {
+                    let want = q.dot(dtype, m.row(r));
+                    let got = out[ti * rows + r];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{dtype} T={t} token {ti} row {r}: {got} vs {want}"
                     );
                 }
             }
