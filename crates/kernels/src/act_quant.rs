@@ -131,16 +131,15 @@ pub enum QuantizedRow {
 }
 
 /// 32-element activation blocks in ggml's layout, with per-block values the SIMD kernels
-/// would otherwise recompute for every weight row: the f16 scales as f32 (exactly), and the
-/// integer sum of the quants.
+/// would otherwise recompute for every weight row: the f16 scales as f32 (exactly), and what
+/// a weight offset meets.
 pub struct Q8Blocks<B> {
     pub blocks: Vec<B>,
     /// `d` of each block, as f32.
     pub d: Vec<f32>,
-    /// `s` of each block, as f32 (Q8_1; zero for Q8_0).
+    /// Per block, what an offset in the weights meets: Q8_1's stored `s` (ggml rounds it to
+    /// f16), for Q8_0 `d · Σ qs` in f32.
     pub s: Vec<f32>,
-    /// Σ qs of each block.
-    pub sum: Vec<i32>,
 }
 
 impl<B> std::ops::Deref for Q8Blocks<B> {
@@ -151,37 +150,35 @@ impl<B> std::ops::Deref for Q8Blocks<B> {
 }
 
 impl<B> Q8Blocks<B> {
-    fn new(blocks: Vec<B>, fields: impl Fn(&B) -> ([u8; 2], [u8; 2], &[i8; QK])) -> Self {
+    fn new(blocks: Vec<B>, fields: impl Fn(&B) -> ([u8; 2], Option<[u8; 2]>, &[i8; QK])) -> Self {
         let mut q = Q8Blocks {
             blocks,
             d: Vec::new(),
             s: Vec::new(),
-            sum: Vec::new(),
         };
         q.refresh(fields);
         q
     }
 
     /// Recomputes the per-block values from the blocks (`fields`: d, s, qs of a block).
-    fn refresh(&mut self, fields: impl Fn(&B) -> ([u8; 2], [u8; 2], &[i8; QK])) {
+    fn refresh(&mut self, fields: impl Fn(&B) -> ([u8; 2], Option<[u8; 2]>, &[i8; QK])) {
         self.d.clear();
         self.s.clear();
-        self.sum.clear();
         for b in &self.blocks {
             let (d, s, qs) = fields(b);
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             self.d.push(f16_le(d));
-            self.s.push(f16_le(s));
-            self.sum.push(qs.iter().map(|&q| q as i32).sum());
+            self.s.push(s.map_or(f16_le(d) * sum as f32, f16_le));
         }
     }
 }
 
 fn q8_0_blocks(blocks: Vec<BlockQ8_0>) -> Q8Blocks<BlockQ8_0> {
-    Q8Blocks::new(blocks, |b| (b.d, [0; 2], &b.qs))
+    Q8Blocks::new(blocks, |b| (b.d, None, &b.qs))
 }
 
 fn q8_1_blocks(blocks: Vec<BlockQ8_1>) -> Q8Blocks<BlockQ8_1> {
-    Q8Blocks::new(blocks, |b| (b.d, b.s, &b.qs))
+    Q8Blocks::new(blocks, |b| (b.d, Some(b.s), &b.qs))
 }
 
 impl QuantizedRow {
@@ -228,12 +225,12 @@ impl QuantizedRow {
             QuantizedRow::Q8_0(b) if matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q5_0) => {
                 b.blocks.resize(x.len() / QK, BlockQ8_0::zeroed());
                 quantize_q8_0(x, &mut b.blocks);
-                b.refresh(|blk| (blk.d, [0; 2], &blk.qs));
+                b.refresh(|blk| (blk.d, None, &blk.qs));
             }
             QuantizedRow::Q8_1(b) if matches!(dtype, DType::Q4_1 | DType::Q5_1) => {
                 b.blocks.resize(x.len() / QK, BlockQ8_1::zeroed());
                 quantize_q8_1(x, &mut b.blocks);
-                b.refresh(|blk| (blk.d, blk.s, &blk.qs));
+                b.refresh(|blk| (blk.d, Some(blk.s), &blk.qs));
             }
             QuantizedRow::Q8K(v) if dtype.is_k_quant() => {
                 v.resize(x.len() / QK_K, BlockQ8K::zeroed());
@@ -325,23 +322,19 @@ mod tests {
             let x = data(n, k as u32);
             row.refill(dtype, &x);
             let fresh = QuantizedRow::for_weight(dtype, &x).unwrap();
-            let bytes = |r: &QuantizedRow| -> (Vec<u8>, Vec<f32>, Vec<f32>, Vec<i32>) {
+            let bytes = |r: &QuantizedRow| -> (Vec<u8>, Vec<f32>, Vec<f32>) {
                 match r {
                     QuantizedRow::Q8_0(b) => (
                         bytemuck::cast_slice(&b.blocks).to_vec(),
                         b.d.clone(),
                         b.s.clone(),
-                        b.sum.clone(),
                     ),
                     QuantizedRow::Q8_1(b) => (
                         bytemuck::cast_slice(&b.blocks).to_vec(),
                         b.d.clone(),
                         b.s.clone(),
-                        b.sum.clone(),
                     ),
-                    QuantizedRow::Q8K(v) => {
-                        (bytemuck::cast_slice(v).to_vec(), vec![], vec![], vec![])
-                    }
+                    QuantizedRow::Q8K(v) => (bytemuck::cast_slice(v).to_vec(), vec![], vec![]),
                 }
             };
             assert!(bytes(&row) == bytes(&fresh), "{dtype} n={n}");

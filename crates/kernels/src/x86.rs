@@ -20,6 +20,23 @@ const PREFETCH_BYTES: usize = 4096;
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
 
+/// The quants of an 8-bit activation block (Q8_0 or Q8_1).
+trait ActBlock {
+    fn qs(&self) -> &[i8; 32];
+}
+
+impl ActBlock for BlockQ8_0 {
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    fn qs(&self) -> &[i8; 32] {
+        &self.qs
+    }
+}
+
 /// The fields Q4_K and Q5_K share, for the one kernel body they share.
 trait Q4KLike: bytemuck::Pod {
     fn d(&self) -> [u8; 2];
@@ -502,132 +519,71 @@ macro_rules! row_kernels {
                 unsafe { _mm256_loadu_ps(v.as_ptr()) }
             }
 
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn load8_epi32(v: &[i32]) -> __m256i {
-                let v: &[i32; 8] = v.try_into().expect("8 values");
-                // SAFETY: `v` is 8 readable i32; the load is unaligned.
-                unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
-            }
-
             // The 32-weight kernels work in groups of eight blocks: the eight weight scales
             // are converted at once and multiplied by the rows' eight precomputed activation
             // scales, so a block costs one broadcast (a load) and one FMA per row on top of its
             // integer dot. Blocks past the last whole group take the per-block path.
 
-            /// Q4_0 and Q5_0: `w = d·(u − offset)` with u unsigned (4 or 5 bits), against Q8_0
-            /// rows. `unpack` gives a block's 32 values of u; d is the f16 at byte 0.
+            /// The 32-weight types with an offset term, against 8-bit rows: Q4_0/Q5_0
+            /// (`w = d·(u − o)`, `offset = Some(o)`) and Q4_1/Q5_1 (`w = d·u + m`, m the f16 at
+            /// byte 2, `offset = None`). Per block, Σ w·x = d·d_x · Σ u·q + c_w·c_x with
+            /// c_w = −o·d or m, and c_x the row's `s` (d_x·Σq, or Q8_1's stored s): unsigned
+            /// values go straight into the u8·i8 sum, the offsets are accumulated apart.
             #[target_feature(enable = $features)]
             #[inline]
-            fn symmetric_n<const N: usize, B: bytemuck::Pod>(
+            fn offset_n<const N: usize, B: bytemuck::Pod, A: ActBlock>(
                 row: &[u8],
-                xs: &[QuantizedRow],
+                rows: [&Q8Blocks<A>; N],
                 out: &mut [f32],
-                offset: f32,
-                d_of: impl Fn(&B) -> [u8; 2],
+                offset: Option<f32>,
                 unpack: impl Fn(&B) -> __m256i,
             ) {
                 let size = std::mem::size_of::<B>();
                 let w = bytemuck::cast_slice::<u8, B>(row);
-                let ys = q8_0_rows::<N>(xs);
                 let n = w.len();
                 // Equal lengths up front let the compiler drop the per-block bounds checks.
-                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
-                let sum: [&[i32]; N] = std::array::from_fn(|r| &ys[r].sum[..n]);
-                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                // Σ (u − offset)·x = Σ u·x − offset·Σ x: unsigned values go straight into the u8·i8
-                // sum; the offsets, scaled like the products, are accumulated apart.
+                let d: [&[f32]; N] = std::array::from_fn(|r| &rows[r].d[..n]);
+                let s: [&[f32]; N] = std::array::from_fn(|r| &rows[r].s[..n]);
+                let ys: [&[A]; N] = std::array::from_fn(|r| &rows[r].blocks[..n]);
+                let f16_at =
+                    |i: usize, off: usize| h([row[i * size + off], row[i * size + off + 1]]);
                 let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_off = [_mm256_setzero_ps(); N];
-                let mut tail_off = [0f32; N];
+                let mut acc_c = [_mm256_setzero_ps(); N];
+                let mut tail_c = [0f32; N];
                 let whole = n / 8 * 8;
                 for i0 in (0..whole).step_by(8) {
                     let dw = scales8(row, size, i0, 0);
-                    let mut f = [[0f32; 8]; N];
-                    for r in 0..N {
-                        let fv = _mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8]));
-                        let sx = _mm256_cvtepi32_ps(load8_epi32(&sum[r][i0..i0 + 8]));
-                        acc_off[r] = _mm256_fmadd_ps(fv, sx, acc_off[r]);
-                        f[r] = lanes(fv);
-                    }
-                    for k in 0..8 {
-                        let a = &w[i0 + k];
-                        prefetch(a);
-                        let qx = unpack(a);
-                        for r in 0..N {
-                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
-                        }
-                    }
-                }
-                for i in whole..n {
-                    let a = &w[i];
-                    let qx = unpack(a);
-                    for r in 0..N {
-                        let f = h(d_of(a)) * d[r][i];
-                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        tail_off[r] += f * sum[r][i] as f32;
-                    }
-                }
-                for r in 0..N {
-                    out[r] = hsum(acc[r]) - offset * (hsum(acc_off[r]) + tail_off[r]);
-                }
-            }
-
-            /// Q4_1 and Q5_1: `w = d·u + m` with u unsigned, against Q8_1 rows; d and m are
-            /// the f16s at bytes 0 and 2.
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn affine_n<const N: usize, B: bytemuck::Pod>(
-                row: &[u8],
-                xs: &[QuantizedRow],
-                out: &mut [f32],
-                dm_of: impl Fn(&B) -> ([u8; 2], [u8; 2]),
-                unpack: impl Fn(&B) -> __m256i,
-            ) {
-                let size = std::mem::size_of::<B>();
-                let w = bytemuck::cast_slice::<u8, B>(row);
-                let ys = q8_1_rows::<N>(xs);
-                let n = w.len();
-                // Equal lengths up front let the compiler drop the per-block bounds checks.
-                let d: [&[f32]; N] = std::array::from_fn(|r| &ys[r].d[..n]);
-                let s: [&[f32]; N] = std::array::from_fn(|r| &ys[r].s[..n]);
-                let ys: [&[_]; N] = std::array::from_fn(|r| &ys[r].blocks[..n]);
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut acc_min = [_mm256_setzero_ps(); N];
-                let mut tail_min = [0f32; N];
-                let whole = n / 8 * 8;
-                for i0 in (0..whole).step_by(8) {
-                    let dw = scales8(row, size, i0, 0);
-                    let mw = scales8(row, size, i0, 2);
+                    let cw = match offset {
+                        Some(o) => _mm256_mul_ps(dw, _mm256_set1_ps(-o)),
+                        None => scales8(row, size, i0, 2),
+                    };
                     let mut f = [[0f32; 8]; N];
                     for r in 0..N {
                         f[r] = lanes(_mm256_mul_ps(dw, load8_ps(&d[r][i0..i0 + 8])));
-                        acc_min[r] = _mm256_fmadd_ps(mw, load8_ps(&s[r][i0..i0 + 8]), acc_min[r]);
+                        acc_c[r] = _mm256_fmadd_ps(cw, load8_ps(&s[r][i0..i0 + 8]), acc_c[r]);
                     }
                     for k in 0..8 {
                         let a = &w[i0 + k];
                         prefetch(a);
-                        let qx = unpack(a);
+                        let u = unpack(a);
                         for r in 0..N {
-                            let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i0 + k].qs)));
+                            let p = _mm256_cvtepi32_ps(sum_us(u, load32(ys[r][i0 + k].qs())));
                             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f[r][k]), p, acc[r]);
                         }
                     }
                 }
                 for i in whole..n {
-                    let a = &w[i];
-                    let qx = unpack(a);
+                    let u = unpack(&w[i]);
+                    let dw = f16_at(i, 0);
+                    let cw = offset.map_or_else(|| f16_at(i, 2), |o| -o * dw);
                     for r in 0..N {
-                        let p = _mm256_cvtepi32_ps(sum_us(qx, load32(&ys[r][i].qs)));
-                        let f = h(dm_of(a).0) * d[r][i];
-                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f), p, acc[r]);
-                        tail_min[r] += h(dm_of(a).1) * s[r][i];
+                        let p = _mm256_cvtepi32_ps(sum_us(u, load32(ys[r][i].qs())));
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[r][i]), p, acc[r]);
+                        tail_c[r] += cw * s[r][i];
                     }
                 }
                 for r in 0..N {
-                    out[r] = hsum(acc[r]) + hsum(acc_min[r]) + tail_min[r];
+                    out[r] = hsum(acc[r]) + hsum(acc_c[r]) + tail_c[r];
                 }
             }
 
@@ -654,7 +610,8 @@ macro_rules! row_kernels {
             /// Q4_0 blocks, `xs` N Q8_0 rows of as many blocks, `out` at least N values.
             #[target_feature(enable = $features)]
             unsafe fn q4_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                symmetric_n::<N, BlockQ4_0>(row, xs, out, 8.0, |a| a.d, |a| nibbles(&a.qs))
+                let unpack = |a: &BlockQ4_0| nibbles(&a.qs);
+                offset_n::<N, BlockQ4_0, _>(row, q8_0_rows::<N>(xs), out, Some(8.0), unpack)
             }
 
             /// # Safety
@@ -662,14 +619,15 @@ macro_rules! row_kernels {
             #[target_feature(enable = $features)]
             unsafe fn q5_0_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let unpack = |a: &BlockQ5_0| _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                symmetric_n::<N, BlockQ5_0>(row, xs, out, 16.0, |a| a.d, unpack)
+                offset_n::<N, BlockQ5_0, _>(row, q8_0_rows::<N>(xs), out, Some(16.0), unpack)
             }
 
             /// # Safety
             /// As [`q4_0_n`], for Q4_1 blocks and Q8_1 rows.
             #[target_feature(enable = $features)]
             unsafe fn q4_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
-                affine_n::<N, BlockQ4_1>(row, xs, out, |a| (a.d, a.m), |a| nibbles(&a.qs))
+                let unpack = |a: &BlockQ4_1| nibbles(&a.qs);
+                offset_n::<N, BlockQ4_1, _>(row, q8_1_rows::<N>(xs), out, None, unpack)
             }
 
             /// # Safety
@@ -677,7 +635,7 @@ macro_rules! row_kernels {
             #[target_feature(enable = $features)]
             unsafe fn q5_1_n<const N: usize>(row: &[u8], xs: &[QuantizedRow], out: &mut [f32]) {
                 let unpack = |a: &BlockQ5_1| _mm256_or_si256(nibbles(&a.qs), fifth_bits(a.qh));
-                affine_n::<N, BlockQ5_1>(row, xs, out, |a| (a.d, a.m), unpack)
+                offset_n::<N, BlockQ5_1, _>(row, q8_1_rows::<N>(xs), out, None, unpack)
             }
 
             /// # Safety
