@@ -202,12 +202,27 @@ macro_rules! row_kernels {
                 acc: &mut [__m256; N],
                 acc_min: &mut [__m256; N],
             ) {
+                add_block::<N>(d, sumi, ys, i, acc);
                 for r in 0..N {
                     let y = &ys[r][i];
                     let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(y)));
-                    let dd = _mm256_set1_ps(y.d * d);
-                    acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
                     acc_min[r] = _mm256_fmadd_ps(_mm256_set1_ps(-y.d * dmin), m, acc_min[r]);
+                }
+            }
+
+            /// One k-quant block's `d_x·d · Σ sc·u·x` for each row (types without mins).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn add_block<const N: usize>(
+                d: f32,
+                sumi: &[__m256i; N],
+                ys: &[&[BlockQ8K]; N],
+                i: usize,
+                acc: &mut [__m256; N],
+            ) {
+                for r in 0..N {
+                    let dd = _mm256_set1_ps(ys[r][i].d * d);
+                    acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
                 }
             }
 
@@ -376,11 +391,7 @@ macro_rules! row_kernels {
                         _mm256_slli_epi16(_mm256_and_si256(v, one), 2)
                     };
                     sum_2bit_fields::<N>(&a.qs, &scales, high, &ys, i, &mut sumi);
-                    let d = h(a.d);
-                    for r in 0..N {
-                        let dd = _mm256_set1_ps(ys[r][i].d * d);
-                        acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-                    }
+                    add_block::<N>(h(a.d), &sumi, &ys, i, &mut acc);
                 }
                 for r in 0..N {
                     out[r] = hsum(acc[r]);
@@ -450,11 +461,7 @@ macro_rules! row_kernels {
                             }
                         }
                     }
-                    let d = h(a.d);
-                    for r in 0..N {
-                        let dd = _mm256_set1_ps(ys[r][i].d * d);
-                        acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-                    }
+                    add_block::<N>(h(a.d), &sumi, &ys, i, &mut acc);
                 }
                 for r in 0..N {
                     out[r] = hsum(acc[r]);
