@@ -52,10 +52,14 @@ fn compare(a: &[f32], b: &[f32], vocab: usize) -> (usize, f32) {
     (same, max_abs_diff(a, b))
 }
 
-/// Same activation rounding as llama.cpp, so most positions agree to float noise: a 1-ulp
-/// difference upstream can flip one 8-bit rounding and move a later position by ~0.1 (seen:
-/// positions 13+ of Q3_K_M, 14+ of Q5_1), so the bound is on the share of positions, the
-/// top-1, and the worst case, which stays under the exact path's distance (0.38–0.53).
+/// Same activation rounding as llama.cpp, so positions agree to float noise (~1e-6) until a
+/// 1-ulp difference upstream flips one 8-bit rounding and moves later positions by ~0.1.
+/// Where the first flip falls depends on the order of f32 additions, which differs between
+/// llama.cpp, bora's row kernels and its tiled prefill kernels (measured: the first flip at
+/// position 3 to never, across these files, either way). Agreement to 1e-4 at even a few
+/// positions is only possible with the same rounding (any other path is ~0.1 off at every
+/// position), so the bound is a few such positions, the top-1, and the worst case, which stays
+/// under the exact path's distance (0.38–0.53).
 #[test]
 fn k_quant_files_match_llama_cpp() {
     let prompt = prompt();
@@ -71,7 +75,7 @@ fn k_quant_files_match_llama_cpp() {
             .filter(|(a, b)| max_abs_diff(a, b) < 1e-4)
             .count();
         assert!(
-            close >= 13 && same >= 62 && d < d_exact,
+            close >= 3 && same >= 62 && d < d_exact,
             "{q}: {close}/64 positions within 1e-4, top-1 {same}/64, max |Δ| {d} (exact path: {d_exact})"
         );
     }

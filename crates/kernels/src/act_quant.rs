@@ -140,6 +140,8 @@ pub struct Q8Blocks<B> {
     /// Per block, what an offset in the weights meets: Q8_1's stored `s` (ggml rounds it to
     /// f16), for Q8_0 `d · Σ qs` in f32.
     pub s: Vec<f32>,
+    /// Per block, `Σ qs` (exact): the tiled kernels fold a weight offset into the integer sum.
+    pub sums: Vec<i32>,
 }
 
 impl<B> std::ops::Deref for Q8Blocks<B> {
@@ -155,6 +157,7 @@ impl<B> Q8Blocks<B> {
             blocks,
             d: Vec::new(),
             s: Vec::new(),
+            sums: Vec::new(),
         };
         q.refresh(fields);
         q
@@ -164,11 +167,13 @@ impl<B> Q8Blocks<B> {
     fn refresh(&mut self, fields: impl Fn(&B) -> ([u8; 2], Option<[u8; 2]>, &[i8; QK])) {
         self.d.clear();
         self.s.clear();
+        self.sums.clear();
         for b in &self.blocks {
             let (d, s, qs) = fields(b);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             self.d.push(f16_le(d));
             self.s.push(s.map_or(f16_le(d) * sum as f32, f16_le));
+            self.sums.push(sum);
         }
     }
 }

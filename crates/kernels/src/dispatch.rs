@@ -50,6 +50,13 @@ pub(crate) fn has_vnni() -> bool {
     })
 }
 
+/// Whether the register-tiled matrix × matrix kernels are used for batches (`BORA_TILED=0`
+/// turns them off, so prefill runs on the row kernels: for comparisons).
+pub(crate) fn tiles_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BORA_TILED").as_deref() != Ok("0"))
+}
+
 /// The instruction set kernels use on this CPU (`BORA_ISA=portable|avx2` lowers it, for tests
 /// and comparisons).
 pub fn isa() -> Isa {

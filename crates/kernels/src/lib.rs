@@ -22,6 +22,8 @@ pub mod ops;
 pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_tile;
 
 pub use dot::{dequantize_row, dot_f32, dot_row};
 pub use dtype::{DType, DTypeError};

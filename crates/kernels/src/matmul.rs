@@ -164,6 +164,9 @@ multiversion! {
 struct Q8Scratch {
     xq: Vec<QuantizedRow>,
     out_t: Vec<f32>,
+    /// Token groups packed for the tiled kernels.
+    #[cfg(target_arch = "x86_64")]
+    panels: Vec<crate::x86_tile::Panel>,
 }
 
 thread_local! {
@@ -188,13 +191,15 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
     let (rows, cols) = (w.rows, w.cols);
     let t = x.len() / cols;
     s.xq.truncate(t);
-    for (i, r) in x.chunks_exact(cols).enumerate() {
-        match s.xq.get_mut(i) {
-            Some(q) => q.refill(w.dtype, r),
-            None => {
-                s.xq.push(QuantizedRow::for_weight(w.dtype, r).expect("quantized weight type"))
-            }
-        }
+    while s.xq.len() < t {
+        s.xq.push(QuantizedRow::for_weight(w.dtype, &[]).expect("a quantized weight type"));
+    }
+    if t == 1 {
+        s.xq[0].refill(w.dtype, x);
+    } else {
+        s.xq.par_iter_mut()
+            .zip(x.par_chunks_exact(cols))
+            .for_each(|(q, r)| q.refill(w.dtype, r));
     }
     let xq = &s.xq;
     let chunk = rows_per_task(rows);
@@ -208,6 +213,38 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
     };
     #[cfg(target_arch = "x86_64")]
     {
+        if t >= crate::x86_tile::TOKENS {
+            if let Some(tile) = crate::x86_tile::tile_kernel(isa, w.dtype) {
+                // Tasks of whole 8-row tiles; rows past the last whole tile (none in the
+                // models' shapes) take the row kernels.
+                use crate::x86_tile::{ROWS, TOKENS};
+                let groups = t.div_ceil(TOKENS);
+                s.panels.resize_with(groups, Default::default);
+                s.panels.par_iter_mut().enumerate().for_each(|(pi, panel)| {
+                    // The last group repeats its last token to fill the tile.
+                    let xs = std::array::from_fn(|k| &xq[(pi * TOKENS + k).min(t - 1)]);
+                    panel.fill(w.dtype, &xs);
+                });
+                let panels = &s.panels;
+                let rows_fn = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
+                let chunk = chunk.next_multiple_of(ROWS);
+                // Each task fills its block of `out_t` as [T, its rows]; the blocks are then
+                // copied into `out` ([T, rows]) in contiguous runs, in parallel over tokens
+                // (a transpose of [rows, T] cost a third of the time at 512 tokens).
+                out_t
+                    .par_chunks_mut(chunk * t)
+                    .enumerate()
+                    .for_each(|(ci, o)| tiled_rows(w, ci * chunk, xq, panels, o, tile, rows_fn));
+                let blocks = &s.out_t;
+                out.par_chunks_mut(rows).enumerate().for_each(|(ti, orow)| {
+                    for (ci, seg) in orow.chunks_mut(chunk).enumerate() {
+                        let n = seg.len();
+                        seg.copy_from_slice(&blocks[ci * chunk * t + ti * n..][..n]);
+                    }
+                });
+                return;
+            }
+        }
         if let Some((one, four)) = crate::x86::row_dots(isa, w.dtype) {
             out_t
                 .par_chunks_mut(chunk * t)
@@ -248,6 +285,50 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
         .for_each(|(ci, o)| rows_q8(isa, w, ci * chunk, xq, o));
     if t > 1 {
         transpose_into(&s.out_t, t, rows, out);
+    }
+}
+
+/// Rows `first..` against every token with the tiled kernel, token panels outermost (a
+/// panel stays in cache while the task's weight rows pass): `out` = [T, rows of this task].
+#[cfg(target_arch = "x86_64")]
+fn tiled_rows(
+    w: &MatRef<'_>,
+    first: usize,
+    xq: &[QuantizedRow],
+    panels: &[crate::x86_tile::Panel],
+    out: &mut [f32],
+    tile: crate::x86_tile::TileFn,
+    row_dot: Option<crate::x86::RowDot>,
+) {
+    use crate::x86_tile::{ROWS, TOKENS};
+    let t = xq.len();
+    let n = out.len() / t;
+    let whole = n / ROWS * ROWS;
+    let rb = w.row_bytes;
+    for (pi, panel) in panels.iter().enumerate() {
+        let g = pi * TOKENS;
+        let real = TOKENS.min(t - g);
+        for r0 in (0..whole).step_by(ROWS) {
+            let start = (first + r0) * rb;
+            let mut res = [[0f32; ROWS]; TOKENS];
+            // SAFETY: `tile_kernel` gave `tile` for features `isa()` detected on this CPU; the
+            // slice is ROWS whole rows of `w.dtype` blocks and the panel was filled for
+            // `w.dtype` from rows of `w.cols` values.
+            unsafe { tile(&w.data[start..start + ROWS * rb], rb, panel, &mut res) };
+            for (k, res_k) in res.iter().enumerate().take(real) {
+                out[(g + k) * n + r0..][..ROWS].copy_from_slice(res_k);
+            }
+        }
+    }
+    for j in whole..n {
+        let row = w.row(first + j);
+        for (ti, xr) in xq.iter().enumerate() {
+            out[ti * n + j] = match row_dot {
+                // SAFETY: as above, for the single-row kernel of the same type.
+                Some(one) => unsafe { one(row, xr) },
+                None => xr.dot(w.dtype, row),
+            };
+        }
     }
 }
 
@@ -354,6 +435,12 @@ mod tests {
             (DType::Q4_0, 5, 64, 9),
             (DType::Q8_0, 9, 256, 3),
             (DType::Q4_1, 3, 256, 1),
+            // Whole 8-row tiles, tokens past the last whole group of 8, leftover rows.
+            (DType::Q4_0, 21, 256, 19),
+            (DType::Q8_0, 24, 64, 13),
+            (DType::Q6_K, 16, 512, 8),
+            (DType::Q5_K, 9, 256, 10),
+            (DType::Q5_1, 40, 96, 17),
         ] {
             let rb = dtype.row_bytes(cols).unwrap();
             let mut data: Vec<u8> = (0..rows * rb)

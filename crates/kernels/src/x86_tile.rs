@@ -1,0 +1,844 @@
+//! Register-tiled weight × activation kernels for prefill and batched decode (AVX-512 VNNI).
+//!
+//! The row kernels in [`crate::x86`] keep one block's 32 products in the lanes of one weight
+//! row, so every (row, token, block) pays its own conversion to f32 and its own scaled add.
+//! Here the sixteen i32 lanes of a 512-bit vector are sixteen weight rows: a block of each row
+//! is unpacked and transposed once (dword j of row r goes to lane r of vector j), after which
+//! a token meets all sixteen rows with eight `vpdpbusd` on broadcast activation dwords, one
+//! conversion and one FMA. The unpack and transpose are paid once per [`TOKENS`] tokens.
+//!
+//! The tokens' quantized activations are first packed into a [`Panel`]: per block, the
+//! tokens' quants back to back with the per-block values the kernels broadcast, so a kernel
+//! reads them from one pointer.
+//!
+//! A weight offset (Q4_0's −8, Q5_0's −16, Q6_K's −32, and Q8_0's signed bytes read as
+//! unsigned + 128) is folded into the integer sum: it starts at −offset · Σ activation quants,
+//! the same for every row, so Σ (u − o)·q is exact in i32 before any rounding.
+//!
+//! Results equal the row kernels' up to the order of f32 additions (the integer sums are the
+//! same); tests check them against the scalar reference.
+
+use std::arch::x86_64::*;
+
+use crate::act_quant::QuantizedRow;
+use crate::blocks::QK_K;
+use crate::dispatch::{Isa, Level};
+use crate::DType;
+
+/// Weight rows per tile: the sixteen i32 lanes of a 512-bit vector.
+pub(crate) const ROWS: usize = 16;
+/// Activation rows (tokens) per tile: one f32 accumulator each.
+pub(crate) const TOKENS: usize = 8;
+
+/// `out[t][r] = row r · token t` for a tile: `w` holds [`ROWS`] rows of `row_bytes` bytes.
+pub(crate) type TileFn = unsafe fn(&[u8], usize, &Panel, &mut [[f32; ROWS]; TOKENS]);
+
+/// The tiled kernel for `dtype`, if this CPU has the features it is compiled for.
+pub(crate) fn tile_kernel(isa: Isa, dtype: DType) -> Option<TileFn> {
+    if isa.level() < Level::Avx512
+        || !crate::dispatch::has_vnni()
+        || !crate::dispatch::tiles_enabled()
+    {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q4_0 => q4_0,
+        DType::Q4_1 => q4_1,
+        DType::Q5_0 => q5_0,
+        DType::Q5_1 => q5_1,
+        DType::Q8_0 => q8_0,
+        DType::Q4_K => q4_k,
+        DType::Q5_K => q5_k,
+        DType::Q6_K => q6_k,
+        _ => return None,
+    })
+}
+
+/// [`TOKENS`] quantized activation rows, packed block by block for the tiled kernels.
+#[derive(Default)]
+pub(crate) struct Panel {
+    /// Per block, the tokens' quants back to back (32 or 256 each).
+    qs: Vec<i8>,
+    /// Per block, each token's activation scale.
+    d: Vec<f32>,
+    /// Per block, each token's `s` (what Q4_1/Q5_1's min meets); empty for other types.
+    s: Vec<f32>,
+    /// Per block, [`ints_per_block`] i32 per token: the integer sums' starting values
+    /// (−offset · Σ q) for the 32-weight types and Q6_K's 16-groups, or for Q4_K/Q5_K the
+    /// 32-group quant sums as i16 pairs.
+    ints: Vec<i32>,
+}
+
+/// How many i32 a [`Panel`] keeps per token and block for `dtype`.
+fn ints_per_block(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_K | DType::Q5_K => 4,
+        DType::Q6_K => 16,
+        _ => 1,
+    }
+}
+
+/// The offset folded into the integer sums of a 32-weight type.
+fn legacy_offset(dtype: DType) -> i32 {
+    match dtype {
+        DType::Q4_0 => 8,
+        DType::Q5_0 => 16,
+        DType::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+impl Panel {
+    /// Packs `xs` (each quantized for `dtype`, all of one length) for `dtype`'s kernel.
+    pub(crate) fn fill(&mut self, dtype: DType, xs: &[&QuantizedRow; TOKENS]) {
+        let k = ints_per_block(dtype);
+        self.qs.clear();
+        self.d.clear();
+        self.s.clear();
+        self.ints.clear();
+        match xs[0] {
+            QuantizedRow::Q8_0(first) => {
+                let o = legacy_offset(dtype);
+                for i in 0..first.len() {
+                    for x in xs {
+                        let QuantizedRow::Q8_0(b) = x else {
+                            unreachable!("activations quantized for one weight type")
+                        };
+                        self.qs.extend_from_slice(&b.blocks[i].qs);
+                        self.d.push(b.d[i]);
+                        self.ints.push(-o * b.sums[i]);
+                    }
+                }
+            }
+            QuantizedRow::Q8_1(first) => {
+                for i in 0..first.len() {
+                    for x in xs {
+                        let QuantizedRow::Q8_1(b) = x else {
+                            unreachable!("activations quantized for one weight type")
+                        };
+                        self.qs.extend_from_slice(&b.blocks[i].qs);
+                        self.d.push(b.d[i]);
+                        self.s.push(b.s[i]);
+                        self.ints.push(0);
+                    }
+                }
+            }
+            QuantizedRow::Q8K(first) => {
+                for i in 0..first.len() {
+                    for x in xs {
+                        let QuantizedRow::Q8K(b) = x else {
+                            unreachable!("activations quantized for one weight type")
+                        };
+                        let y = &b[i];
+                        self.qs.extend_from_slice(&y.qs);
+                        self.d.push(y.d);
+                        if k == 16 {
+                            self.ints.extend(y.bsums.iter().map(|&v| -32 * v as i32));
+                        } else {
+                            self.ints.extend((0..4).map(|p| {
+                                let sum32 =
+                                    |g: usize| y.bsums[2 * g] as i32 + y.bsums[2 * g + 1] as i32;
+                                (sum32(2 * p) & 0xFFFF) | (sum32(2 * p + 1) << 16)
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(self.ints.len(), self.d.len() * k);
+    }
+
+    fn blocks(&self) -> usize {
+        self.d.len() / TOKENS
+    }
+}
+
+/// Calls `$body` with `$t` bound to each token index in turn, written out so that per-token
+/// accumulators stay in registers (a loop this large is not unrolled by the compiler).
+macro_rules! each_token {
+    ($t:ident => $body:block) => {{
+        const _: () = assert!(TOKENS == 8);
+        {
+            let $t = 0usize;
+            $body
+        }
+        {
+            let $t = 1usize;
+            $body
+        }
+        {
+            let $t = 2usize;
+            $body
+        }
+        {
+            let $t = 3usize;
+            $body
+        }
+        {
+            let $t = 4usize;
+            $body
+        }
+        {
+            let $t = 5usize;
+            $body
+        }
+        {
+            let $t = 6usize;
+            $body
+        }
+        {
+            let $t = 7usize;
+            $body
+        }
+    }};
+}
+
+/// How far ahead of the block being computed each weight row is prefetched.
+const PREFETCH_BYTES: usize = 1024;
+
+/// Checks a tile's bounds once, so the kernels' unchecked loads stay inside `w`: `ROWS` rows
+/// of `n` blocks of `block` bytes each. Returns `n`.
+fn tile_blocks(w: &[u8], row_bytes: usize, block: usize, p: &Panel) -> usize {
+    assert_eq!(w.len(), ROWS * row_bytes, "a tile is {ROWS} whole rows");
+    assert_eq!(row_bytes % block, 0, "rows hold whole blocks");
+    let n = row_bytes / block;
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    assert!(
+        row_bytes * ROWS < i32::MAX as usize,
+        "row offsets fit the gather's i32 indices"
+    );
+    n
+}
+
+/// The rows' byte offsets, as gather indices.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn row_offsets(row_bytes: usize) -> __m512i {
+    _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(row_bytes as i32),
+    )
+}
+
+/// The dword at byte `off` of block `i` of each row.
+///
+/// # Safety
+/// `w` must hold [`ROWS`] rows of `row_bytes` bytes; block `i` must lie inside a row with
+/// `off + 4` bytes of it readable (`off + 4 ≤` block size).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn gather(w: &[u8], rows: __m512i, at: usize) -> __m512i {
+    // SAFETY: the caller keeps `at + 4` inside row 0, so `at + r·row_bytes + 4` is inside
+    // row r; the gather reads 4 bytes at each, unaligned.
+    unsafe { _mm512_i32gather_epi32::<1>(rows, w.as_ptr().add(at) as *const i32) }
+}
+
+/// The f16 in the low (`HIGH = false`) or high half of each dword, as f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn f16_half<const HIGH: bool>(v: __m512i) -> __m512 {
+    let v = if HIGH { _mm512_srli_epi32(v, 16) } else { v };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+}
+
+/// 16 bytes at byte `$at` of rows k, k+4, k+8 and k+12, as the four 128-bit lanes. A macro
+/// so it is always inlined. Must be used inside `unsafe`, with `$w` holding [`ROWS`] rows of
+/// `$row_bytes` bytes and `$at + 16 ≤ $row_bytes`: every load is then inside `$w`.
+macro_rules! rows4 {
+    ($w:expr, $row_bytes:expr, $at:expr, $k:expr) => {{
+        let (base, rb, at, k): (*const u8, usize, usize, usize) =
+            ($w.as_ptr(), $row_bytes, $at, $k);
+        let p = |r: usize| base.add(r * rb + at) as *const __m128i;
+        let z = _mm512_castsi128_si512(_mm_loadu_si128(p(k)));
+        let z = _mm512_inserti32x4::<1>(z, _mm_loadu_si128(p(k + 4)));
+        let z = _mm512_inserti32x4::<2>(z, _mm_loadu_si128(p(k + 8)));
+        _mm512_inserti32x4::<3>(z, _mm_loadu_si128(p(k + 12)))
+    }};
+}
+
+/// `rows4!` for k = 0..4.
+macro_rules! rows16 {
+    ($w:expr, $row_bytes:expr, $at:expr) => {
+        [
+            rows4!($w, $row_bytes, $at, 0),
+            rows4!($w, $row_bytes, $at, 1),
+            rows4!($w, $row_bytes, $at, 2),
+            rows4!($w, $row_bytes, $at, 3),
+        ]
+    };
+}
+
+/// From `rows4!(.., k)` for k = 0..4 (lane L of input k: row k + 4L, four dwords), vector d
+/// holds dword d of every row, row r in lane r.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn transpose4(z: [__m512i; 4]) -> [__m512i; 4] {
+    let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+    let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+    let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    [
+        _mm512_unpacklo_epi64(t0, t2),
+        _mm512_unpackhi_epi64(t0, t2),
+        _mm512_unpacklo_epi64(t1, t3),
+        _mm512_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// Eight transposed vectors: dwords 0..4 from `lo`, 4..8 from `hi`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn transpose8(lo: [__m512i; 4], hi: [__m512i; 4]) -> [__m512i; 8] {
+    let (a, b) = (transpose4(lo), transpose4(hi));
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+}
+
+/// For each token t, `acc[t] + Σ_j w[j] · (dword j of token t's quants, broadcast)` for j in
+/// `js`, token t's quants at `q[stride·t + at..]`. Tokens innermost: eight independent
+/// `vpdpbusd` chains in flight instead of one chain of eight dependent ones per token. A macro,
+/// so it is always inlined (as a function the compiler kept it out of line, its arrays in
+/// memory).
+macro_rules! dots {
+    ($acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr, $at:expr) => {{
+        let mut acc: [__m512i; TOKENS] = $acc;
+        let (w, q): (&[__m512i; 8], &[i8]) = ($w, $q);
+        for j in $js {
+            each_token!(t => {
+                let o = $stride * t + $at + 4 * j;
+                let b = [q[o] as u8, q[o + 1] as u8, q[o + 2] as u8, q[o + 3] as u8];
+                let b = _mm512_set1_epi32(i32::from_le_bytes(b));
+                acc[t] = _mm512_dpbusd_epi32(acc[t], w[j], b);
+            });
+        }
+        acc
+    }};
+}
+
+/// Prefetches `$bytes` of each row, `PREFETCH_BYTES` past byte `$at`. A macro: as a call
+/// (the compiler kept the function out of line) it forced the accumulators out of registers.
+macro_rules! prefetch_rows {
+    ($w:expr, $row_bytes:expr, $at:expr, $bytes:expr) => {
+        for r in 0..ROWS {
+            let base = $w
+                .as_ptr()
+                .wrapping_add(r * $row_bytes + $at + PREFETCH_BYTES);
+            for line in (0..$bytes).step_by(64) {
+                // A prefetch is a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line) as *const i8);
+            }
+        }
+    };
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn store(out: &mut [[f32; ROWS]; TOKENS], acc: [__m512; TOKENS]) {
+    for t in 0..TOKENS {
+        // SAFETY: `out[t]` is 16 writable f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+    }
+}
+
+/// How a 32-weight type's blocks are laid out and unpacked (constants, so each type's kernel
+/// is compiled for its own layout).
+trait Legacy {
+    /// Block size in bytes.
+    const SIZE: usize;
+    /// Byte offset of the quants.
+    const QS: usize;
+    /// Whether the block carries a min (f16 at byte 2), met by the activations' `s`.
+    const MIN: bool;
+    /// Byte offset of Q5's 32 fifth bits.
+    const QH: Option<usize>;
+    /// Q8_0: the quants are 32 signed bytes (read as unsigned + 128), not 16 bytes of nibbles.
+    const BYTES: bool;
+}
+
+/// The fifth bits of rows k, k+4, k+8, k+12 for elements `16·half..16·half+16`, as 0x10 in
+/// each byte whose bit is set.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn fifth_bits(w: &[u8], row_bytes: usize, at: usize, k: usize, half: usize) -> __m512i {
+    let mut mask = 0u64;
+    for lane in 0..4 {
+        let p = (k + 4 * lane) * row_bytes + at;
+        let qh = u32::from_le_bytes([w[p], w[p + 1], w[p + 2], w[p + 3]]);
+        mask |= (((qh >> (16 * half)) & 0xFFFF) as u64) << (16 * lane);
+    }
+    _mm512_maskz_mov_epi8(mask, _mm512_set1_epi8(0x10))
+}
+
+/// The 32-weight types: per block, d (f16 at byte 0), 32 unsigned values u and either the
+/// offset folded into the panel's starting sums (w = d·(u − o)) or a min m (w = d·u + m).
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for; `w` and `p` as
+/// [`tile_blocks`] checks, for this layout.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn legacy<L: Legacy>(
+    w: &[u8],
+    row_bytes: usize,
+    p: &Panel,
+    out: &mut [[f32; ROWS]; TOKENS],
+) {
+    let n = tile_blocks(w, row_bytes, L::SIZE, p);
+    let offsets = row_offsets(row_bytes);
+    let nib = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    // The min terms, summed apart and added at the end, as llama.cpp does.
+    let mut acc_m = [_mm512_setzero_ps(); TOKENS];
+    for i in 0..n {
+        let at = i * L::SIZE;
+        prefetch_rows!(w, row_bytes, at, L::SIZE);
+        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`), and
+        // each read stays inside its block: bytes 0..4, and quants at `qs..qs + 16 (32)`.
+        let scales = unsafe { gather(w, offsets, at) };
+        let wt = if L::BYTES {
+            let flip = _mm512_set1_epi8(-128);
+            let (lo, hi) = unsafe {
+                (
+                    rows16!(w, row_bytes, at + L::QS),
+                    rows16!(w, row_bytes, at + L::QS + 16),
+                )
+            };
+            transpose8(
+                lo.map(|z| _mm512_xor_si512(z, flip)),
+                hi.map(|z| _mm512_xor_si512(z, flip)),
+            )
+        } else {
+            let raw: [__m512i; 4] = unsafe { rows16!(w, row_bytes, at + L::QS) };
+            let mut lo = raw.map(|z| _mm512_and_si512(z, nib));
+            let mut hi = raw.map(|z| _mm512_and_si512(_mm512_srli_epi16(z, 4), nib));
+            if let Some(qh) = L::QH {
+                for k in 0..4 {
+                    lo[k] = _mm512_or_si512(lo[k], fifth_bits(w, row_bytes, at + qh, k, 0));
+                    hi[k] = _mm512_or_si512(hi[k], fifth_bits(w, row_bytes, at + qh, k, 1));
+                }
+            }
+            transpose8(lo, hi)
+        };
+        let dw = f16_half::<false>(scales);
+        let mw = f16_half::<true>(scales);
+        let q: &[i8; 32 * TOKENS] = p.qs[i * 32 * TOKENS..][..32 * TOKENS]
+            .try_into()
+            .expect("a block of quants per token");
+        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale per token");
+        let init: &[i32; TOKENS] = p.ints[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a sum per token");
+        let sums = dots!(init.map(|v| _mm512_set1_epi32(v)), &wt, 0..8, q, 32, 0);
+        each_token!(t => {
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
+        });
+        if L::MIN {
+            let s: &[f32; TOKENS] = p.s[i * TOKENS..][..TOKENS]
+                .try_into()
+                .expect("an s per token");
+            each_token!(t => {
+                acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[t]), acc_m[t]);
+            });
+        }
+    }
+    if L::MIN {
+        each_token!(t => {
+            acc[t] = _mm512_add_ps(acc[t], acc_m[t]);
+        });
+    }
+    store(out, acc);
+}
+
+macro_rules! legacy_kernel {
+    ($name:ident, $layout:ident, $doc:literal, $size:expr, $qs:expr, $min:expr, $qh:expr, $bytes:expr) => {
+        #[doc = concat!($doc, " layout.")]
+        struct $layout;
+        impl Legacy for $layout {
+            const SIZE: usize = $size;
+            const QS: usize = $qs;
+            const MIN: bool = $min;
+            const QH: Option<usize> = $qh;
+            const BYTES: bool = $bytes;
+        }
+
+        #[doc = concat!($doc, " tiles.")]
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `w` must hold
+        /// [`ROWS`] rows of this type's blocks, `p` a panel filled for this type from rows of
+        /// as many elements.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        unsafe fn $name(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+            // SAFETY: this function's contract, with the layout of its type.
+            unsafe { legacy::<$layout>(w, row_bytes, p, out) }
+        }
+    };
+}
+
+legacy_kernel!(q4_0, Q4_0Layout, "Q4_0", 18, 2, false, None, false);
+legacy_kernel!(q4_1, Q4_1Layout, "Q4_1", 20, 4, true, None, false);
+legacy_kernel!(q5_0, Q5_0Layout, "Q5_0", 22, 6, false, Some(2), false);
+legacy_kernel!(q5_1, Q5_1Layout, "Q5_1", 24, 8, true, Some(4), false);
+legacy_kernel!(q8_0, Q8_0Layout, "Q8_0", 34, 2, false, None, true);
+
+/// The 6-bit scales and mins of Q4_K/Q5_K (12 bytes at byte 4), from three gathered dwords
+/// per row: D0 = bytes 0..4, D1 = 4..8, D2 = 8..12 of the scales.
+struct K4Scales {
+    d0: __m512i,
+    d1: __m512i,
+    d2: __m512i,
+}
+
+impl K4Scales {
+    /// The scale (`MIN = false`) or min of 32-group `j`, per row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    fn get<const MIN: bool>(&self, j: usize) -> __m512i {
+        let byte = |v: __m512i, shift: usize, bits: i32| {
+            let s = _mm512_srl_epi32(v, _mm_cvtsi32_si128(shift as i32));
+            _mm512_and_si512(s, _mm512_set1_epi32((1 << bits) - 1))
+        };
+        let (low, high_src) = if MIN {
+            (self.d1, self.d1)
+        } else {
+            (self.d0, self.d0)
+        };
+        if j < 4 {
+            byte(low, 8 * j, 6)
+        } else {
+            let k = j - 4;
+            let lo4 = byte(self.d2, 8 * k + if MIN { 4 } else { 0 }, 4);
+            let hi2 = byte(high_src, 8 * k + 6, 2);
+            _mm512_or_si512(lo4, _mm512_slli_epi32(hi2, 4))
+        }
+    }
+}
+
+/// Q4_K and Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`, blocks of `SIZE` bytes with
+/// d/dmin at 0, scales at 4 and quants at `QS`; for Q5_K (`FIFTH > 0`) bit j of the 32 bytes
+/// at `FIFTH` is group j's fifth bit.
+///
+/// # Safety
+/// As [`legacy`], for this layout.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    p: &Panel,
+    out: &mut [[f32; ROWS]; TOKENS],
+) {
+    let n = tile_blocks(w, row_bytes, SIZE, p);
+    let offsets = row_offsets(row_bytes);
+    let (nib, one) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x01));
+    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    for i in 0..n {
+        let at = i * SIZE;
+        prefetch_rows!(w, row_bytes, at, SIZE);
+        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`); the
+        // reads are bytes 0..16 (d, dmin, scales), `QS..QS + 128` and `FIFTH..FIFTH + 32`.
+        let (dd, sc) = unsafe {
+            (
+                gather(w, offsets, at),
+                K4Scales {
+                    d0: gather(w, offsets, at + 4),
+                    d1: gather(w, offsets, at + 8),
+                    d2: gather(w, offsets, at + 12),
+                },
+            )
+        };
+        let d = f16_half::<false>(dd);
+        let q: &[i8; QK_K * TOKENS] = p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS]
+            .try_into()
+            .expect("a block of quants per token");
+        let mut block_acc = [_mm512_setzero_ps(); TOKENS];
+        for pair in 0..4 {
+            let (lo, hi) = unsafe {
+                (
+                    rows16!(w, row_bytes, at + QS + 32 * pair),
+                    rows16!(w, row_bytes, at + QS + 32 * pair + 16),
+                )
+            };
+            let (qh_lo, qh_hi) = if FIFTH > 0 {
+                unsafe {
+                    (
+                        rows16!(w, row_bytes, at + FIFTH),
+                        rows16!(w, row_bytes, at + FIFTH + 16),
+                    )
+                }
+            } else {
+                ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4])
+            };
+            for nibble in 0..2 {
+                let j = 2 * pair + nibble;
+                let shift = _mm_cvtsi32_si128(4 * nibble as i32);
+                let jshift = _mm_cvtsi32_si128(j as i32);
+                let mut u = [_mm512_setzero_si512(); 8];
+                for k in 0..4 {
+                    u[k] = _mm512_and_si512(_mm512_srl_epi16(lo[k], shift), nib);
+                    u[4 + k] = _mm512_and_si512(_mm512_srl_epi16(hi[k], shift), nib);
+                    if FIFTH > 0 {
+                        let bl = _mm512_and_si512(_mm512_srl_epi16(qh_lo[k], jshift), one);
+                        let bh = _mm512_and_si512(_mm512_srl_epi16(qh_hi[k], jshift), one);
+                        u[k] = _mm512_or_si512(u[k], _mm512_slli_epi16::<4>(bl));
+                        u[4 + k] = _mm512_or_si512(u[4 + k], _mm512_slli_epi16::<4>(bh));
+                    }
+                }
+                let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
+                let ds = _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d);
+                let zero = [_mm512_setzero_si512(); TOKENS];
+                let sums = dots!(zero, &wt, 0..8, q, QK_K, 32 * j);
+                each_token!(t => {
+                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds, block_acc[t]);
+                });
+            }
+        }
+        let dmin = f16_half::<true>(dd);
+        let pairs: [__m512i; 4] = std::array::from_fn(|pr| {
+            let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
+            _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
+        });
+        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale per token");
+        let sums: &[i32; 4 * TOKENS] = p.ints[i * 4 * TOKENS..][..4 * TOKENS]
+            .try_into()
+            .expect("four pairs per token");
+        each_token!(t => {
+            let y = _mm512_set1_ps(dy[t]);
+            let mut mins = _mm512_setzero_si512();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                mins = _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(sums[4 * t + pr]));
+            }
+            acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, y), acc[t]);
+        });
+    }
+    store(out, acc);
+}
+
+/// Q4_K tiles.
+///
+/// # Safety
+/// As the 32-weight kernels (`q4_0`), for Q4_K blocks and a Q4_K panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+    // SAFETY: this function's contract, with Q4_K's layout.
+    unsafe { k4::<144, 16, 0>(w, row_bytes, p, out) }
+}
+
+/// Q5_K tiles.
+///
+/// # Safety
+/// As the 32-weight kernels (`q4_0`), for Q5_K blocks and a Q5_K panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q5_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+    // SAFETY: this function's contract, with Q5_K's layout.
+    unsafe { k4::<176, 48, 16>(w, row_bytes, p, out) }
+}
+
+/// Q6_K tiles: per 16-group g, `w = d·sc_g·(q − 32)`, q = 4 bits of `ql` and 2 of `qh`.
+///
+/// # Safety
+/// As the 32-weight kernels (`q4_0`), for Q6_K blocks and a Q6_K panel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+    const SIZE: usize = 210;
+    let n = tile_blocks(w, row_bytes, SIZE, p);
+    let offsets = row_offsets(row_bytes);
+    let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    for i in 0..n {
+        let at = i * SIZE;
+        prefetch_rows!(w, row_bytes, at, SIZE);
+        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`); the
+        // reads are ql (0..128), qh (128..192), the scales (192..208) and bytes 206..210.
+        let d = f16_half::<true>(unsafe { gather(w, offsets, at + 206) });
+        let scale_words: [__m512i; 4] =
+            std::array::from_fn(|k| unsafe { gather(w, offsets, at + 192 + 4 * k) });
+
+        let q: &[i8; QK_K * TOKENS] = p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS]
+            .try_into()
+            .expect("a block of quants per token");
+        let init: &[i32; 16 * TOKENS] = p.ints[i * 16 * TOKENS..][..16 * TOKENS]
+            .try_into()
+            .expect("sixteen sums per token");
+        let mut block_acc = [_mm512_setzero_ps(); TOKENS];
+        for half in 0..2 {
+            for part in 0..4 {
+                // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
+                // bits 2·part of qh[32·half..].
+                let (l, hb) = unsafe {
+                    (
+                        [
+                            rows16!(w, row_bytes, at + 64 * half + 32 * (part % 2)),
+                            rows16!(w, row_bytes, at + 64 * half + 32 * (part % 2) + 16),
+                        ],
+                        [
+                            rows16!(w, row_bytes, at + 128 + 32 * half),
+                            rows16!(w, row_bytes, at + 128 + 32 * half + 16),
+                        ],
+                    )
+                };
+                let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
+                let hshift = _mm_cvtsi32_si128(2 * part as i32);
+                let mut u = [_mm512_setzero_si512(); 8];
+                for h in 0..2 {
+                    for k in 0..4 {
+                        let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[h][k], lshift), nib);
+                        let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[h][k], hshift), two);
+                        u[4 * h + k] = _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2));
+                    }
+                }
+                let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
+                let g = 8 * half + 2 * part;
+                // d · (i8 scale of 16-group g), per row.
+                let v = scale_words[g / 4];
+                let (va, vb) = if part % 2 == 0 {
+                    (_mm512_slli_epi32::<24>(v), _mm512_slli_epi32::<16>(v))
+                } else {
+                    (_mm512_slli_epi32::<8>(v), v)
+                };
+                let da = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(va)), d);
+                let db = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(vb)), d);
+                let at_q = 128 * half + 32 * part;
+                let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
+                let sa = dots!(start(g), &wt, 0..4, q, QK_K, at_q);
+                each_token!(t => {
+                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
+                });
+                let sb = dots!(start(g + 1), &wt, 4..8, q, QK_K, at_q);
+                each_token!(t => {
+                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
+                });
+            }
+        }
+        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale per token");
+        each_token!(t => {
+            acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
+        });
+    }
+    store(out, acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::f16_bytes;
+
+    /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
+    fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+        let bytes = dtype.block_bytes();
+        let mut w: Vec<u8> = (0..ROWS * blocks * bytes)
+            .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for (k, blk) in w.chunks_exact_mut(bytes).enumerate() {
+            let d = ((k as u32 * 7 + seed) % 97) as f32 / 97.0 * 0.05 + 0.001;
+            for (f, &off) in dtype.scale_fields().iter().enumerate() {
+                let v = if f == 0 { d } else { -d * 4.0 };
+                blk[off..off + 2].copy_from_slice(&f16_bytes(v));
+            }
+        }
+        w
+    }
+
+    /// Every tile kernel against the scalar reference dot of each (row, token), on random
+    /// weights and activations with outliers and all-zero blocks.
+    #[test]
+    fn tiles_match_the_scalar_reference() {
+        let isa = crate::dispatch::isa();
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            let Some(kernel) = tile_kernel(isa, dtype) else {
+                eprintln!("no tiled kernel for {dtype} on this CPU: skipped");
+                continue;
+            };
+            for blocks in [1usize, 2, 3, 9] {
+                let w = random_rows(dtype, blocks, blocks as u32);
+                let row_bytes = w.len() / ROWS;
+                let cols = blocks * dtype.block_elems();
+                let xs: Vec<QuantizedRow> = (0..TOKENS)
+                    .map(|t| {
+                        let mut x: Vec<f32> = (0..cols)
+                            .map(|i| {
+                                (((i as u32 * 7919 + t as u32 * 31) % 2001) as f32 / 1000.0 - 1.0)
+                                    * (1.0 + (i % 13) as f32)
+                            })
+                            .collect();
+                        if t == 1 {
+                            x[..dtype.block_elems()].iter_mut().for_each(|v| *v = 0.0);
+                        }
+                        QuantizedRow::for_weight(dtype, &x).unwrap()
+                    })
+                    .collect();
+                let mut panel = Panel::default();
+                panel.fill(dtype, &std::array::from_fn(|t| &xs[t]));
+                let mut out = [[0f32; ROWS]; TOKENS];
+                // SAFETY: `tile_kernel` checked the CPU; rows and panel match `dtype`.
+                unsafe { kernel(&w, row_bytes, &panel, &mut out) };
+                for (t, x) in xs.iter().enumerate() {
+                    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                        let want = x.dot(dtype, row);
+                        let mut wf = vec![0f32; cols];
+                        crate::dot::dequantize_row(dtype, row, &mut wf);
+                        let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
+                        let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
+                        let got = out[t][r];
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{dtype} blocks={blocks} token {t} row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "a speed probe: cargo test --release -p bora-kernels tile_speed -- --ignored"]
+    fn tile_speed() {
+        let isa = crate::dispatch::isa();
+        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            let Some(k) = tile_kernel(isa, dtype) else {
+                continue;
+            };
+            let cols = 4096;
+            let w = random_rows(dtype, cols / dtype.block_elems(), 1);
+            let xs: Vec<QuantizedRow> = (0..TOKENS)
+                .map(|t| {
+                    let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
+                    QuantizedRow::for_weight(dtype, &x).unwrap()
+                })
+                .collect();
+            let mut panel = Panel::default();
+            panel.fill(dtype, &std::array::from_fn(|t| &xs[t]));
+            let mut out = [[0f32; ROWS]; TOKENS];
+            let iters = 1000;
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                // SAFETY: as in the test above.
+                unsafe { k(&w, w.len() / ROWS, &panel, &mut out) };
+                std::hint::black_box(&out);
+            }
+            let s = t0.elapsed().as_secs_f64();
+            let macs = (iters * ROWS * TOKENS * cols) as f64;
+            println!("{dtype}: {:.1} GMAC/s on one thread", macs / s / 1e9);
+        }
+    }
+}
