@@ -13,10 +13,12 @@ use crate::blocks::{
     f16_bytes, f16_le, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1,
     QK, QK_K,
 };
+use crate::dispatch::{isa, multiversion};
 use crate::kquants::{dot_q8_k, quantize_q8_k};
 use crate::DType;
 
 /// Scale and quants of one block of 32 activations.
+#[inline(always)]
 fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -27,6 +29,7 @@ fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
     d
 }
 
+#[inline(always)]
 pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let d = quantize_block(xs, &mut b.qs);
@@ -34,12 +37,33 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let d = quantize_block(xs, &mut b.qs);
         let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
         b.d = f16_bytes(d);
         b.s = f16_bytes(d * sum as f32);
+    }
+}
+
+// The quantizers compiled for each instruction set: the same operations (no contraction
+// into FMAs), so the same bits, with `round_ties_even` one instruction instead of a call.
+multiversion! {
+    fn quantize_q8_0_simd(x: &[f32], out: &mut [BlockQ8_0]) {
+        quantize_q8_0(x, out)
+    }
+}
+
+multiversion! {
+    fn quantize_q8_1_simd(x: &[f32], out: &mut [BlockQ8_1]) {
+        quantize_q8_1(x, out)
+    }
+}
+
+multiversion! {
+    fn quantize_q8_k_simd(x: &[f32], out: &mut [BlockQ8K]) {
+        quantize_q8_k(x, out)
     }
 }
 
@@ -199,7 +223,7 @@ impl QuantizedRow {
                     };
                     n
                 ];
-                quantize_q8_0(x, &mut v);
+                quantize_q8_0_simd(isa(), x, &mut v);
                 Some(QuantizedRow::Q8_0(q8_0_blocks(v)))
             }
             DType::Q4_1 | DType::Q5_1 => {
@@ -211,12 +235,12 @@ impl QuantizedRow {
                     };
                     n
                 ];
-                quantize_q8_1(x, &mut v);
+                quantize_q8_1_simd(isa(), x, &mut v);
                 Some(QuantizedRow::Q8_1(q8_1_blocks(v)))
             }
             DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                 let mut v = vec![BlockQ8K::zeroed(); x.len() / QK_K];
-                quantize_q8_k(x, &mut v);
+                quantize_q8_k_simd(isa(), x, &mut v);
                 Some(QuantizedRow::Q8K(v))
             }
             DType::F32 | DType::F16 | DType::BF16 => None,
@@ -229,17 +253,17 @@ impl QuantizedRow {
         match self {
             QuantizedRow::Q8_0(b) if matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q5_0) => {
                 b.blocks.resize(x.len() / QK, BlockQ8_0::zeroed());
-                quantize_q8_0(x, &mut b.blocks);
+                quantize_q8_0_simd(isa(), x, &mut b.blocks);
                 b.refresh(|blk| (blk.d, None, &blk.qs));
             }
             QuantizedRow::Q8_1(b) if matches!(dtype, DType::Q4_1 | DType::Q5_1) => {
                 b.blocks.resize(x.len() / QK, BlockQ8_1::zeroed());
-                quantize_q8_1(x, &mut b.blocks);
+                quantize_q8_1_simd(isa(), x, &mut b.blocks);
                 b.refresh(|blk| (blk.d, Some(blk.s), &blk.qs));
             }
             QuantizedRow::Q8K(v) if dtype.is_k_quant() => {
                 v.resize(x.len() / QK_K, BlockQ8K::zeroed());
-                quantize_q8_k(x, v);
+                quantize_q8_k_simd(isa(), x, v);
             }
             other => *other = QuantizedRow::for_weight(dtype, x).expect("a quantized weight type"),
         }
@@ -309,6 +333,36 @@ mod tests {
         ];
         quantize_q8_0(&[0.0; 32], &mut zero);
         assert!(zero[0].qs.iter().all(|&q| q == 0));
+    }
+
+    /// Every instruction set's build of the activation quantizers writes the portable
+    /// build's bytes (ties included: values at exact half steps are in the data).
+    #[test]
+    fn quantizers_are_bit_identical_on_every_isa() {
+        use crate::dispatch::{isa, Isa, Level};
+        let mut x = data(1024, 3);
+        for (i, v) in x.iter_mut().enumerate().step_by(7) {
+            *v = (i % 5) as f32 * 0.5 - 1.0;
+        }
+        x[..32].iter_mut().for_each(|v| *v = 0.0);
+        let run = |isa: Isa| {
+            let mut a = vec![BlockQ8_0::zeroed(); 32];
+            let mut b = vec![BlockQ8_1::zeroed(); 32];
+            let mut k = vec![BlockQ8K::zeroed(); 4];
+            quantize_q8_0_simd(isa, &x, &mut a);
+            quantize_q8_1_simd(isa, &x, &mut b);
+            quantize_q8_k_simd(isa, &x, &mut k);
+            let bytes = [
+                bytemuck::cast_slice::<_, u8>(&a).to_vec(),
+                bytemuck::cast_slice::<_, u8>(&b).to_vec(),
+                bytemuck::cast_slice::<_, u8>(&k).to_vec(),
+            ];
+            bytes
+        };
+        let reference = run(Isa::PORTABLE);
+        for level in [isa(), Isa::at_most(Level::Avx2)] {
+            assert!(run(level) == reference, "{level:?}");
+        }
     }
 
     /// A row refilled in place (whatever it held before) equals a freshly quantized one.

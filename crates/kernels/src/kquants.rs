@@ -221,6 +221,7 @@ fn nearest_int(v: f32) -> i32 {
 
 /// 256 activations per block: `d = −max/127` where max is the value of largest magnitude,
 /// `q = min(127, round(x / d))`, and the sums of each group of 16 quants.
+#[inline(always)]
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut max, mut amax) = (0f32, 0f32);

@@ -12,6 +12,7 @@
 //! and be tested against them.
 
 pub mod act_quant;
+pub mod attention;
 pub mod blocks;
 pub mod dispatch;
 pub mod dot;

@@ -301,14 +301,28 @@ fn transpose8(lo: [__m512i; 4], hi: [__m512i; 4]) -> [__m512i; 8] {
 /// `js`, token t's quants at `q[stride·t + at..]`. Tokens innermost: eight independent
 /// `vpdpbusd` chains in flight instead of one chain of eight dependent ones per token. A macro,
 /// so it is always inlined (as a function the compiler kept it out of line, its arrays in
-/// memory).
+/// memory). The quants are taken as one fixed-size array (one bounds check, then constant
+/// offsets); `black_box` keeps its base in a register, or the compiler folds the chunk offset
+/// into every address with a scalar `or`, one per `vpdpbusd`.
 macro_rules! dots {
     ($acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr, $at:expr) => {{
+        const LEN: usize = $stride * (TOKENS - 1) + 32;
+        let q: &[i8; LEN] = $q[$at..][..LEN].try_into().expect("a token group's quants");
+        dots!(@run $acc, $w, $js, std::hint::black_box(q), $stride)
+    }};
+    // Q6_K's two half-chunk calls: there the opaque base cost more than the `or`s it saves.
+    ($acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr, $at:expr, transparent) => {{
+        const LEN: usize = $stride * (TOKENS - 1) + 32;
+        let q: &[i8; LEN] = $q[$at..][..LEN].try_into().expect("a token group's quants");
+        dots!(@run $acc, $w, $js, q, $stride)
+    }};
+    (@run $acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr) => {{
         let mut acc: [__m512i; TOKENS] = $acc;
-        let (w, q): (&[__m512i; 8], &[i8]) = ($w, $q);
+        let w: &[__m512i; 8] = $w;
+        let q = $q;
         for j in $js {
             each_token!(t => {
-                let o = $stride * t + $at + 4 * j;
+                let o = $stride * t + 4 * j;
                 let b = [q[o] as u8, q[o + 1] as u8, q[o + 2] as u8, q[o + 3] as u8];
                 let b = _mm512_set1_epi32(i32::from_le_bytes(b));
                 acc[t] = _mm512_dpbusd_epi32(acc[t], w[j], b);
@@ -433,7 +447,14 @@ unsafe fn legacy<L: Legacy>(
         let init: &[i32; TOKENS] = p.ints[i * TOKENS..][..TOKENS]
             .try_into()
             .expect("a sum per token");
-        let sums = dots!(init.map(|v| _mm512_set1_epi32(v)), &wt, 0..8, q, 32, 0);
+        let sums = dots!(
+            init.map(|v| _mm512_set1_epi32(v)),
+            &wt,
+            0..8,
+            q.as_slice(),
+            32,
+            0
+        );
         each_token!(t => {
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
@@ -593,7 +614,7 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
                 let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
                 let ds = _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d);
                 let zero = [_mm512_setzero_si512(); TOKENS];
-                let sums = dots!(zero, &wt, 0..8, q, QK_K, 32 * j);
+                let sums = dots!(zero, &wt, 0..8, q.as_slice(), QK_K, 32 * j);
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds, block_acc[t]);
                 });
@@ -709,11 +730,19 @@ unsafe fn q6_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TO
                 let db = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(vb)), d);
                 let at_q = 128 * half + 32 * part;
                 let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
-                let sa = dots!(start(g), &wt, 0..4, q, QK_K, at_q);
+                let sa = dots!(start(g), &wt, 0..4, q.as_slice(), QK_K, at_q, transparent);
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
                 });
-                let sb = dots!(start(g + 1), &wt, 4..8, q, QK_K, at_q);
+                let sb = dots!(
+                    start(g + 1),
+                    &wt,
+                    4..8,
+                    q.as_slice(),
+                    QK_K,
+                    at_q,
+                    transparent
+                );
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
                 });

@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use bora_kernels::attention::{attend_keys, finish, KeyRun, OnlineSoftmax};
+
 use crate::kv_cache::{KvPool, SeqKv, MAX_BLOCK_SIZE};
 
 pub struct AttentionShape {
@@ -32,11 +34,112 @@ pub fn attend(
     out: &mut [f32],
 ) {
     let hd = shape.head_dim;
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / shape.n_heads, i % shape.n_heads);
-        let qh = &q[i * hd..(i + 1) * hd];
-        attend_one(pool, layer, shape, &rows[t], h, qh, o);
-    });
+    let d = shape.n_heads * hd;
+    if rows.len() < 4 * QUERY_CHUNK {
+        // Decode and short steps: (row, head) pairs are the parallel work.
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (t, h) = (i / shape.n_heads, i % shape.n_heads);
+            let qh = &q[i * hd..(i + 1) * hd];
+            attend_one(pool, layer, shape, &rows[t], h, qh, o);
+        });
+        return;
+    }
+    // Prefill: chunks of query rows, each walking its keys once per KV head for all the rows
+    // and all the query heads sharing that KV head, while a cache block is in L1. One query
+    // at a time re-read every key and value from L2 or memory per (row, head): at 512 tokens
+    // that was most of the attention time.
+    out.par_chunks_mut(QUERY_CHUNK * d)
+        .zip(q.par_chunks(QUERY_CHUNK * d))
+        .zip(rows.par_chunks(QUERY_CHUNK))
+        .for_each(|((o, qc), rc)| attend_chunk(pool, layer, shape, rc, qc, o));
+}
+
+/// Query rows attended together in prefill.
+const QUERY_CHUNK: usize = 8;
+
+/// Attention for a few query rows (`q`, `out`: [rows, n_heads·head_dim]): per KV head and
+/// per run of rows reading the same sequence, every cache block of the run's key range meets
+/// each (row, query head) that sees part of it.
+fn attend_chunk(
+    pool: &KvPool,
+    layer: usize,
+    shape: &AttentionShape,
+    rows: &[QueryRow<'_>],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let d = shape.n_heads * hd;
+    let kv_dim = shape.n_kv_heads * hd;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let bs = pool.layout().block_size;
+    let isa = bora_kernels::dispatch::isa();
+    let first_key = |r: &QueryRow<'_>| shape.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+    out.fill(0.0);
+    let mut scores = [0f32; MAX_BLOCK_SIZE];
+    let mut states = vec![OnlineSoftmax::default(); rows.len() * group];
+    let mut run_start = 0;
+    while run_start < rows.len() {
+        let kv = rows[run_start].kv;
+        let run_end = run_start
+            + rows[run_start..]
+                .iter()
+                .take_while(|r| std::ptr::eq(r.kv, kv))
+                .count();
+        let run = run_start..run_end;
+        let lo = rows[run.clone()].iter().map(first_key).min().unwrap_or(0);
+        let hi = rows[run.clone()].iter().map(|r| r.pos).max().unwrap_or(0);
+        for kv_head in 0..shape.n_kv_heads {
+            let at = kv_head * hd;
+            states
+                .iter_mut()
+                .for_each(|s| *s = OnlineSoftmax::default());
+            let mut start = lo;
+            while start <= hi {
+                let (block, slot) = kv.locate(start, bs);
+                let n = (bs - slot).min(hi + 1 - start);
+                let (ks, vs) = pool.block_slots(block, layer, slot, n);
+                for t in run.clone() {
+                    // The part of this block row t sees: keys first_key ..= pos.
+                    let a = first_key(&rows[t]).max(start);
+                    let b = (rows[t].pos + 1).min(start + n);
+                    if a >= b {
+                        continue;
+                    }
+                    let off = (a - start) * kv_dim + at;
+                    let keys = KeyRun {
+                        keys: &ks[off..],
+                        values: &vs[off..],
+                        stride: kv_dim,
+                        scale,
+                    };
+                    for g in 0..group {
+                        let row = t * d + (kv_head * group + g) * hd;
+                        attend_keys(
+                            isa,
+                            &q[row..row + hd],
+                            &keys,
+                            &mut states[(t - run_start) * group + g],
+                            &mut scores[..b - a],
+                            &mut out[row..row + hd],
+                        );
+                    }
+                }
+                start += n;
+            }
+            for t in run.clone() {
+                for g in 0..group {
+                    let row = t * d + (kv_head * group + g) * hd;
+                    finish(
+                        &states[(t - run_start) * group + g],
+                        &mut out[row..row + hd],
+                    );
+                }
+            }
+        }
+        run_start = run_end;
+    }
 }
 
 fn attend_one(
@@ -54,42 +157,24 @@ fn attend_one(
     let scale = 1.0 / (hd as f32).sqrt();
     let bs = pool.layout().block_size;
     let first = shape.window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
-    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+    let mut state = OnlineSoftmax::default();
     out.fill(0.0);
     let mut scores = [0f32; MAX_BLOCK_SIZE];
+    let isa = bora_kernels::dispatch::isa();
     let mut start = first;
     while start <= row.pos {
         let (block, slot) = row.kv.locate(start, bs);
         let n = (bs - slot).min(row.pos + 1 - start);
         let (ks, vs) = pool.block_slots(block, layer, slot, n);
-        let mut block_max = f32::NEG_INFINITY;
-        for j in 0..n {
-            let k = &ks[j * kv_dim + kv_head * hd..][..hd];
-            let s = bora_kernels::dot_f32(q, k) * scale;
-            scores[j] = s;
-            block_max = block_max.max(s);
-        }
-        let m_new = m.max(block_max);
-        let correction = (m - m_new).exp();
-        if correction != 1.0 {
-            for o in out.iter_mut() {
-                *o *= correction;
-            }
-        }
-        l *= correction;
-        for j in 0..n {
-            let p = (scores[j] - m_new).exp();
-            l += p;
-            let v = &vs[j * kv_dim + kv_head * hd..][..hd];
-            for (o, vv) in out.iter_mut().zip(v) {
-                *o += p * vv;
-            }
-        }
-        m = m_new;
+        let at = kv_head * hd;
+        let run = KeyRun {
+            keys: &ks[at..],
+            values: &vs[at..],
+            stride: kv_dim,
+            scale,
+        };
+        attend_keys(isa, q, &run, &mut state, &mut scores[..n], out);
         start += n;
     }
-    let inv = 1.0 / l;
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
+    finish(&state, out);
 }

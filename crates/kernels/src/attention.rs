@@ -1,0 +1,141 @@
+//! The inner step of attention: one query head against a run of cached keys and values, with
+//! an online softmax, compiled for each instruction set (`multiversion!`), so the dot
+//! products and the weighted sums of values run on the widest vectors the CPU has.
+
+use crate::dispatch::multiversion;
+use crate::dot::dot_f32;
+
+/// The running softmax of one query head over the keys seen so far: max score `m` and
+/// `l = Σ e^(s − m)`; the output holds `Σ e^(s − m)·v` until [`finish`] divides by `l`.
+#[derive(Debug, Clone, Copy)]
+pub struct OnlineSoftmax {
+    pub m: f32,
+    pub l: f32,
+}
+
+impl Default for OnlineSoftmax {
+    fn default() -> Self {
+        Self {
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+        }
+    }
+}
+
+/// Consecutive cached positions of one KV head: key and value j start at `j·stride`.
+#[derive(Clone, Copy)]
+pub struct KeyRun<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    /// The score scale, 1/√head_dim.
+    pub scale: f32,
+}
+
+multiversion! {
+    /// Folds the first `scores.len()` keys of `run` (`q.len()` wide) into `state` and `out`:
+    /// m' = max(m, max_j s_j), out ← out·e^(m−m') + Σ_j e^(s_j−m')·v_j,
+    /// l ← l·e^(m−m') + Σ_j e^(s_j−m'), with s_j = scale · q·k_j.
+    pub fn attend_keys(
+        q: &[f32],
+        run: &KeyRun<'_>,
+        state: &mut OnlineSoftmax,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let KeyRun { keys, values, stride, scale } = *run;
+        let hd = q.len();
+        let mut block_max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot_f32(q, &keys[j * stride..][..hd]) * scale;
+            block_max = block_max.max(*s);
+        }
+        let m_new = state.m.max(block_max);
+        let correction = (state.m - m_new).exp();
+        if correction != 1.0 {
+            out.iter_mut().for_each(|o| *o *= correction);
+        }
+        state.l *= correction;
+        for (j, s) in scores.iter().enumerate() {
+            let p = (s - m_new).exp();
+            state.l += p;
+            let v = &values[j * stride..][..hd];
+            for (o, vv) in out.iter_mut().zip(v) {
+                *o += p * vv;
+            }
+        }
+        state.m = m_new;
+    }
+}
+
+/// `out ← out / l`: the attention output once every key has been folded in.
+pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
+    let inv = 1.0 / state.l;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{isa, Isa};
+
+    /// Keys folded in runs of any length, on every instruction set, give the plain softmax
+    /// attention computed in f64.
+    #[test]
+    fn runs_of_keys_give_softmax_attention() {
+        let (hd, n, stride) = (40, 23, 56);
+        let q: Vec<f32> = (0..hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+        let keys: Vec<f32> = (0..n * stride)
+            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let values: Vec<f32> = (0..n * stride)
+            .map(|i| ((i * 5) % 19) as f32 / 9.0 - 1.0)
+            .collect();
+        let scale = 0.3f32;
+        let s: Vec<f64> = (0..n)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| q[d] as f64 * keys[j * stride + d] as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let l: f64 = s.iter().map(|v| (v - m).exp()).sum();
+        let want: Vec<f64> = (0..hd)
+            .map(|d| {
+                (0..n)
+                    .map(|j| (s[j] - m).exp() * values[j * stride + d] as f64)
+                    .sum::<f64>()
+                    / l
+            })
+            .collect();
+        for isa in [Isa::PORTABLE, isa()] {
+            for run in [1usize, 4, 23] {
+                let mut state = OnlineSoftmax::default();
+                let mut out = vec![0f32; hd];
+                let mut scores = vec![0f32; run];
+                let mut start = 0;
+                while start < n {
+                    let k = run.min(n - start);
+                    let (ks, vs) = (&keys[start * stride..], &values[start * stride..]);
+                    let run = KeyRun {
+                        keys: ks,
+                        values: vs,
+                        stride,
+                        scale,
+                    };
+                    attend_keys(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
+                    start += k;
+                }
+                finish(&state, &mut out);
+                for (g, w) in out.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() < 1e-5,
+                        "{isa:?} run {run}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
