@@ -213,28 +213,21 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
     };
     #[cfg(target_arch = "x86_64")]
     {
-        if t >= crate::x86_tile::TOKENS {
-            if let Some(tile) = crate::x86_tile::tile_kernel(isa, w.dtype) {
-                // Tasks of whole 8-row tiles; rows past the last whole tile (none in the
-                // models' shapes) take the row kernels.
-                use crate::x86_tile::{ROWS, TOKENS};
-                let groups = t.div_ceil(TOKENS);
-                s.panels.resize_with(groups, Default::default);
-                s.panels.par_iter_mut().enumerate().for_each(|(pi, panel)| {
-                    // The last group repeats its last token to fill the tile.
-                    let xs = std::array::from_fn(|k| &xq[(pi * TOKENS + k).min(t - 1)]);
-                    panel.fill(w.dtype, &xs);
-                });
-                let panels = &s.panels;
-                let rows_fn = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
-                let chunk = chunk.next_multiple_of(ROWS);
-                // Each task fills its block of `out_t` as [T, its rows]; the blocks are then
-                // copied into `out` ([T, rows]) in contiguous runs, in parallel over tokens
-                // (a transpose of [rows, T] cost a third of the time at 512 tokens).
-                out_t
-                    .par_chunks_mut(chunk * t)
-                    .enumerate()
-                    .for_each(|(ci, o)| tiled_rows(w, ci * chunk, xq, panels, o, tile, rows_fn));
+        use crate::x86_tile::TOKENS;
+        // Fewer tokens stay on the row kernels. A one-token tile was slower in decode from
+        // memory (Q4_0 7B: 2.3 vs 2.8 tok/s); four-token tiles are 2.4–3.5× the row kernels
+        // at 4–7 tokens, but the row kernels add in llama.cpp's order, which keeps short
+        // prompts' greedy runs on llama.cpp's (tests/smollm2.rs), so they wait for batched
+        // decode.
+        let tiled = match t {
+            _ if t >= TOKENS => tiled::<TOKENS>(w, xq, &mut s.panels, out_t, isa, chunk),
+            _ => None,
+        };
+        if let Some(chunk) = tiled {
+            if t > 1 {
+                // Each task filled its block of `out_t` as [T, its rows]: copied into `out`
+                // ([T, rows]) in contiguous runs, in parallel over tokens (a transpose of
+                // [rows, T] cost a third of the time at 512 tokens).
                 let blocks = &s.out_t;
                 out.par_chunks_mut(rows).enumerate().for_each(|(ti, orow)| {
                     for (ci, seg) in orow.chunks_mut(chunk).enumerate() {
@@ -242,8 +235,8 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
                         seg.copy_from_slice(&blocks[ci * chunk * t + ti * n..][..n]);
                     }
                 });
-                return;
             }
+            return;
         }
         if let Some((one, four)) = crate::x86::row_dots(isa, w.dtype) {
             out_t
@@ -288,29 +281,63 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
     }
 }
 
+/// The tiled kernels with N tokens per tile (the last tile repeats the last token): tasks of
+/// whole 16-row tiles write `out_t` in blocks of [T, the task's rows]. Returns the rows per
+/// task, or `None` when this CPU or type has no tiled kernel.
+#[cfg(target_arch = "x86_64")]
+fn tiled<const N: usize>(
+    w: &MatRef<'_>,
+    xq: &[QuantizedRow],
+    panels: &mut Vec<crate::x86_tile::Panel>,
+    out_t: &mut [f32],
+    isa: crate::dispatch::Isa,
+    chunk: usize,
+) -> Option<usize> {
+    let tile = crate::x86_tile::tile_kernel::<N>(isa, w.dtype)?;
+    let t = xq.len();
+    panels.resize_with(t.div_ceil(N), Default::default);
+    let fill = |(pi, panel): (usize, &mut crate::x86_tile::Panel)| {
+        let xs: [&QuantizedRow; N] = std::array::from_fn(|k| &xq[(pi * N + k).min(t - 1)]);
+        panel.fill(w.dtype, &xs);
+    };
+    if panels.len() == 1 {
+        fill((0, &mut panels[0]));
+    } else {
+        panels.par_iter_mut().enumerate().for_each(fill);
+    }
+    let panels = &panels[..];
+    let row_dot = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
+    let chunk = chunk.next_multiple_of(crate::x86_tile::ROWS);
+    out_t
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, o)| tiled_rows::<N>(w, ci * chunk, xq, panels, o, tile, row_dot));
+    Some(chunk)
+}
+
 /// Rows `first..` against every token with the tiled kernel, token panels outermost (a
 /// panel stays in cache while the task's weight rows pass): `out` = [T, rows of this task].
 #[cfg(target_arch = "x86_64")]
-fn tiled_rows(
+fn tiled_rows<const N: usize>(
     w: &MatRef<'_>,
     first: usize,
     xq: &[QuantizedRow],
     panels: &[crate::x86_tile::Panel],
     out: &mut [f32],
-    tile: crate::x86_tile::TileFn,
+    tile: crate::x86_tile::TileFn<N>,
     row_dot: Option<crate::x86::RowDot>,
 ) {
-    use crate::x86_tile::{ROWS, TOKENS};
+    use crate::x86_tile::ROWS;
     let t = xq.len();
     let n = out.len() / t;
     let whole = n / ROWS * ROWS;
     let rb = w.row_bytes;
     for (pi, panel) in panels.iter().enumerate() {
-        let g = pi * TOKENS;
-        let real = TOKENS.min(t - g);
+        let g = pi * N;
+        let real = N.min(t - g);
         for r0 in (0..whole).step_by(ROWS) {
             let start = (first + r0) * rb;
-            let mut res = [[0f32; ROWS]; TOKENS];
+            let mut res = [[0f32; ROWS]; N];
             // SAFETY: `tile_kernel` gave `tile` for features `isa()` detected on this CPU; the
             // slice is ROWS whole rows of `w.dtype` blocks and the panel was filled for
             // `w.dtype` from rows of `w.cols` values.

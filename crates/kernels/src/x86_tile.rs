@@ -5,7 +5,8 @@
 //! Here the sixteen i32 lanes of a 512-bit vector are sixteen weight rows: a block of each row
 //! is unpacked and transposed once (dword j of row r goes to lane r of vector j), after which
 //! a token meets all sixteen rows with eight `vpdpbusd` on broadcast activation dwords, one
-//! conversion and one FMA. The unpack and transpose are paid once per [`TOKENS`] tokens.
+//! conversion and one FMA. The unpack and transpose are paid once per N tokens: [`TOKENS`] in
+//! prefill, one in decode, where the tile halves the instructions per weight block.
 //!
 //! The tokens' quantized activations are first packed into a [`Panel`]: per block, the
 //! tokens' quants back to back with the per-block values the kernels broadcast, so a kernel
@@ -31,10 +32,10 @@ pub(crate) const ROWS: usize = 16;
 pub(crate) const TOKENS: usize = 8;
 
 /// `out[t][r] = row r · token t` for a tile: `w` holds [`ROWS`] rows of `row_bytes` bytes.
-pub(crate) type TileFn = unsafe fn(&[u8], usize, &Panel, &mut [[f32; ROWS]; TOKENS]);
+pub(crate) type TileFn<const N: usize> = unsafe fn(&[u8], usize, &Panel, &mut [[f32; ROWS]; N]);
 
 /// The tiled kernel for `dtype`, if this CPU has the features it is compiled for.
-pub(crate) fn tile_kernel(isa: Isa, dtype: DType) -> Option<TileFn> {
+pub(crate) fn tile_kernel<const N: usize>(isa: Isa, dtype: DType) -> Option<TileFn<N>> {
     if isa.level() < Level::Avx512
         || !crate::dispatch::has_vnni()
         || !crate::dispatch::tiles_enabled()
@@ -42,21 +43,23 @@ pub(crate) fn tile_kernel(isa: Isa, dtype: DType) -> Option<TileFn> {
         return None;
     }
     Some(match dtype {
-        DType::Q4_0 => q4_0,
-        DType::Q4_1 => q4_1,
-        DType::Q5_0 => q5_0,
-        DType::Q5_1 => q5_1,
-        DType::Q8_0 => q8_0,
-        DType::Q4_K => q4_k,
-        DType::Q5_K => q5_k,
-        DType::Q6_K => q6_k,
+        DType::Q4_0 => q4_0::<N>,
+        DType::Q4_1 => q4_1::<N>,
+        DType::Q5_0 => q5_0::<N>,
+        DType::Q5_1 => q5_1::<N>,
+        DType::Q8_0 => q8_0::<N>,
+        DType::Q4_K => q4_k::<N>,
+        DType::Q5_K => q5_k::<N>,
+        DType::Q6_K => q6_k::<N>,
         _ => return None,
     })
 }
 
-/// [`TOKENS`] quantized activation rows, packed block by block for the tiled kernels.
+/// A few quantized activation rows, packed block by block for the tiled kernels.
 #[derive(Default)]
 pub(crate) struct Panel {
+    /// Activation rows packed.
+    tokens: usize,
     /// Per block, the tokens' quants back to back (32 or 256 each).
     qs: Vec<i8>,
     /// Per block, each token's activation scale.
@@ -90,8 +93,9 @@ fn legacy_offset(dtype: DType) -> i32 {
 
 impl Panel {
     /// Packs `xs` (each quantized for `dtype`, all of one length) for `dtype`'s kernel.
-    pub(crate) fn fill(&mut self, dtype: DType, xs: &[&QuantizedRow; TOKENS]) {
+    pub(crate) fn fill(&mut self, dtype: DType, xs: &[&QuantizedRow]) {
         let k = ints_per_block(dtype);
+        self.tokens = xs.len();
         self.qs.clear();
         self.d.clear();
         self.s.clear();
@@ -149,7 +153,7 @@ impl Panel {
     }
 
     fn blocks(&self) -> usize {
-        self.d.len() / TOKENS
+        self.d.len() / self.tokens.max(1)
     }
 }
 
@@ -157,38 +161,22 @@ impl Panel {
 /// accumulators stay in registers (a loop this large is not unrolled by the compiler).
 macro_rules! each_token {
     ($t:ident => $body:block) => {{
-        const _: () = assert!(TOKENS == 8);
-        {
-            let $t = 0usize;
-            $body
-        }
-        {
-            let $t = 1usize;
-            $body
-        }
-        {
-            let $t = 2usize;
-            $body
-        }
-        {
-            let $t = 3usize;
-            $body
-        }
-        {
-            let $t = 4usize;
-            $body
-        }
-        {
-            let $t = 5usize;
-            $body
-        }
-        {
-            let $t = 6usize;
-            $body
-        }
-        {
-            let $t = 7usize;
-            $body
+        if N == 8 {
+            { let $t = 0usize; $body }
+            { let $t = 1usize; $body }
+            { let $t = 2usize; $body }
+            { let $t = 3usize; $body }
+            { let $t = 4usize; $body }
+            { let $t = 5usize; $body }
+            { let $t = 6usize; $body }
+            { let $t = 7usize; $body }
+        } else if N == 4 {
+            { let $t = 0usize; $body }
+            { let $t = 1usize; $body }
+            { let $t = 2usize; $body }
+            { let $t = 3usize; $body }
+        } else {
+            for $t in 0..N $body
         }
     }};
 }
@@ -306,18 +294,18 @@ fn transpose8(lo: [__m512i; 4], hi: [__m512i; 4]) -> [__m512i; 8] {
 /// into every address with a scalar `or`, one per `vpdpbusd`.
 macro_rules! dots {
     ($acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr, $at:expr) => {{
-        const LEN: usize = $stride * (TOKENS - 1) + 32;
-        let q: &[i8; LEN] = $q[$at..][..LEN].try_into().expect("a token group's quants");
-        dots!(@run $acc, $w, $js, std::hint::black_box(q), $stride)
+        let len = $stride * (N - 1) + 32;
+        let q: &[i8] = &$q[$at..][..len];
+        // Re-sliced after `black_box`, so the length is known again: no checks below.
+        dots!(@run $acc, $w, $js, &std::hint::black_box(q)[..len], $stride)
     }};
     // Q6_K's two half-chunk calls: there the opaque base cost more than the `or`s it saves.
     ($acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr, $at:expr, transparent) => {{
-        const LEN: usize = $stride * (TOKENS - 1) + 32;
-        let q: &[i8; LEN] = $q[$at..][..LEN].try_into().expect("a token group's quants");
+        let q: &[i8] = &$q[$at..][..$stride * (N - 1) + 32];
         dots!(@run $acc, $w, $js, q, $stride)
     }};
     (@run $acc:expr, $w:expr, $js:expr, $q:expr, $stride:expr) => {{
-        let mut acc: [__m512i; TOKENS] = $acc;
+        let mut acc: [__m512i; N] = $acc;
         let w: &[__m512i; 8] = $w;
         let q = $q;
         for j in $js {
@@ -350,8 +338,8 @@ macro_rules! prefetch_rows {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn store(out: &mut [[f32; ROWS]; TOKENS], acc: [__m512; TOKENS]) {
-    for t in 0..TOKENS {
+fn store<const N: usize>(out: &mut [[f32; ROWS]; N], acc: [__m512; N]) {
+    for t in 0..N {
         // SAFETY: `out[t]` is 16 writable f32; the store is unaligned.
         unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
     }
@@ -394,18 +382,18 @@ fn fifth_bits(w: &[u8], row_bytes: usize, at: usize, k: usize, half: usize) -> _
 /// [`tile_blocks`] checks, for this layout.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn legacy<L: Legacy>(
+unsafe fn legacy<L: Legacy, const N: usize>(
     w: &[u8],
     row_bytes: usize,
     p: &Panel,
-    out: &mut [[f32; ROWS]; TOKENS],
+    out: &mut [[f32; ROWS]; N],
 ) {
     let n = tile_blocks(w, row_bytes, L::SIZE, p);
     let offsets = row_offsets(row_bytes);
     let nib = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    let mut acc = [_mm512_setzero_ps(); N];
     // The min terms, summed apart and added at the end, as llama.cpp does.
-    let mut acc_m = [_mm512_setzero_ps(); TOKENS];
+    let mut acc_m = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * L::SIZE;
         prefetch_rows!(w, row_bytes, at, L::SIZE);
@@ -438,31 +426,16 @@ unsafe fn legacy<L: Legacy>(
         };
         let dw = f16_half::<false>(scales);
         let mw = f16_half::<true>(scales);
-        let q: &[i8; 32 * TOKENS] = p.qs[i * 32 * TOKENS..][..32 * TOKENS]
-            .try_into()
-            .expect("a block of quants per token");
-        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale per token");
-        let init: &[i32; TOKENS] = p.ints[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a sum per token");
-        let sums = dots!(
-            init.map(|v| _mm512_set1_epi32(v)),
-            &wt,
-            0..8,
-            q.as_slice(),
-            32,
-            0
-        );
+        let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
+        let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let init: &[i32; N] = p.ints[i * N..][..N].try_into().expect("a sum per token");
+        let sums = dots!(init.map(|v| _mm512_set1_epi32(v)), &wt, 0..8, q, 32, 0);
         each_token!(t => {
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
         });
         if L::MIN {
-            let s: &[f32; TOKENS] = p.s[i * TOKENS..][..TOKENS]
-                .try_into()
-                .expect("an s per token");
+            let s: &[f32; N] = p.s[i * N..][..N].try_into().expect("an s per token");
             each_token!(t => {
                 acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[t]), acc_m[t]);
             });
@@ -495,9 +468,14 @@ macro_rules! legacy_kernel {
         /// [`ROWS`] rows of this type's blocks, `p` a panel filled for this type from rows of
         /// as many elements.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        unsafe fn $name(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+        unsafe fn $name<const N: usize>(
+            w: &[u8],
+            row_bytes: usize,
+            p: &Panel,
+            out: &mut [[f32; ROWS]; N],
+        ) {
             // SAFETY: this function's contract, with the layout of its type.
-            unsafe { legacy::<$layout>(w, row_bytes, p, out) }
+            unsafe { legacy::<$layout, N>(w, row_bytes, p, out) }
         }
     };
 }
@@ -549,16 +527,16 @@ impl K4Scales {
 /// As [`legacy`], for this layout.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
+unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: usize>(
     w: &[u8],
     row_bytes: usize,
     p: &Panel,
-    out: &mut [[f32; ROWS]; TOKENS],
+    out: &mut [[f32; ROWS]; N],
 ) {
     let n = tile_blocks(w, row_bytes, SIZE, p);
     let offsets = row_offsets(row_bytes);
     let (nib, one) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x01));
-    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    let mut acc = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * SIZE;
         prefetch_rows!(w, row_bytes, at, SIZE);
@@ -575,10 +553,8 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
             )
         };
         let d = f16_half::<false>(dd);
-        let q: &[i8; QK_K * TOKENS] = p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS]
-            .try_into()
-            .expect("a block of quants per token");
-        let mut block_acc = [_mm512_setzero_ps(); TOKENS];
+        let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
+        let mut block_acc = [_mm512_setzero_ps(); N];
         for pair in 0..4 {
             let (lo, hi) = unsafe {
                 (
@@ -613,8 +589,8 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
                 }
                 let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
                 let ds = _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d);
-                let zero = [_mm512_setzero_si512(); TOKENS];
-                let sums = dots!(zero, &wt, 0..8, q.as_slice(), QK_K, 32 * j);
+                let zero = [_mm512_setzero_si512(); N];
+                let sums = dots!(zero, &wt, 0..8, q, QK_K, 32 * j);
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds, block_acc[t]);
                 });
@@ -625,12 +601,8 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
             let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
             _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
         });
-        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale per token");
-        let sums: &[i32; 4 * TOKENS] = p.ints[i * 4 * TOKENS..][..4 * TOKENS]
-            .try_into()
-            .expect("four pairs per token");
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
         each_token!(t => {
             let y = _mm512_set1_ps(dy[t]);
             let mut mins = _mm512_setzero_si512();
@@ -649,9 +621,9 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
 /// # Safety
 /// As the 32-weight kernels (`q4_0`), for Q4_K blocks and a Q4_K panel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+unsafe fn q4_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; N]) {
     // SAFETY: this function's contract, with Q4_K's layout.
-    unsafe { k4::<144, 16, 0>(w, row_bytes, p, out) }
+    unsafe { k4::<144, 16, 0, N>(w, row_bytes, p, out) }
 }
 
 /// Q5_K tiles.
@@ -659,9 +631,9 @@ unsafe fn q4_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TO
 /// # Safety
 /// As the 32-weight kernels (`q4_0`), for Q5_K blocks and a Q5_K panel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q5_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+unsafe fn q5_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; N]) {
     // SAFETY: this function's contract, with Q5_K's layout.
-    unsafe { k4::<176, 48, 16>(w, row_bytes, p, out) }
+    unsafe { k4::<176, 48, 16, N>(w, row_bytes, p, out) }
 }
 
 /// Q6_K tiles: per 16-group g, `w = d·sc_g·(q − 32)`, q = 4 bits of `ql` and 2 of `qh`.
@@ -669,12 +641,12 @@ unsafe fn q5_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TO
 /// # Safety
 /// As the 32-weight kernels (`q4_0`), for Q6_K blocks and a Q6_K panel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TOKENS]) {
+unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; N]) {
     const SIZE: usize = 210;
     let n = tile_blocks(w, row_bytes, SIZE, p);
     let offsets = row_offsets(row_bytes);
     let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
-    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    let mut acc = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * SIZE;
         prefetch_rows!(w, row_bytes, at, SIZE);
@@ -684,13 +656,9 @@ unsafe fn q6_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TO
         let scale_words: [__m512i; 4] =
             std::array::from_fn(|k| unsafe { gather(w, offsets, at + 192 + 4 * k) });
 
-        let q: &[i8; QK_K * TOKENS] = p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS]
-            .try_into()
-            .expect("a block of quants per token");
-        let init: &[i32; 16 * TOKENS] = p.ints[i * 16 * TOKENS..][..16 * TOKENS]
-            .try_into()
-            .expect("sixteen sums per token");
-        let mut block_acc = [_mm512_setzero_ps(); TOKENS];
+        let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
+        let init: &[i32] = &p.ints[i * 16 * N..][..16 * N];
+        let mut block_acc = [_mm512_setzero_ps(); N];
         for half in 0..2 {
             for part in 0..4 {
                 // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
@@ -730,27 +698,17 @@ unsafe fn q6_k(w: &[u8], row_bytes: usize, p: &Panel, out: &mut [[f32; ROWS]; TO
                 let db = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(vb)), d);
                 let at_q = 128 * half + 32 * part;
                 let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
-                let sa = dots!(start(g), &wt, 0..4, q.as_slice(), QK_K, at_q, transparent);
+                let sa = dots!(start(g), &wt, 0..4, q, QK_K, at_q, transparent);
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
                 });
-                let sb = dots!(
-                    start(g + 1),
-                    &wt,
-                    4..8,
-                    q.as_slice(),
-                    QK_K,
-                    at_q,
-                    transparent
-                );
+                let sb = dots!(start(g + 1), &wt, 4..8, q, QK_K, at_q, transparent);
                 each_token!(t => {
                     block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
                 });
             }
         }
-        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale per token");
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
         each_token!(t => {
             acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
         });
@@ -780,9 +738,8 @@ mod tests {
     }
 
     /// Every tile kernel against the scalar reference dot of each (row, token), on random
-    /// weights and activations with outliers and all-zero blocks.
-    #[test]
-    fn tiles_match_the_scalar_reference() {
+    /// weights and activations with outliers and all-zero blocks, for N tokens per tile.
+    fn check_tiles<const N: usize>() {
         let isa = crate::dispatch::isa();
         for dtype in [
             DType::Q4_0,
@@ -794,7 +751,7 @@ mod tests {
             DType::Q5_K,
             DType::Q6_K,
         ] {
-            let Some(kernel) = tile_kernel(isa, dtype) else {
+            let Some(kernel) = tile_kernel::<N>(isa, dtype) else {
                 eprintln!("no tiled kernel for {dtype} on this CPU: skipped");
                 continue;
             };
@@ -802,7 +759,7 @@ mod tests {
                 let w = random_rows(dtype, blocks, blocks as u32);
                 let row_bytes = w.len() / ROWS;
                 let cols = blocks * dtype.block_elems();
-                let xs: Vec<QuantizedRow> = (0..TOKENS)
+                let xs: Vec<QuantizedRow> = (0..N)
                     .map(|t| {
                         let mut x: Vec<f32> = (0..cols)
                             .map(|i| {
@@ -810,15 +767,15 @@ mod tests {
                                     * (1.0 + (i % 13) as f32)
                             })
                             .collect();
-                        if t == 1 {
+                        if t == 1 || N == 1 {
                             x[..dtype.block_elems()].iter_mut().for_each(|v| *v = 0.0);
                         }
                         QuantizedRow::for_weight(dtype, &x).unwrap()
                     })
                     .collect();
                 let mut panel = Panel::default();
-                panel.fill(dtype, &std::array::from_fn(|t| &xs[t]));
-                let mut out = [[0f32; ROWS]; TOKENS];
+                panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+                let mut out = [[0f32; ROWS]; N];
                 // SAFETY: `tile_kernel` checked the CPU; rows and panel match `dtype`.
                 unsafe { kernel(&w, row_bytes, &panel, &mut out) };
                 for (t, x) in xs.iter().enumerate() {
@@ -831,7 +788,7 @@ mod tests {
                         let got = out[t][r];
                         assert!(
                             (got - want).abs() <= tol,
-                            "{dtype} blocks={blocks} token {t} row {r}: {got} vs {want}"
+                            "{dtype} N={N} blocks={blocks} token {t} row {r}: {got} vs {want}"
                         );
                     }
                 }
@@ -840,11 +797,17 @@ mod tests {
     }
 
     #[test]
+    fn tiles_match_the_scalar_reference() {
+        check_tiles::<TOKENS>();
+        check_tiles::<4>();
+    }
+
+    #[test]
     #[ignore = "a speed probe: cargo test --release -p bora-kernels tile_speed -- --ignored"]
     fn tile_speed() {
         let isa = crate::dispatch::isa();
         for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
-            let Some(k) = tile_kernel(isa, dtype) else {
+            let Some(k) = tile_kernel::<TOKENS>(isa, dtype) else {
                 continue;
             };
             let cols = 4096;
@@ -856,7 +819,7 @@ mod tests {
                 })
                 .collect();
             let mut panel = Panel::default();
-            panel.fill(dtype, &std::array::from_fn(|t| &xs[t]));
+            panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
             let mut out = [[0f32; ROWS]; TOKENS];
             let iters = 1000;
             let t0 = std::time::Instant::now();
