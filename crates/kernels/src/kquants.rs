@@ -224,13 +224,16 @@ fn nearest_int(v: f32) -> i32 {
 #[inline(always)]
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in xs {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
+        // ggml keeps the first value of largest magnitude. Its magnitude first, in lanes the
+        // compiler vectorizes (a max is exact in any order), then the first value that has it.
+        let mut lanes = [0f32; 16];
+        for c in xs.chunks_exact(16) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
             }
         }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
         if amax == 0.0 {
             *b = BlockQ8K::zeroed();
             continue;

@@ -29,7 +29,7 @@ use crate::DType;
 /// Weight rows per tile: the sixteen i32 lanes of a 512-bit vector.
 pub(crate) const ROWS: usize = 16;
 /// Activation rows (tokens) per tile: one f32 accumulator each.
-pub(crate) const TOKENS: usize = 8;
+pub(crate) const TOKENS: usize = 10;
 
 /// `out[t][r] = row r · token t` for a tile: `w` holds [`ROWS`] rows of `row_bytes` bytes.
 pub(crate) type TileFn<const N: usize> = unsafe fn(&[u8], usize, &Panel, &mut [[f32; ROWS]; N]);
@@ -60,7 +60,8 @@ pub(crate) fn tile_kernel<const N: usize>(isa: Isa, dtype: DType) -> Option<Tile
 pub(crate) struct Panel {
     /// Activation rows packed.
     tokens: usize,
-    /// Per block, the tokens' quants back to back (32 or 256 each).
+    /// Per block, the tokens' quants: 32 each back to back; for the k-quants, per 32-group of
+    /// the block, each token's 32 back to back.
     qs: Vec<i8>,
     /// Per block, each token's activation scale.
     d: Vec<f32>,
@@ -128,13 +129,24 @@ impl Panel {
                 }
             }
             QuantizedRow::Q8K(first) => {
+                // Quants chunk-major: per block, each 32-group's tokens back to back, so a
+                // group's reads are one run of N·32 bytes.
+                for i in 0..first.len() {
+                    for c in 0..QK_K / 32 {
+                        for x in xs {
+                            let QuantizedRow::Q8K(b) = x else {
+                                unreachable!("activations quantized for one weight type")
+                            };
+                            self.qs.extend_from_slice(&b[i].qs[32 * c..32 * c + 32]);
+                        }
+                    }
+                }
                 for i in 0..first.len() {
                     for x in xs {
                         let QuantizedRow::Q8K(b) = x else {
                             unreachable!("activations quantized for one weight type")
                         };
                         let y = &b[i];
-                        self.qs.extend_from_slice(&y.qs);
                         self.d.push(y.d);
                         if k == 16 {
                             self.ints.extend(y.bsums.iter().map(|&v| -32 * v as i32));
@@ -170,6 +182,30 @@ macro_rules! each_token {
             { let $t = 5usize; $body }
             { let $t = 6usize; $body }
             { let $t = 7usize; $body }
+        } else if N == 12 {
+            { let $t = 0usize; $body }
+            { let $t = 1usize; $body }
+            { let $t = 2usize; $body }
+            { let $t = 3usize; $body }
+            { let $t = 4usize; $body }
+            { let $t = 5usize; $body }
+            { let $t = 6usize; $body }
+            { let $t = 7usize; $body }
+            { let $t = 8usize; $body }
+            { let $t = 9usize; $body }
+            { let $t = 10usize; $body }
+            { let $t = 11usize; $body }
+        } else if N == 10 {
+            { let $t = 0usize; $body }
+            { let $t = 1usize; $body }
+            { let $t = 2usize; $body }
+            { let $t = 3usize; $body }
+            { let $t = 4usize; $body }
+            { let $t = 5usize; $body }
+            { let $t = 6usize; $body }
+            { let $t = 7usize; $body }
+            { let $t = 8usize; $body }
+            { let $t = 9usize; $body }
         } else if N == 4 {
             { let $t = 0usize; $body }
             { let $t = 1usize; $body }
@@ -553,6 +589,13 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
             )
         };
         let d = f16_half::<false>(dd);
+        // All the block's scales up front, so `sc` is not held across the chunks.
+        let ds: [__m512; 8] =
+            std::array::from_fn(|j| _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d));
+        let pairs: [__m512i; 4] = std::array::from_fn(|pr| {
+            let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
+            _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
+        });
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
         for pair in 0..4 {
@@ -588,19 +631,15 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
                     }
                 }
                 let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
-                let ds = _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d);
                 let zero = [_mm512_setzero_si512(); N];
-                let sums = dots!(zero, &wt, 0..8, q, QK_K, 32 * j);
+                let sums = dots!(zero, &wt, 0..8, q, 32, 32 * N * j);
                 each_token!(t => {
-                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds, block_acc[t]);
+                    block_acc[t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds[j], block_acc[t]);
                 });
             }
         }
         let dmin = f16_half::<true>(dd);
-        let pairs: [__m512i; 4] = std::array::from_fn(|pr| {
-            let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
-            _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
-        });
         let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
         let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
         each_token!(t => {
@@ -655,57 +694,62 @@ unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
         let d = f16_half::<true>(unsafe { gather(w, offsets, at + 206) });
         let scale_words: [__m512i; 4] =
             std::array::from_fn(|k| unsafe { gather(w, offsets, at + 192 + 4 * k) });
+        // d · (i8 scale of 16-group g), per row, all up front (not held as words).
+        let ds: [__m512; 16] = std::array::from_fn(|g| {
+            let v = _mm512_sll_epi32(
+                scale_words[g / 4],
+                _mm_cvtsi32_si128((24 - 8 * (g % 4)) as i32),
+            );
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), d)
+        });
 
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let init: &[i32] = &p.ints[i * 16 * N..][..16 * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
         for half in 0..2 {
-            for part in 0..4 {
-                // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
-                // bits 2·part of qh[32·half..].
-                let (l, hb) = unsafe {
-                    (
-                        [
-                            rows16!(w, row_bytes, at + 64 * half + 32 * (part % 2)),
-                            rows16!(w, row_bytes, at + 64 * half + 32 * (part % 2) + 16),
-                        ],
-                        [
-                            rows16!(w, row_bytes, at + 128 + 32 * half),
-                            rows16!(w, row_bytes, at + 128 + 32 * half + 16),
-                        ],
-                    )
+            // The high bits of all four parts of this half, loaded once.
+            let hb = unsafe {
+                [
+                    rows16!(w, row_bytes, at + 128 + 32 * half),
+                    rows16!(w, row_bytes, at + 128 + 32 * half + 16),
+                ]
+            };
+            for seg in 0..2 {
+                // Parts seg and seg + 2 share their low-bit bytes (low and high nibbles).
+                let l = unsafe {
+                    [
+                        rows16!(w, row_bytes, at + 64 * half + 32 * seg),
+                        rows16!(w, row_bytes, at + 64 * half + 32 * seg + 16),
+                    ]
                 };
-                let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
-                let hshift = _mm_cvtsi32_si128(2 * part as i32);
-                let mut u = [_mm512_setzero_si512(); 8];
-                for h in 0..2 {
-                    for k in 0..4 {
-                        let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[h][k], lshift), nib);
-                        let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[h][k], hshift), two);
-                        u[4 * h + k] = _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2));
+                for part in [seg, seg + 2] {
+                    // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
+                    // bits 2·part of qh[32·half..].
+                    let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
+                    let hshift = _mm_cvtsi32_si128(2 * part as i32);
+                    let mut u = [_mm512_setzero_si512(); 8];
+                    for h in 0..2 {
+                        for k in 0..4 {
+                            let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[h][k], lshift), nib);
+                            let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[h][k], hshift), two);
+                            u[4 * h + k] = _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2));
+                        }
                     }
+                    let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
+                    let g = 8 * half + 2 * part;
+                    let (da, db) = (ds[g], ds[g + 1]);
+                    let at_q = 32 * N * (4 * half + part);
+                    let start =
+                        |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
+                    let sa = dots!(start(g), &wt, 0..4, q, 32, at_q, transparent);
+                    each_token!(t => {
+                        block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
+                    });
+                    let sb = dots!(start(g + 1), &wt, 4..8, q, 32, at_q, transparent);
+                    each_token!(t => {
+                        block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
+                    });
                 }
-                let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
-                let g = 8 * half + 2 * part;
-                // d · (i8 scale of 16-group g), per row.
-                let v = scale_words[g / 4];
-                let (va, vb) = if part % 2 == 0 {
-                    (_mm512_slli_epi32::<24>(v), _mm512_slli_epi32::<16>(v))
-                } else {
-                    (_mm512_slli_epi32::<8>(v), v)
-                };
-                let da = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(va)), d);
-                let db = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(vb)), d);
-                let at_q = 128 * half + 32 * part;
-                let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
-                let sa = dots!(start(g), &wt, 0..4, q, QK_K, at_q, transparent);
-                each_token!(t => {
-                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
-                });
-                let sb = dots!(start(g + 1), &wt, 4..8, q, QK_K, at_q, transparent);
-                each_token!(t => {
-                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
-                });
             }
         }
         let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
@@ -803,15 +847,18 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "a speed probe: cargo test --release -p bora-kernels tile_speed -- --ignored"]
+    #[ignore = "a speed probe: [COLS=4096 TILES=1] cargo test --release -p bora-kernels tile_speed -- --ignored --nocapture"]
     fn tile_speed() {
         let isa = crate::dispatch::isa();
         for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             let Some(k) = tile_kernel::<TOKENS>(isa, dtype) else {
                 continue;
             };
-            let cols = 4096;
-            let w = random_rows(dtype, cols / dtype.block_elems(), 1);
+            let cols: usize = std::env::var("COLS").map_or(4096, |v| v.parse().unwrap());
+            let tiles: usize = std::env::var("TILES").map_or(1, |v| v.parse().unwrap());
+            let ws: Vec<Vec<u8>> = (0..tiles)
+                .map(|k| random_rows(dtype, cols / dtype.block_elems(), k as u32))
+                .collect();
             let xs: Vec<QuantizedRow> = (0..TOKENS)
                 .map(|t| {
                     let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
@@ -821,11 +868,12 @@ mod tests {
             let mut panel = Panel::default();
             panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
             let mut out = [[0f32; ROWS]; TOKENS];
-            let iters = 1000;
+            let iters = 4_000_000 / cols;
             let t0 = std::time::Instant::now();
-            for _ in 0..iters {
+            for it in 0..iters {
+                let w = &ws[it % tiles];
                 // SAFETY: as in the test above.
-                unsafe { k(&w, w.len() / ROWS, &panel, &mut out) };
+                unsafe { k(w, w.len() / ROWS, &panel, &mut out) };
                 std::hint::black_box(&out);
             }
             let s = t0.elapsed().as_secs_f64();
