@@ -17,10 +17,13 @@ fn main() {
     let mut data: Vec<u8> = (0..rows * rb)
         .map(|i| (i as u32).wrapping_mul(2654435761) as u8 >> 1)
         .collect();
-    // Small f16 scales at offset 0 of every block (enough for speed; values don't matter).
+    // Small f16 scales in every scale field (random bytes there could be NaN, infinite or
+    // subnormal, and subnormal arithmetic is slow).
     for blk in data.chunks_exact_mut(dtype.block_bytes()) {
-        blk[0] = 0;
-        blk[1] = 0x1c;
+        for &f in dtype.scale_fields() {
+            blk[f] = 0;
+            blk[f + 1] = 0x1c;
+        }
     }
     if std::env::var("SUM").is_ok() {
         let words: &[u64] = bytemuck::cast_slice(&data[..data.len() / 8 * 8]);

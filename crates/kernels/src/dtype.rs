@@ -82,10 +82,9 @@ impl DType {
         self.block_elems() == crate::blocks::QK_K
     }
 
-    /// Byte offsets of the f16 scale fields inside one block (tests fill them with sane
-    /// values so random blocks decode to finite, modest weights).
-    #[cfg(test)]
-    pub(crate) fn scale_fields(self) -> &'static [usize] {
+    /// Byte offsets of the f16 scale fields inside one block (tests and benchmarks fill them
+    /// with sane values so random blocks decode to finite, modest weights).
+    pub fn scale_fields(self) -> &'static [usize] {
         match self {
             DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::Q4_K | DType::Q5_K => {
                 if self.is_k_quant() {

@@ -450,15 +450,22 @@ unsafe fn legacy<L: Legacy, const N: usize>(
             )
         } else {
             let raw: [__m512i; 4] = unsafe { rows16!(w, row_bytes, at + L::QS) };
-            let mut lo = raw.map(|z| _mm512_and_si512(z, nib));
-            let mut hi = raw.map(|z| _mm512_and_si512(_mm512_srli_epi16(z, 4), nib));
             if let Some(qh) = L::QH {
+                let mut lo = raw.map(|z| _mm512_and_si512(z, nib));
+                let mut hi = raw.map(|z| _mm512_and_si512(_mm512_srli_epi16(z, 4), nib));
                 for k in 0..4 {
                     lo[k] = _mm512_or_si512(lo[k], fifth_bits(w, row_bytes, at + qh, k, 0));
                     hi[k] = _mm512_or_si512(hi[k], fifth_bits(w, row_bytes, at + qh, k, 1));
                 }
+                transpose8(lo, hi)
+            } else {
+                // Nibbles taken after the transpose (bytewise operations commute with moving
+                // dwords): one 4-vector transpose for both halves of the block.
+                let t = transpose4(raw);
+                let lo = t.map(|v| _mm512_and_si512(v, nib));
+                let hi = t.map(|v| _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+                [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
             }
-            transpose8(lo, hi)
         };
         let dw = f16_half::<false>(scales);
         let mw = f16_half::<true>(scales);
@@ -598,6 +605,17 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
         });
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
+        // Q5_K's fifth-bit bytes, transposed once for the block.
+        let fifth = if FIFTH > 0 {
+            unsafe {
+                transpose8(
+                    rows16!(w, row_bytes, at + FIFTH),
+                    rows16!(w, row_bytes, at + FIFTH + 16),
+                )
+            }
+        } else {
+            [_mm512_setzero_si512(); 8]
+        };
         for pair in 0..4 {
             let (lo, hi) = unsafe {
                 (
@@ -605,32 +623,22 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
                     rows16!(w, row_bytes, at + QS + 32 * pair + 16),
                 )
             };
-            let (qh_lo, qh_hi) = if FIFTH > 0 {
-                unsafe {
-                    (
-                        rows16!(w, row_bytes, at + FIFTH),
-                        rows16!(w, row_bytes, at + FIFTH + 16),
-                    )
-                }
-            } else {
-                ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4])
-            };
+            // The pair's bytes transposed once; each chunk's nibbles are taken after (bytewise
+            // operations commute with moving dwords).
+            let raw = transpose8(lo, hi);
             for nibble in 0..2 {
                 let j = 2 * pair + nibble;
                 let shift = _mm_cvtsi32_si128(4 * nibble as i32);
                 let jshift = _mm_cvtsi32_si128(j as i32);
-                let mut u = [_mm512_setzero_si512(); 8];
-                for k in 0..4 {
-                    u[k] = _mm512_and_si512(_mm512_srl_epi16(lo[k], shift), nib);
-                    u[4 + k] = _mm512_and_si512(_mm512_srl_epi16(hi[k], shift), nib);
+                let wt: [__m512i; 8] = std::array::from_fn(|k| {
+                    let u = _mm512_and_si512(_mm512_srl_epi16(raw[k], shift), nib);
                     if FIFTH > 0 {
-                        let bl = _mm512_and_si512(_mm512_srl_epi16(qh_lo[k], jshift), one);
-                        let bh = _mm512_and_si512(_mm512_srl_epi16(qh_hi[k], jshift), one);
-                        u[k] = _mm512_or_si512(u[k], _mm512_slli_epi16::<4>(bl));
-                        u[4 + k] = _mm512_or_si512(u[4 + k], _mm512_slli_epi16::<4>(bh));
+                        let b = _mm512_and_si512(_mm512_srl_epi16(fifth[k], jshift), one);
+                        _mm512_or_si512(u, _mm512_slli_epi16::<4>(b))
+                    } else {
+                        u
                     }
-                }
-                let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
+                });
                 let zero = [_mm512_setzero_si512(); N];
                 let sums = dots!(zero, &wt, 0..8, q, 32, 32 * N * j);
                 each_token!(t => {
@@ -708,34 +716,32 @@ unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
         let mut block_acc = [_mm512_setzero_ps(); N];
         for half in 0..2 {
             // The high bits of all four parts of this half, loaded once.
+            // Transposed once; the bit fields are taken after (bytewise operations commute
+            // with moving dwords).
             let hb = unsafe {
-                [
+                transpose8(
                     rows16!(w, row_bytes, at + 128 + 32 * half),
                     rows16!(w, row_bytes, at + 128 + 32 * half + 16),
-                ]
+                )
             };
             for seg in 0..2 {
                 // Parts seg and seg + 2 share their low-bit bytes (low and high nibbles).
                 let l = unsafe {
-                    [
+                    transpose8(
                         rows16!(w, row_bytes, at + 64 * half + 32 * seg),
                         rows16!(w, row_bytes, at + 64 * half + 32 * seg + 16),
-                    ]
+                    )
                 };
                 for part in [seg, seg + 2] {
                     // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
                     // bits 2·part of qh[32·half..].
                     let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
                     let hshift = _mm_cvtsi32_si128(2 * part as i32);
-                    let mut u = [_mm512_setzero_si512(); 8];
-                    for h in 0..2 {
-                        for k in 0..4 {
-                            let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[h][k], lshift), nib);
-                            let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[h][k], hshift), two);
-                            u[4 * h + k] = _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2));
-                        }
-                    }
-                    let wt = transpose8([u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]);
+                    let wt: [__m512i; 8] = std::array::from_fn(|k| {
+                        let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[k], lshift), nib);
+                        let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[k], hshift), two);
+                        _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2))
+                    });
                     let g = 8 * half + 2 * part;
                     let (da, db) = (ds[g], ds[g + 1]);
                     let at_q = 32 * N * (4 * half + part);
