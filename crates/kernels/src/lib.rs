@@ -6,10 +6,17 @@
 //!   [`dequantize_row`] turns one stored row into f32.
 //! - [`MatRef`] + [`matmul`]: `out[t] = W · x[t]` for a batch of activation rows, split over
 //!   threads by weight rows, each weight row read once for the whole batch.
+//! - [`act_quant`] and [`kquants`]: activations rounded to 8 bits as ggml does, and the
+//!   integer block dot products against them (the scalar references).
+//! - [`attention`]: one query head against a run of cached keys, with an online softmax.
+//! - [`quantize`]: weights to the GGUF block types.
 //! - [`ops`]: RMSNorm, SiLU, softmax, rotary embedding.
+//! - [`dispatch`]: which instruction set the CPU has, chosen at run time.
 //!
-//! Every kernel here is the plain reference implementation; SIMD versions will sit beside them
-//! and be tested against them.
+//! The plain-Rust kernels are the references, compiled once per instruction set where the
+//! compiler vectorizes them. The x86 modules beside them are hand-written: row kernels for
+//! decode (`x86`) and register-tiled kernels for prefill (`x86_tile`); each is tested against
+//! its reference.
 
 pub mod act_quant;
 pub mod attention;

@@ -32,6 +32,8 @@ pub struct Model {
     /// How activations meet quantized weights (8-bit as llama.cpp, or exact f32).
     pub activations: Activations,
     rope: Rope,
+    /// The step buffers, kept between steps so a decode step allocates none of them.
+    scratch: std::sync::Mutex<Scratch>,
 }
 
 /// Default positions per KV block.
@@ -48,6 +50,7 @@ impl Model {
             weights,
             activations: Activations::default(),
             rope,
+            scratch: Default::default(),
         })
     }
 
@@ -114,10 +117,18 @@ impl Model {
         for (xr, &id) in x.chunks_exact_mut(h).zip(&meta.tokens) {
             embed.dequantize_row_into(id as usize, xr);
         }
-        let mut scratch = Scratch::new(&self.config, meta.rows.len());
+        // A step running while another holds the buffers (not done today: steps are run by
+        // one thread) gets buffers of its own.
+        let mut own = Scratch::default();
+        let mut guard = self.scratch.try_lock();
+        let scratch = match guard.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut own,
+        };
+        scratch.resize(&self.config, meta.rows.len());
         for (li, layer) in self.weights.layers.iter().enumerate() {
-            self.attention_block(li, layer, pool, &meta, &mut x, &mut scratch);
-            self.ffn_block(layer, &mut x, &mut scratch);
+            self.attention_block(li, layer, pool, &meta, &mut x, scratch);
+            self.ffn_block(layer, &mut x, scratch);
         }
         Ok(x)
     }
@@ -168,10 +179,10 @@ impl Model {
         let act = self.activations;
         rms_norm_rows(x, &layer.ffn_norm, self.config.rms_eps, &mut s.xn);
         match &layer.ffn {
-            Ffn::Dense(mlp) => mlp_forward(mlp, &s.xn, &mut s.delta, act),
+            Ffn::Dense(mlp) => mlp_forward(mlp, &s.xn, &mut s.delta, act, &mut s.mlp),
             Ffn::Moe { router, experts } => {
                 let top_k = self.config.moe.map_or(1, |m| m.top_k);
-                moe_forward(router, experts, top_k, &s.xn, &mut s.delta, act);
+                moe_forward(router, experts, top_k, &s.xn, &mut s.delta, act, &mut s.mlp);
             }
         }
         add_into(x, &s.delta);
@@ -251,7 +262,8 @@ impl<'a> StepMeta<'a> {
     }
 }
 
-/// Activation buffers of one step, allocated once for all layers.
+/// Activation buffers of one step, shared by all layers and kept between steps.
+#[derive(Default)]
 struct Scratch {
     xn: Vec<f32>,    // [T, hidden]
     q: Vec<f32>,     // [T, n_heads·head_dim]
@@ -259,20 +271,31 @@ struct Scratch {
     v: Vec<f32>,     // [T, n_kv_heads·head_dim]
     att: Vec<f32>,   // [T, n_heads·head_dim]
     delta: Vec<f32>, // [T, hidden]
+    mlp: MlpScratch,
 }
 
 impl Scratch {
-    fn new(cfg: &ModelConfig, t: usize) -> Self {
+    /// Sizes every buffer for a step of `t` rows (no allocation once they have grown).
+    fn resize(&mut self, cfg: &ModelConfig, t: usize) {
         let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
-        Self {
-            xn: vec![0.0; t * h],
-            q: vec![0.0; t * qd],
-            k: vec![0.0; t * kvd],
-            v: vec![0.0; t * kvd],
-            att: vec![0.0; t * qd],
-            delta: vec![0.0; t * h],
+        for (buf, n) in [
+            (&mut self.xn, t * h),
+            (&mut self.q, t * qd),
+            (&mut self.k, t * kvd),
+            (&mut self.v, t * kvd),
+            (&mut self.att, t * qd),
+            (&mut self.delta, t * h),
+        ] {
+            buf.resize(n, 0.0);
         }
     }
+}
+
+/// The SwiGLU's gate and up projections, `[T, intermediate]` each.
+#[derive(Default)]
+pub(crate) struct MlpScratch {
+    gate: Vec<f32>,
+    up: Vec<f32>,
 }
 
 fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -289,12 +312,18 @@ fn add_into(x: &mut [f32], delta: &[f32]) {
 }
 
 /// SwiGLU over a batch: `out = Wdown · (silu(Wgate·x) ⊙ Wup·x)`, `x` and `out` `[T, hidden]`.
-pub(crate) fn mlp_forward(mlp: &Mlp, x: &[f32], out: &mut [f32], act: Activations) {
+pub(crate) fn mlp_forward(
+    mlp: &Mlp,
+    x: &[f32],
+    out: &mut [f32],
+    act: Activations,
+    s: &mut MlpScratch,
+) {
     let t = x.len() / mlp.gate.cols;
-    let mut gate = vec![0f32; t * mlp.gate.rows];
-    let mut up = vec![0f32; t * mlp.up.rows];
-    matmul_with(&mlp.gate.mat(), x, &mut gate, act);
-    matmul_with(&mlp.up.mat(), x, &mut up, act);
-    ops::silu_mul(&mut gate, &up);
-    matmul_with(&mlp.down.mat(), &gate, out, act);
+    s.gate.resize(t * mlp.gate.rows, 0.0);
+    s.up.resize(t * mlp.up.rows, 0.0);
+    matmul_with(&mlp.gate.mat(), x, &mut s.gate, act);
+    matmul_with(&mlp.up.mat(), x, &mut s.up, act);
+    ops::silu_mul(&mut s.gate, &s.up);
+    matmul_with(&mlp.down.mat(), &s.gate, out, act);
 }

@@ -4,19 +4,20 @@
 
 use bora_kernels::{matmul_with, ops, Activations};
 
-use crate::model::mlp_forward;
+use crate::model::{mlp_forward, MlpScratch};
 use crate::tensor::Weight;
 use crate::weights::Mlp;
 
 /// `x` and `out` are `[T, hidden]`. Tokens are grouped by expert so each expert's weights are
 /// read once per step for all the tokens routed to it.
-pub fn moe_forward(
+pub(crate) fn moe_forward(
     router: &Weight,
     experts: &[Mlp],
     top_k: usize,
     x: &[f32],
     out: &mut [f32],
     act: Activations,
+    mlp: &mut MlpScratch,
 ) {
     let h = router.cols;
     let n_exp = experts.len();
@@ -43,7 +44,7 @@ pub fn moe_forward(
             xs.extend_from_slice(&x[ti * h..(ti + 1) * h]);
         }
         let mut ys = vec![0f32; route.len() * h];
-        mlp_forward(expert, &xs, &mut ys, act);
+        mlp_forward(expert, &xs, &mut ys, act, mlp);
         for (&(ti, w), y) in route.iter().zip(ys.chunks_exact(h)) {
             for (o, yv) in out[ti * h..(ti + 1) * h].iter_mut().zip(y) {
                 *o += w * yv;
