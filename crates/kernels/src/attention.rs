@@ -56,8 +56,11 @@ multiversion! {
             out.iter_mut().for_each(|o| *o *= correction);
         }
         state.l *= correction;
-        for (j, s) in scores.iter().enumerate() {
-            let p = (s - m_new).exp();
+        // The weights first, in a loop the compiler vectorizes (`exp` inlined), then the sum.
+        for s in scores.iter_mut() {
+            *s = crate::ops::exp(*s - m_new);
+        }
+        for (j, &p) in scores.iter().enumerate() {
             state.l += p;
             let v = &values[j * stride..][..hd];
             for (o, vv) in out.iter_mut().zip(v) {
