@@ -5,8 +5,8 @@
 //! Here the sixteen i32 lanes of a 512-bit vector are sixteen weight rows: a block of each row
 //! is unpacked and transposed once (dword j of row r goes to lane r of vector j), after which
 //! a token meets all sixteen rows with eight `vpdpbusd` on broadcast activation dwords, one
-//! conversion and one FMA. The unpack and transpose are paid once per N tokens: [`TOKENS`] in
-//! prefill, one in decode, where the tile halves the instructions per weight block.
+//! conversion and one FMA. The unpack and transpose are paid once per N tokens ([`TOKENS`] in
+//! prefill; decode stays on the row kernels, which were faster from memory for one token).
 //!
 //! The tokens' quantized activations are first packed into a [`Panel`]: per block, the
 //! tokens' quants back to back with the per-block values the kernels broadcast, so a kernel
@@ -169,48 +169,22 @@ impl Panel {
     }
 }
 
-/// Calls `$body` with `$t` bound to each token index in turn, written out so that per-token
-/// accumulators stay in registers (a loop this large is not unrolled by the compiler).
+/// `$body` once per listed index, with `$t` bound to it.
+macro_rules! unroll {
+    ($t:ident, $body:block, $($i:literal)*) => {{
+        $( { let $t: usize = $i; $body } )*
+    }};
+}
+
+/// Calls `$body` with `$t` bound to each token index in turn, written out for the token counts
+/// in use so that per-token accumulators stay in registers (a loop this large is not unrolled
+/// by the compiler).
 macro_rules! each_token {
     ($t:ident => $body:block) => {{
-        if N == 8 {
-            { let $t = 0usize; $body }
-            { let $t = 1usize; $body }
-            { let $t = 2usize; $body }
-            { let $t = 3usize; $body }
-            { let $t = 4usize; $body }
-            { let $t = 5usize; $body }
-            { let $t = 6usize; $body }
-            { let $t = 7usize; $body }
-        } else if N == 12 {
-            { let $t = 0usize; $body }
-            { let $t = 1usize; $body }
-            { let $t = 2usize; $body }
-            { let $t = 3usize; $body }
-            { let $t = 4usize; $body }
-            { let $t = 5usize; $body }
-            { let $t = 6usize; $body }
-            { let $t = 7usize; $body }
-            { let $t = 8usize; $body }
-            { let $t = 9usize; $body }
-            { let $t = 10usize; $body }
-            { let $t = 11usize; $body }
-        } else if N == 10 {
-            { let $t = 0usize; $body }
-            { let $t = 1usize; $body }
-            { let $t = 2usize; $body }
-            { let $t = 3usize; $body }
-            { let $t = 4usize; $body }
-            { let $t = 5usize; $body }
-            { let $t = 6usize; $body }
-            { let $t = 7usize; $body }
-            { let $t = 8usize; $body }
-            { let $t = 9usize; $body }
+        if N == 10 {
+            unroll!($t, $body, 0 1 2 3 4 5 6 7 8 9)
         } else if N == 4 {
-            { let $t = 0usize; $body }
-            { let $t = 1usize; $body }
-            { let $t = 2usize; $body }
-            { let $t = 3usize; $body }
+            unroll!($t, $body, 0 1 2 3)
         } else {
             for $t in 0..N $body
         }
