@@ -56,11 +56,10 @@ multiversion! {
             out.iter_mut().for_each(|o| *o *= correction);
         }
         state.l *= correction;
-        // The weights first, in a loop the compiler vectorizes (`exp` inlined), then the sum.
-        for s in scores.iter_mut() {
-            *s = crate::ops::exp(*s - m_new);
-        }
-        for (j, &p) in scores.iter().enumerate() {
+        // libm's `exp`, one value at a time interleaved with the weighted sums: a separate
+        // vectorized pass with `ops::exp` made 7B prefill 10% slower (measured side by side).
+        for (j, s) in scores.iter().enumerate() {
+            let p = (s - m_new).exp();
             state.l += p;
             let v = &values[j * stride..][..hd];
             for (o, vv) in out.iter_mut().zip(v) {
