@@ -21,8 +21,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::act_quant::QuantizedRow;
-use crate::blocks::QK_K;
+use crate::act_quant::{Q8Blocks, QuantizedRow};
+use crate::blocks::{BlockQ8K, QK_K};
 use crate::dispatch::{Isa, Level};
 use crate::DType;
 
@@ -95,73 +95,90 @@ fn legacy_offset(dtype: DType) -> i32 {
 impl Panel {
     /// Packs `xs` (each quantized for `dtype`, all of one length) for `dtype`'s kernel.
     pub(crate) fn fill(&mut self, dtype: DType, xs: &[&QuantizedRow]) {
-        let k = ints_per_block(dtype);
         self.tokens = xs.len();
         self.qs.clear();
         self.d.clear();
         self.s.clear();
         self.ints.clear();
+        let mixed = || -> ! { unreachable!("activations quantized for one weight type") };
         match xs[0] {
-            QuantizedRow::Q8_0(first) => {
-                let o = legacy_offset(dtype);
-                for i in 0..first.len() {
-                    for x in xs {
-                        let QuantizedRow::Q8_0(b) = x else {
-                            unreachable!("activations quantized for one weight type")
-                        };
-                        self.qs.extend_from_slice(&b.blocks[i].qs);
-                        self.d.push(b.d[i]);
-                        self.ints.push(-o * b.sums[i]);
-                    }
-                }
+            QuantizedRow::Q8_0(_) => {
+                let rows = xs.iter().map(|x| match x {
+                    QuantizedRow::Q8_0(b) => b,
+                    _ => mixed(),
+                });
+                self.fill_legacy(rows, |b| &b.qs, Some(legacy_offset(dtype)));
             }
-            QuantizedRow::Q8_1(first) => {
-                for i in 0..first.len() {
-                    for x in xs {
-                        let QuantizedRow::Q8_1(b) = x else {
-                            unreachable!("activations quantized for one weight type")
-                        };
-                        self.qs.extend_from_slice(&b.blocks[i].qs);
-                        self.d.push(b.d[i]);
+            QuantizedRow::Q8_1(_) => {
+                let rows = xs.iter().map(|x| match x {
+                    QuantizedRow::Q8_1(b) => b,
+                    _ => mixed(),
+                });
+                self.fill_legacy(rows, |b| &b.qs, None);
+            }
+            QuantizedRow::Q8K(_) => {
+                let rows: Vec<&[BlockQ8K]> = xs
+                    .iter()
+                    .map(|x| match x {
+                        QuantizedRow::Q8K(b) => b.as_slice(),
+                        _ => mixed(),
+                    })
+                    .collect();
+                self.fill_k(&rows, ints_per_block(dtype) == 16);
+            }
+        }
+        debug_assert_eq!(self.ints.len(), self.d.len() * ints_per_block(dtype));
+    }
+
+    /// 32-element blocks: per block, each token's quants, scale, and either the offset's
+    /// starting sum (−o·Σq) or, for the min types (`offset = None`), its `s`.
+    fn fill_legacy<'a, B: 'a>(
+        &mut self,
+        rows: impl Iterator<Item = &'a Q8Blocks<B>> + Clone,
+        qs: impl Fn(&B) -> &[i8; 32],
+        offset: Option<i32>,
+    ) {
+        let blocks = rows.clone().next().map_or(0, |r| r.len());
+        for i in 0..blocks {
+            for b in rows.clone() {
+                self.qs.extend_from_slice(qs(&b.blocks[i]));
+                self.d.push(b.d[i]);
+                match offset {
+                    Some(o) => self.ints.push(-o * b.sums[i]),
+                    None => {
                         self.s.push(b.s[i]);
                         self.ints.push(0);
                     }
                 }
             }
-            QuantizedRow::Q8K(first) => {
-                // Quants chunk-major: per block, each 32-group's tokens back to back, so a
-                // group's reads are one run of N·32 bytes.
-                for i in 0..first.len() {
-                    for c in 0..QK_K / 32 {
-                        for x in xs {
-                            let QuantizedRow::Q8K(b) = x else {
-                                unreachable!("activations quantized for one weight type")
-                            };
-                            self.qs.extend_from_slice(&b[i].qs[32 * c..32 * c + 32]);
-                        }
-                    }
-                }
-                for i in 0..first.len() {
-                    for x in xs {
-                        let QuantizedRow::Q8K(b) = x else {
-                            unreachable!("activations quantized for one weight type")
-                        };
-                        let y = &b[i];
-                        self.d.push(y.d);
-                        if k == 16 {
-                            self.ints.extend(y.bsums.iter().map(|&v| -32 * v as i32));
-                        } else {
-                            self.ints.extend((0..4).map(|p| {
-                                let sum32 =
-                                    |g: usize| y.bsums[2 * g] as i32 + y.bsums[2 * g + 1] as i32;
-                                (sum32(2 * p) & 0xFFFF) | (sum32(2 * p + 1) << 16)
-                            }));
-                        }
-                    }
+        }
+    }
+
+    /// 256-element blocks: quants chunk-major (per block, each 32-group's tokens back to back,
+    /// so a group's reads are one run of N·32 bytes), then per token its scale and either
+    /// Q6_K's per-16 starting sums (−32·bsum) or Q4_K/Q5_K's 32-group sums as i16 pairs.
+    fn fill_k(&mut self, rows: &[&[BlockQ8K]], q6: bool) {
+        let blocks = rows.first().map_or(0, |r| r.len());
+        for i in 0..blocks {
+            for c in 0..QK_K / 32 {
+                for r in rows {
+                    self.qs.extend_from_slice(&r[i].qs[32 * c..32 * c + 32]);
                 }
             }
         }
-        debug_assert_eq!(self.ints.len(), self.d.len() * k);
+        for i in 0..blocks {
+            for r in rows {
+                let y = &r[i];
+                self.d.push(y.d);
+                if q6 {
+                    self.ints.extend(y.bsums.iter().map(|&v| -32 * v as i32));
+                } else {
+                    let sum32 = |g: usize| y.bsums[2 * g] as i32 + y.bsums[2 * g + 1] as i32;
+                    self.ints
+                        .extend((0..4).map(|p| (sum32(2 * p) & 0xFFFF) | (sum32(2 * p + 1) << 16)));
+                }
+            }
+        }
     }
 
     fn blocks(&self) -> usize {
