@@ -30,6 +30,93 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF file's weights in another quant type (as llama-quantize does).
     Quantize(QuantizeArgs),
+    /// Perplexity of a text, as llama-perplexity measures it; KL divergence against a base run.
+    Perplexity(PerplexityArgs),
+    /// Score the model on a benchmark: MMLU, GSM8K, HumanEval or any multiple-choice set.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    /// The model; `--ctx N` is the window (default 512), as llama-perplexity's -c.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8).
+    #[arg(short = 'f', long, required_unless_present = "kl_divergence")]
+    pub file: Option<PathBuf>,
+    /// Tokens per forward step; windows run together when it holds several (default: one window).
+    #[arg(short = 'b', long)]
+    pub batch: Option<usize>,
+    /// Score only the first N windows.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Save this run's log-probabilities (llama.cpp's --kl-divergence-base format) to FILE.
+    #[arg(long, conflicts_with = "kl_divergence")]
+    pub save_logits: Option<PathBuf>,
+    /// Compare against a base run saved with --save-logits (or llama-perplexity
+    /// --kl-divergence-base): KL divergence, top-1 agreement, perplexity change. The text
+    /// and window come from the file.
+    #[arg(long)]
+    pub kl_divergence: Option<PathBuf>,
+    /// One JSON object with the results instead of the running estimate.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalTask {
+    Mmlu,
+    Gsm8k,
+    Humaneval,
+    Mc,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum)]
+    pub task: EvalTask,
+    /// The data: MMLU's data/ folder (dev/, test/), or a .jsonl file for the other tasks.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Solved examples before each question (MMLU: from dev/, default 5; GSM8K: from
+    /// --train, else the data file's first items, which are then not scored; default 8).
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// GSM8K: where the solved examples come from (e.g. the data set's train.jsonl).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Score only the first N items (MMLU: per subject).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the results, with every item, as JSON to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// HumanEval: run the model's code (in a subprocess, no network, with a timeout).
+    #[arg(long)]
+    pub allow_code_execution: bool,
+    /// Most tokens generated per answer (GSM8K, HumanEval).
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// HumanEval: seconds each problem's tests may run.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// HumanEval: the Python interpreter that runs the tests.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Tokens per forward step.
+    #[arg(short = 'b', long, default_value_t = 512)]
+    pub batch: usize,
+    /// Sequences in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: usize,
+    /// No progress bar.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 #[derive(Args)]

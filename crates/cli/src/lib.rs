@@ -5,5 +5,6 @@ pub mod args;
 pub mod commands;
 
 pub use bora_engine as engine;
+pub use bora_eval as eval;
 pub use bora_kernels as kernels;
 pub use bora_model as model;

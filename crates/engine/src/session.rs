@@ -49,14 +49,19 @@ impl<'m> Session<'m> {
     }
 
     /// Feeds a prompt in chunks of at most `chunk` tokens. Returns the logits `rows` asks for:
-    /// the last position's (`Last`), every position's (`All`, `[positions, vocab]`), or none.
+    /// the last position's (`Last`), every position's (`All`, `[positions, vocab]`), those from
+    /// a position on (`From`), or none.
     pub fn prefill(&mut self, tokens: &[u32], chunk: usize, rows: LogitsRows) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        let chunk = chunk.max(1);
+        let chunks: Vec<&[u32]> = tokens.chunks(chunk).collect();
         for (i, c) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
+            let start = i * chunk;
             let step_rows = match rows {
                 LogitsRows::Last if !last => LogitsRows::None,
+                LogitsRows::From(k) if k >= start + c.len() => LogitsRows::None,
+                LogitsRows::From(k) => LogitsRows::From(k.saturating_sub(start)),
                 r => r,
             };
             out.extend_from_slice(&self.step(c, step_rows)?);

@@ -17,6 +17,8 @@ pub enum LogitsRows {
     None,
     Last,
     All,
+    /// Rows from this index of the step's tokens on (none when it is past the end).
+    From(usize),
 }
 
 /// One sequence's part of a step: its next tokens, continuing its own cache.
@@ -200,6 +202,7 @@ impl Model {
                 LogitsRows::Last if n > 0 => picked.push((si, row + n - 1)),
                 LogitsRows::Last => {}
                 LogitsRows::All => picked.extend((row..row + n).map(|r| (si, r))),
+                LogitsRows::From(k) => picked.extend((row + k.min(n)..row + n).map(|r| (si, r))),
             }
             row += n;
         }

@@ -1,5 +1,8 @@
 mod bench;
+mod eval;
 mod logits;
+mod perplexity;
+mod progress;
 pub(crate) mod quantize;
 mod run;
 mod tokenize;
@@ -16,6 +19,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

