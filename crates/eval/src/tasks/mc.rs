@@ -75,7 +75,7 @@ pub fn evaluate(
         let pick_norm = best(
             lls.iter()
                 .zip(&it.choices)
-                .map(|(l, c)| l / (c.chars().count() + 1) as f64),
+                .map(|(l, c)| l / c.chars().count().max(1) as f64),
         );
         hits += usize::from(pick == it.answer);
         hits_norm += usize::from(pick_norm == it.answer);
