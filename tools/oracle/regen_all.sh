@@ -11,3 +11,5 @@ cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/make_tokenizer_fixtures.py
 "$PY" tools/oracle/make_smollm2_reference.py
 "$PY" tools/oracle/make_smollm2_exact.py
+"$PY" tools/oracle/make_perplexity_reference.py
+"$PY" tools/oracle/make_eval_fixtures.py
