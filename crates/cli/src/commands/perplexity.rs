@@ -94,12 +94,28 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
             w.scored_per_chunk()
         ));
     }
+    // The running estimate goes to stdout as each window completes, as llama-perplexity
+    // prints it; while a progress bar is drawn it rides on the bar and is printed at the end.
+    let streaming = !a.json && progress.is_hidden();
     let mut line = String::new();
+    let mut write_error = None;
     let report = perplexity(model, &w, opts, saver.as_mut(), |i, ppl| {
-        line.push_str(&format!("[{}]{ppl:.4},", i + 1));
+        let item = format!("[{}]{ppl:.4},", i + 1);
+        if streaming {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(item.as_bytes()).and_then(|_| out.flush()) {
+                write_error.get_or_insert(e);
+            }
+        } else {
+            progress.message(&format!("PPL {ppl:.4}"));
+        }
+        line.push_str(&item);
         progress.update(i + 1, w.n_chunks);
     })?;
     progress.finish();
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     if let Some(s) = saver {
         s.finish()?;
     }
@@ -108,7 +124,11 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{line}")?;
+        if streaming {
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
         writeln!(
             out,
             "Final estimate: PPL = {:.4} +/- {:.5}",

@@ -31,6 +31,15 @@ impl Progress {
         self.0.set_position(done as u64);
     }
 
+    pub fn is_hidden(&self) -> bool {
+        self.0.is_hidden()
+    }
+
+    /// Replaces the text before the bar.
+    pub fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string());
+    }
+
     /// Prints a line above the bar (or plainly when the bar is hidden).
     pub fn println(&self, line: &str) {
         if self.0.is_hidden() {
