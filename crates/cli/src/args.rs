@@ -99,9 +99,9 @@ pub struct EvalArgs {
     /// HumanEval: run the model's code (in a subprocess, no network, with a timeout).
     #[arg(long)]
     pub allow_code_execution: bool,
-    /// Most tokens generated per answer (GSM8K, HumanEval).
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
+    /// Most tokens generated per answer (default as lm-eval: GSM8K 256, HumanEval 1024).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// HumanEval: seconds each problem's tests may run.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,

@@ -486,29 +486,64 @@ fn perplexity_refuses_short_texts_and_broken_base_files() {
     let d = scratch("ppl");
     let short = d.join("short.txt");
     std::fs::write(&short, "Only a few words.").unwrap();
-    let e = fails(&["perplexity", &eval_model(), "-f", short.to_str().unwrap(), "--ctx", "64"]);
+    let e = fails(&[
+        "perplexity",
+        &eval_model(),
+        "-f",
+        short.to_str().unwrap(),
+        "--ctx",
+        "64",
+    ]);
     assert!(e.contains("needs at least 128"), "{e}");
     // A saved base file cut short, and a file that is not one.
     let text = fixtures().join("text/botchan_ch1.txt");
     let base = d.join("base.bin");
     let out = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(["perplexity", &eval_model(), "--ctx", "32", "--chunks", "2", "-q", "--save-logits"])
+        .args([
+            "perplexity",
+            &eval_model(),
+            "--ctx",
+            "32",
+            "--chunks",
+            "2",
+            "-q",
+            "--save-logits",
+        ])
         .arg(&base)
         .arg("-f")
         .arg(&text)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&base).unwrap();
     std::fs::write(&base, &bytes[..bytes.len() - 100]).unwrap();
-    let e = fails(&["perplexity", &eval_model(), "--kl-divergence", base.to_str().unwrap()]);
+    let e = fails(&[
+        "perplexity",
+        &eval_model(),
+        "--kl-divergence",
+        base.to_str().unwrap(),
+    ]);
     assert!(e.contains("base.bin") && e.contains("truncated"), "{e}");
-    let e = fails(&["perplexity", &eval_model(), "--kl-divergence", text.to_str().unwrap()]);
+    let e = fails(&[
+        "perplexity",
+        &eval_model(),
+        "--kl-divergence",
+        text.to_str().unwrap(),
+    ]);
     assert!(e.contains("magic"), "{e}");
     // A base run of another vocabulary.
     std::fs::write(&base, &bytes).unwrap();
     let other = tiny("mistral_swa.f32.gguf");
-    let e = fails(&["perplexity", other.to_str().unwrap(), "--kl-divergence", base.to_str().unwrap()]);
+    let e = fails(&[
+        "perplexity",
+        other.to_str().unwrap(),
+        "--kl-divergence",
+        base.to_str().unwrap(),
+    ]);
     assert!(e.contains("vocabulary"), "{e}");
 }
 
@@ -517,23 +552,79 @@ fn eval_data_errors_name_the_file_and_the_row() {
     let d = scratch("eval");
     std::fs::create_dir_all(d.join("test")).unwrap();
     std::fs::write(d.join("test/physics_test.csv"), "What?,a,b,c,d,E\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "mmlu", "--shots", "0", "--data", d.to_str().unwrap()]);
-    assert!(e.contains("physics_test.csv") && e.contains("row 1") && e.contains("\"E\""), "{e}");
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "mmlu",
+        "--shots",
+        "0",
+        "--data",
+        d.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("physics_test.csv") && e.contains("row 1") && e.contains("\"E\""),
+        "{e}"
+    );
     std::fs::write(d.join("test/physics_test.csv"), "What?,a,b,C\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "mmlu", "--shots", "0", "--data", d.to_str().unwrap()]);
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "mmlu",
+        "--shots",
+        "0",
+        "--data",
+        d.to_str().unwrap(),
+    ]);
     assert!(e.contains("4 columns"), "{e}");
     std::fs::write(d.join("test/physics_test.csv"), "What?,a,b,c,d,A\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "mmlu", "--data", d.to_str().unwrap()]);
-    assert!(e.contains("physics: 5 shots asked, the dev file has 0"), "{e}");
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "mmlu",
+        "--data",
+        d.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("physics: 5 shots asked, the dev file has 0"),
+        "{e}"
+    );
     let mc = d.join("mc.jsonl");
     std::fs::write(&mc, "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\n{\"question\": \"q\", \"choices\": [\"a\"],\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "mc", "--data", mc.to_str().unwrap()]);
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "mc",
+        "--data",
+        mc.to_str().unwrap(),
+    ]);
     assert!(e.contains("mc.jsonl") && e.contains("line 2"), "{e}");
-    std::fs::write(&mc, "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "mc", "--data", mc.to_str().unwrap()]);
+    std::fs::write(
+        &mc,
+        "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n",
+    )
+    .unwrap();
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "mc",
+        "--data",
+        mc.to_str().unwrap(),
+    ]);
     assert!(e.contains("answer 2"), "{e}");
     let g = d.join("gsm8k.jsonl");
     std::fs::write(&g, "{\"question\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
-    let e = fails(&["eval", &eval_model(), "--task", "gsm8k", "--data", g.to_str().unwrap()]);
+    let e = fails(&[
+        "eval",
+        &eval_model(),
+        "--task",
+        "gsm8k",
+        "--data",
+        g.to_str().unwrap(),
+    ]);
     assert!(e.contains("####"), "{e}");
 }

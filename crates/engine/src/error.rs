@@ -20,6 +20,9 @@ pub enum EngineError {
     },
     #[error("{0}")]
     InvalidOption(String),
+    /// The caller's callback asked the batch loop to stop (its own error says why).
+    #[error("stopped by the caller")]
+    Stopped,
     #[error("invalid sampling option: {0}")]
     Sampling(String),
 }

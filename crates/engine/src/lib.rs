@@ -12,7 +12,9 @@ pub mod generate;
 pub mod sampler;
 pub mod session;
 pub mod spm;
+pub mod spm_model;
 pub mod stream;
+pub mod tekken;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -70,8 +72,18 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
         None if ckpt.gguf.is_none() => Some(path.join("tokenizer.json")).filter(|f| f.exists()),
         None => None,
     };
+    let native = match (&opts.tokenizer, &ckpt.gguf) {
+        (Some(t), _) if Tokenizer::is_mistral_file(t) => Some(t.clone()),
+        (None, None) if !path.join("tokenizer.json").exists() => mistral_tokenizer_in(path),
+        _ => None,
+    };
+    let json = json.filter(|_| native.is_none());
     let tokenizer = match (opts.no_tokenizer, json, &ckpt.gguf) {
         (true, _, _) => None,
+        (false, _, _) if native.is_some() => native
+            .as_deref()
+            .map(Tokenizer::from_mistral_file)
+            .transpose()?,
         (false, Some(file), _) => {
             let (bos, eos) = (
                 model.config.bos_token_id,
@@ -92,6 +104,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
 /// Only the tokenizer of a model (no weights are checked): a GGUF file's vocabulary, a
 /// folder's tokenizer.json, or a tokenizer.json given directly.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if path.is_file() && Tokenizer::is_mistral_file(path) {
+        return Tokenizer::from_mistral_file(path);
+    }
+    if path.is_dir() && !path.join("tokenizer.json").exists() {
+        if let Some(f) = mistral_tokenizer_in(path) {
+            return Tokenizer::from_mistral_file(&f);
+        }
+    }
     let is_json = path.extension().is_some_and(|e| e == "json");
     if path.is_file() && !is_json {
         let g = bora_model::gguf::GgufFile::open(path)?;
@@ -145,4 +165,33 @@ impl Engine {
             _ => self.model.config.eos_token_ids.clone(),
         }
     }
+}
+
+/// Mistral's own tokenizer file in a checkpoint folder (its native layout): `tekken.json`,
+/// else the newest `tokenizer.model.vN`, else `tokenizer.model`.
+pub fn mistral_tokenizer_in(dir: &Path) -> Option<PathBuf> {
+    let tekken = dir.join("tekken.json");
+    if tekken.is_file() {
+        return Some(tekken);
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let v = name.strip_prefix("tokenizer.model.v")?;
+            let n: u32 = v
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    versioned.sort();
+    versioned
+        .pop()
+        .map(|(_, p)| p)
+        .or_else(|| Some(dir.join("tokenizer.model")).filter(|p| p.is_file()))
 }

@@ -20,6 +20,8 @@ pub struct SpmVocab {
     byte_ids: [Option<u32>; 256],
     /// Control and user-defined pieces, longest first: recognised in prompt text.
     specials: Vec<(String, u32)>,
+    /// User-defined pieces, longest first: always one piece, never merged (as sentencepiece).
+    user_defined: Vec<String>,
     unk: Option<u32>,
     add_space_prefix: bool,
 }
@@ -54,6 +56,11 @@ impl SpmVocab {
             .map(|(i, p)| (p.clone(), i as u32))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let user_defined = specials
+            .iter()
+            .filter(|(_, id)| types.get(*id as usize) == Some(&TYPE_USER_DEFINED))
+            .map(|(p, _)| p.clone())
+            .collect();
         Self {
             pieces,
             scores,
@@ -61,9 +68,18 @@ impl SpmVocab {
             index,
             byte_ids,
             specials,
+            user_defined,
             unk,
             add_space_prefix,
         }
+    }
+
+    /// The id of the piece spelled `text`, control pieces included.
+    pub fn id_of(&self, text: &str) -> Option<u32> {
+        self.index
+            .get(text)
+            .copied()
+            .or_else(|| self.pieces.iter().position(|p| p == text).map(|i| i as u32))
     }
 
     pub fn piece(&self, id: u32) -> Option<&str> {
@@ -105,22 +121,38 @@ impl SpmVocab {
             end: usize,
             prev: Option<usize>,
             next: Option<usize>,
+            /// A user-defined piece: takes part in no merge.
+            frozen: bool,
         }
-        let mut syms: Vec<Sym> = s
-            .char_indices()
-            .enumerate()
-            .map(|(i, (b, c))| Sym {
-                start: b,
-                end: b + c.len_utf8(),
+        let mut syms: Vec<Sym> = Vec::with_capacity(s.len());
+        let mut at = 0;
+        while at < s.len() {
+            let user = self
+                .user_defined
+                .iter()
+                .find(|p| s[at..].starts_with(p.as_str()));
+            let len = match user {
+                Some(p) => p.len(),
+                None => s[at..].chars().next().map_or(1, char::len_utf8),
+            };
+            let i = syms.len();
+            syms.push(Sym {
+                start: at,
+                end: at + len,
                 prev: i.checked_sub(1),
                 next: Some(i + 1),
-            })
-            .collect();
+                frozen: user.is_some(),
+            });
+            at += len;
+        }
         if let Some(last) = syms.last_mut() {
             last.next = None;
         }
         let mut heap = BinaryHeap::new();
         let push = |heap: &mut BinaryHeap<Candidate>, syms: &[Sym], left: usize, right: usize| {
+            if syms[left].frozen || syms[right].frozen {
+                return;
+            }
             let (a, b) = (syms[left].start, syms[right].end);
             if let Some(&id) = self.index.get(&s[a..b]) {
                 let score = self.scores.get(id as usize).copied().unwrap_or(0.0);

@@ -15,6 +15,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{EngineError, Result};
 use crate::spm::{SpmVocab, TYPE_CONTROL, TYPE_USER_DEFINED};
+use crate::spm_model::SpmModel;
+use crate::tekken::Tekken;
 
 enum Backend {
     /// `parse` recognises special-token text; `plain` (encode_special_tokens) keeps it literal.
@@ -23,6 +25,7 @@ enum Backend {
         plain: Box<tokenizers::Tokenizer>,
     },
     Spm(Box<SpmVocab>),
+    Tekken(Box<Tekken>),
 }
 
 impl Backend {
@@ -165,6 +168,8 @@ impl Tokenizer {
         let t = match &self.backend {
             Backend::Spm(v) if parse_special => return Ok(v.encode_parsing_special(text)),
             Backend::Spm(v) => return Ok(v.encode(text)),
+            Backend::Tekken(t) if parse_special => return Ok(t.encode_parsing_special(text)),
+            Backend::Tekken(t) => return Ok(t.encode(text)),
             Backend::Hf { parse, .. } if parse_special => parse,
             Backend::Hf { plain, .. } => plain,
         };
@@ -190,6 +195,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.backend {
             Backend::Spm(v) => v.decode(ids),
+            Backend::Tekken(t) => t.decode(ids),
             Backend::Hf { parse, .. } => parse.decode(ids, true).unwrap_or_default(),
         }
     }
@@ -198,7 +204,74 @@ impl Tokenizer {
     pub fn piece(&self, id: u32) -> String {
         match &self.backend {
             Backend::Spm(v) => v.piece(id).unwrap_or("").to_string(),
+            Backend::Tekken(t) => t.piece(id),
             Backend::Hf { parse, .. } => parse.id_to_token(id).unwrap_or_default(),
+        }
+    }
+
+    /// The id of a token spelled exactly `text` (a control token such as `[INST]`).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        match &self.backend {
+            Backend::Spm(v) => v.id_of(text),
+            Backend::Tekken(t) => t.special_id(text),
+            Backend::Hf { parse, .. } => parse.token_to_id(text),
+        }
+    }
+
+    /// Which kind of tokenizer this is: `tekken`, `sentencepiece` or `tokenizers`.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Spm(_) => "sentencepiece",
+            Backend::Tekken(_) => "tekken",
+            Backend::Hf { .. } => "tokenizers",
+        }
+    }
+
+    /// Where the tokenizer was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// A SentencePiece model file (`tokenizer.model`, `tokenizer.model.v3`, …).
+    pub fn from_spm_model_file(path: &Path) -> Result<Self> {
+        let m = SpmModel::open(path)?;
+        Ok(Self {
+            backend: Backend::Spm(Box::new(m.vocab)),
+            source: path.to_path_buf(),
+            bos: m.bos,
+            eos: m.eos.into_iter().collect(),
+            add_bos: m.bos.is_some(),
+        })
+    }
+
+    /// A Tekken tokenizer file (`tekken.json`).
+    pub fn from_tekken_file(path: &Path) -> Result<Self> {
+        let t = Tekken::open(path)?;
+        let (bos, eos) = (t.special_id("<s>"), t.special_id("</s>"));
+        Ok(Self {
+            backend: Backend::Tekken(Box::new(t)),
+            source: path.to_path_buf(),
+            bos,
+            eos: eos.into_iter().collect(),
+            add_bos: bos.is_some(),
+        })
+    }
+
+    /// Mistral's own tokenizer files, by name: `tekken*.json` or `tokenizer.model*`.
+    pub fn is_mistral_file(path: &Path) -> bool {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        (name.starts_with("tekken") && name.ends_with(".json"))
+            || name.ends_with(".model")
+            || name.contains(".model.v")
+    }
+
+    /// `tekken*.json` or a SentencePiece model, chosen by name.
+    pub fn from_mistral_file(path: &Path) -> Result<Self> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".json") {
+            Self::from_tekken_file(path)
+        } else {
+            Self::from_spm_model_file(path)
         }
     }
 }

@@ -39,6 +39,16 @@ pub fn generate_greedy(
     let mut jobs = Vec::with_capacity(requests.len());
     for r in requests {
         let ids = tok.encode_prompt(&r.prompt)?;
+        if ids.is_empty() {
+            return Err(EvalError::Invalid(
+                "an empty prompt (and no BOS to start from) cannot be continued".into(),
+            ));
+        }
+        if r.max_new_tokens == 0 {
+            return Err(EvalError::Invalid(
+                "max_new_tokens must be at least 1".into(),
+            ));
+        }
         if ids.len() >= limit {
             return Err(EvalError::Invalid(format!(
                 "a prompt of {} tokens leaves no room to generate within the context of {limit}",

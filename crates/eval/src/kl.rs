@@ -56,12 +56,15 @@ impl KlAccumulator {
             / nf;
         let mut sorted = self.kld.clone();
         sorted.sort_by(f64::total_cmp);
+        // Linear interpolation between the nearest ranks, as llama.cpp reports them.
         let pct = |q: f64| {
-            if sorted.is_empty() {
-                0.0
-            } else {
-                sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-            }
+            let Some(&last) = sorted.last() else {
+                return 0.0;
+            };
+            let p = q * (sorted.len() - 1) as f64;
+            let i = p as usize;
+            let next = sorted.get(i + 1).copied().unwrap_or(last);
+            (1.0 - (p - i as f64)) * sorted[i] + (p - i as f64) * next
         };
         let same = self.same_top as f64 / nf;
         let (ppl, ppl_base) = (self.nll.perplexity(), self.nll_base.perplexity());

@@ -76,6 +76,12 @@ pub fn loglikelihoods(
                 r.continuation
             )));
         }
+        let vocab = model.config.vocab_size;
+        if let Some(&t) = c.iter().chain(&k).find(|&&t| t as usize >= vocab) {
+            return Err(EvalError::Invalid(format!(
+                "token {t} is outside the model's vocabulary of {vocab}: the tokenizer does not belong to this model"
+            )));
+        }
         pairs.push((c, k));
     }
     // One job per distinct context when every continuation after it is a single token;

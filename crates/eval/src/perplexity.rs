@@ -105,23 +105,25 @@ pub fn run_windows(
     let mut partial: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     let mut next = 0;
     let mut failure = None;
-    run_batch(model, jobs, batch, |out| {
+    let result = run_batch(model, jobs, batch, |out| {
         let buf = partial.entry(out.job).or_default();
         let room = want.saturating_sub(buf.len());
         buf.extend_from_slice(&out.rows[..out.rows.len().min(room)]);
         while partial.get(&next).is_some_and(|b| b.len() == want) {
             let rows = partial.remove(&next).unwrap_or_default();
             if let Err(e) = per_chunk(next, &rows) {
-                failure.get_or_insert(e);
+                failure = Some(e);
+                return Err(bora_engine::EngineError::Stopped);
             }
             next += 1;
         }
         Ok(None)
-    })?;
-    match failure {
-        Some(e) => Err(e),
-        None if next == w.n_chunks => Ok(()),
-        None => Err(EvalError::Invalid(format!(
+    });
+    match (failure, result) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(())) if next == w.n_chunks => Ok(()),
+        (None, Ok(())) => Err(EvalError::Invalid(format!(
             "only {next} of {} windows were scored",
             w.n_chunks
         ))),

@@ -14,14 +14,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.task == EvalTask::Humaneval && !a.allow_code_execution {
         bail!(
             "HumanEval runs the code the model writes: pass --allow-code-execution to allow it \
-             (each program runs in a subprocess with no network and a {}s timeout)",
+             (each program runs in a subprocess of its own, without network where unshare allows, with a {}s timeout)",
             a.timeout
         );
     }
-    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    if a.max_tokens == 0 {
+    let timeout = Duration::try_from_secs_f64(a.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
+    let max_tokens = a.max_tokens.unwrap_or(match a.task {
+        EvalTask::Humaneval => 1024,
+        _ => 256,
+    });
+    if max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
     if !a.data.exists() {
@@ -82,7 +87,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 tok,
                 &examples[..shots],
                 &problems[..n],
-                a.max_tokens,
+                max_tokens,
                 batch,
                 tick,
             )?
@@ -94,9 +99,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 model,
                 tok,
                 &problems[..n],
-                a.max_tokens,
+                max_tokens,
                 &a.python,
-                Duration::from_secs_f64(a.timeout),
+                timeout,
                 batch,
                 tick,
             )?

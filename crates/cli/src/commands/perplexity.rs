@@ -29,8 +29,15 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
         }
         a.model.ctx = Some(n);
     }
-    let ctx = *a.model.ctx.get_or_insert(DEFAULT_CTX);
-    let engine = super::load(&a.model, a.json)?;
+    // The window is the context, as llama-perplexity's -c; the model loads with its own
+    // limit, so a window past what it was trained on can be said.
+    let ctx = a.model.ctx.take().unwrap_or(DEFAULT_CTX);
+    let mut engine = super::load(&a.model, a.json)?;
+    let trained = engine.model.config.max_context;
+    if ctx > trained {
+        eprintln!("bora: warning: a window of {ctx} tokens is longer than the model's context of {trained}");
+    }
+    engine.model.config.max_context = ctx;
     let model = &engine.model;
     let batch = a.batch.unwrap_or(ctx).max(1);
     let opts = BatchOptions {
@@ -68,8 +75,12 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
         return print_kl(&acc.report(), a.json);
     }
     let file = a.file.as_ref().context("give the text with --file")?;
-    let text = std::fs::read_to_string(file)
+    let mut text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read {} as UTF-8 text", file.display()))?;
+    // llama.cpp's -f drops one final newline; so do we, for the same tokens.
+    if text.ends_with('\n') {
+        text.pop();
+    }
     let mut tokens = Vec::new();
     tokens.extend(bos);
     tokens.extend(tok.encode_plain(&text)?);

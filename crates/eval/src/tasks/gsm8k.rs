@@ -2,9 +2,12 @@
 //! worked solution ending in "#### NUMBER"). Prompted as lm-evaluation-harness's `gsm8k`
 //! task: solved examples "Question: …\nAnswer: <solution>" then the question; the model
 //! writes its own chain of thought until "Question:", and the number after its "####" must
-//! equal the reference exactly (commas, "$" and a final "." ignored).
+//! equal the reference exactly, extracted and normalized with lm-eval's own patterns.
 
 use std::path::Path;
+use std::sync::OnceLock;
+
+use regex::Regex;
 
 use bora_engine::{BatchOptions, Tokenizer};
 use bora_model::Model;
@@ -22,7 +25,7 @@ pub struct Problem {
 pub fn load(path: &Path) -> Result<Vec<Problem>> {
     let items: Vec<Problem> = read_jsonl(path)?;
     for (i, p) in items.iter().enumerate() {
-        if final_number(&p.answer).is_none() {
+        if !p.answer.contains("#### ") {
             return Err(EvalError::data(
                 path,
                 format!("item {}: the answer has no \"#### NUMBER\" line", i + 1),
@@ -32,36 +35,43 @@ pub fn load(path: &Path) -> Result<Vec<Problem>> {
     Ok(items)
 }
 
-/// The number after the first "#### ", normalized: commas and "$" dropped, a final "." cut.
-pub fn final_number(text: &str) -> Option<String> {
-    let at = text.find("#### ")? + 5;
-    let raw: String = text[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | ',' | '$'))
-        .filter(|c| !matches!(c, ',' | '$'))
-        .collect();
-    let n = raw.strip_suffix('.').unwrap_or(&raw).to_string();
-    n.chars().any(|c| c.is_ascii_digit()).then_some(n)
+/// What lm-eval's "strict-match" filter extracts: the first `#### (-?[0-9.,]+)`'s number,
+/// or "[invalid]".
+pub fn strict_answer(text: &str) -> String {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"#### (\-?[0-9\.\,]+)").expect("valid pattern"));
+    re.captures(text)
+        .and_then(|c| c.get(1))
+        .map_or(INVALID.to_string(), |m| m.as_str().trim().to_string())
 }
 
-/// The last number in the text (the harness's "flexible" extraction), normalized likewise.
-pub fn last_number(text: &str) -> Option<String> {
-    let mut last = None;
-    let mut cur = String::new();
-    for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || matches!(c, '.' | ',' | '$') || (c == '-' && cur.is_empty()) {
-            cur.push(c);
-        } else if !cur.is_empty() {
-            let n: String = cur.chars().filter(|c| !matches!(c, ',' | '$')).collect();
-            let n = n.trim_end_matches('.').to_string();
-            if n.chars().any(|c| c.is_ascii_digit()) {
-                last = Some(n);
-            }
-            cur.clear();
-        }
-    }
-    last
+/// What its "flexible-extract" filter takes: the last number-like run in the text.
+pub fn flexible_answer(text: &str) -> String {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"(-?[$0-9.,]{2,})|(-?[0-9]+)").expect("valid pattern"));
+    re.captures_iter(text)
+        .last()
+        .and_then(|c| c.get(1).or_else(|| c.get(2)))
+        .map_or(INVALID.to_string(), |m| m.as_str().trim().to_string())
 }
+
+/// lm-eval's exact_match normalization for GSM8K, on both sides: commas and "$" removed,
+/// everything through the last "#### " removed, one final "." removed, lowercased.
+pub fn normalize(s: &str) -> String {
+    let mut t: String = s.chars().filter(|&c| c != ',' && c != '$').collect();
+    if let Some(at) = t.rfind("#### ") {
+        t.drain(..at + 5);
+    }
+    // Python's `\.$` also matches before a final newline.
+    if t.ends_with(".\n") {
+        t.remove(t.len() - 2);
+    } else if t.ends_with('.') {
+        t.pop();
+    }
+    t.to_lowercase()
+}
+
+const INVALID: &str = "[invalid]";
 
 pub fn prompt(shots: &[Problem], p: &Problem) -> String {
     let mut s = String::new();
@@ -100,11 +110,10 @@ pub fn evaluate(
     let (mut strict, mut flexible) = (0, 0);
     let mut items = Vec::with_capacity(problems.len());
     for (p, out) in problems.iter().zip(&outs) {
-        let gold = final_number(&p.answer);
-        let got = final_number(out);
-        let loose = last_number(out);
-        let s = got.is_some() && got == gold;
-        let f = loose.is_some() && loose == gold;
+        let gold = normalize(&p.answer);
+        let (got, loose) = (strict_answer(out), flexible_answer(out));
+        let s = normalize(&got) == gold;
+        let f = normalize(&loose) == gold;
         strict += usize::from(s);
         flexible += usize::from(f);
         items.push(serde_json::json!({
@@ -112,6 +121,7 @@ pub fn evaluate(
             "reference": gold,
             "completion": out,
             "extracted": got,
+            "extracted_flexible": loose,
             "correct": s,
             "correct_flexible": f,
         }));
@@ -134,19 +144,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_are_read_after_the_four_hashes_and_normalized() {
-        assert_eq!(
-            final_number("so 3*4=12\n#### 1,200").as_deref(),
-            Some("1200")
-        );
-        assert_eq!(final_number("#### $-7.").as_deref(), Some("-7"));
-        assert_eq!(final_number("#### 3.5 apples").as_deref(), Some("3.5"));
-        assert_eq!(final_number("The answer is 12"), None);
-        assert_eq!(final_number("#### none"), None);
-        assert_eq!(
-            last_number("first 3, then $1,250.").as_deref(),
-            Some("1250")
-        );
-        assert_eq!(last_number("no digits"), None);
+    fn answers_are_extracted_and_normalized_as_lm_eval_does() {
+        assert_eq!(strict_answer("so 3*4=12\n#### 1,200"), "1,200");
+        assert_eq!(normalize(&strict_answer("#### 1,200.")), "1200");
+        assert_eq!(normalize("Natalia sold 48/2 = 24 clips.\n#### 72"), "72");
+        // lm-eval's strict pattern has no "$": a "$" answer is invalid there, and here.
+        assert_eq!(strict_answer("#### $18"), INVALID);
+        assert_eq!(strict_answer("The answer is 12"), INVALID);
+        assert_eq!(flexible_answer("first 3, then $1,250."), "$1,250.");
+        assert_eq!(normalize(&flexible_answer("first 3, then $1,250.")), "1250");
+        assert_eq!(flexible_answer("5-3"), "-3");
+        assert_eq!(flexible_answer("no digits"), INVALID);
     }
 }

@@ -1,9 +1,11 @@
 //! Runs model-written Python in a child process: its own temporary folder, an empty
-//! environment, no network (a network namespace of its own where `unshare` allows, and the
-//! socket module disabled in any case), a wall-clock limit after which its whole process
-//! group is killed.
+//! environment, a process group of its own that is killed when the program ends or overruns
+//! its wall-clock limit, and no network where `unshare` can give it an empty network
+//! namespace. Python's `socket` functions are also replaced by ones that raise, which stops
+//! ordinary code but not a program set on getting out (`_socket`, a subprocess): without
+//! `unshare` that guard is all there is, which is why HumanEval needs
+//! `--allow-code-execution`.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -59,13 +61,17 @@ pub fn run_python(python: &str, program: &str, timeout: Duration) -> Result<Outc
     } else {
         Command::new(python)
     };
+    // stderr goes to a file: a pipe could fill and stall the child, or be held open by a
+    // grandchild after it exits.
+    let err_path = dir.join("stderr.txt");
+    let err_file = std::fs::File::create(&err_path).map_err(|e| EvalError::io(&err_path, e))?;
     cmd.args(["-I", "program.py"])
         .current_dir(&dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(err_file);
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
@@ -76,10 +82,8 @@ pub fn run_python(python: &str, program: &str, timeout: Duration) -> Result<Outc
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break Outcome::Passed,
             Ok(Some(status)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    e.read_to_string(&mut err).ok();
-                }
+                let err = std::fs::read(&err_path).unwrap_or_default();
+                let err = String::from_utf8_lossy(&err);
                 let last = err.lines().last().unwrap_or("").to_string();
                 break Outcome::Failed {
                     reason: if last.is_empty() {
@@ -103,6 +107,8 @@ pub fn run_python(python: &str, program: &str, timeout: Duration) -> Result<Outc
             }
         }
     };
+    // Whatever the program started dies with it.
+    kill_group(child.id());
     std::fs::remove_dir_all(&dir).ok();
     Ok(outcome)
 }
@@ -139,5 +145,14 @@ mod tests {
             Outcome::Failed { reason } => assert!(reason.contains("disabled"), "{reason}"),
             o => panic!("{o:?}"),
         }
+        // A grandchild holding stderr open, and a flood of stderr, end in time.
+        let t = Instant::now();
+        let o = run("import subprocess, sys\nsubprocess.Popen(['sleep', '30'])\nsys.stderr.write('x' * 200000)\nsys.exit(1)");
+        assert!(matches!(o, Outcome::Failed { .. }), "{o:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            t.elapsed()
+        );
     }
 }
