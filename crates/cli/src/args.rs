@@ -309,14 +309,24 @@ pub struct BenchArgs {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// A model (HF folder or GGUF file), a vocabulary-only GGUF, or a tokenizer.json.
-    pub model: PathBuf,
-    /// Use this tokenizer.json instead of the model's own.
+    /// A model (HF folder, Mistral folder or GGUF file), a vocabulary-only GGUF, or a
+    /// tokenizer file (tokenizer.json, tekken.json, tokenizer.model[.vN]).
+    #[arg(required_unless_present = "tokenizer")]
+    pub model: Option<PathBuf>,
+    /// Use this tokenizer file instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// The text to tokenize.
+    #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
+    pub text: Option<String>,
+    /// A conversation to encode as the model's instruct format: a JSON list of
+    /// {"role", "content"[, "prefix": true]} messages.
     #[arg(long)]
-    pub text: String,
+    pub chat: Option<PathBuf>,
+    /// The instruct format: v1, v2, v3, v7 (Mistral's), tekken (the Tekken file's own);
+    /// default: decided from the tokenizer.
+    #[arg(long)]
+    pub chat_format: Option<String>,
     /// Don't prepend BOS even when the model expects it.
     #[arg(long)]
     pub no_bos: bool,

@@ -20,6 +20,8 @@ pub enum EngineError {
     },
     #[error("{0}")]
     InvalidOption(String),
+    #[error("invalid conversation: {0}")]
+    InvalidChat(String),
     /// The caller's callback asked the batch loop to stop (its own error says why).
     #[error("stopped by the caller")]
     Stopped,

@@ -7,6 +7,7 @@
 //! - [`StreamDecoder`]: releases text only when it is whole (UTF-8, SentencePiece spaces).
 
 pub mod batch;
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod sampler;

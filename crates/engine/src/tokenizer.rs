@@ -218,6 +218,14 @@ impl Tokenizer {
         }
     }
 
+    /// The format version a Tekken file declares (`v3`, `v7`, …); None for other kinds.
+    pub fn tekken_version(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Tekken(t) => Some(&t.version),
+            _ => None,
+        }
+    }
+
     /// Which kind of tokenizer this is: `tekken`, `sentencepiece` or `tokenizers`.
     pub fn kind(&self) -> &'static str {
         match &self.backend {

@@ -1,23 +1,44 @@
-//! `bora tokenize`: ids and pieces as the model's tokenizer gives them.
+//! `bora tokenize`: ids and pieces as the model's tokenizer gives them, for a text or for a
+//! conversation in the model's instruct format.
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use bora_engine::chat::{encode_mistral, parse_conversation, MistralFormat};
+use bora_engine::Tokenizer;
 
 use crate::args::TokenizeArgs;
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
-    let tok = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&a.model))?;
+    let source = a
+        .tokenizer
+        .as_deref()
+        .or(a.model.as_deref())
+        .context("give a model or --tokenizer FILE")?;
+    let tok = bora_engine::load_tokenizer(source)?;
     let tok = &tok;
-    let mut ids: Vec<u32> = Vec::new();
-    if !a.no_bos && tok.add_bos {
-        ids.extend(tok.bos);
-    }
-    if a.no_parse_special {
-        ids.extend(tok.encode_plain(&a.text)?);
-    } else {
-        ids.extend(tok.encode(&a.text)?);
-    }
+    let ids = match (&a.chat, &a.text) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let messages =
+                parse_conversation(&text).with_context(|| format!("{}", file.display()))?;
+            encode_mistral(tok, chat_format(tok, a.chat_format.as_deref())?, &messages)?
+        }
+        (None, Some(text)) => {
+            let mut ids: Vec<u32> = Vec::new();
+            if !a.no_bos && tok.add_bos {
+                ids.extend(tok.bos);
+            }
+            if a.no_parse_special {
+                ids.extend(tok.encode_plain(text)?);
+            } else {
+                ids.extend(tok.encode(text)?);
+            }
+            ids
+        }
+        (None, None) => bail!("give --text TEXT or --chat conversation.json"),
+    };
     let pieces: Vec<String> = ids.iter().map(|&id| tok.piece(id)).collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -33,4 +54,20 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The format asked for, or the one the tokenizer implies.
+fn chat_format(tok: &Tokenizer, asked: Option<&str>) -> Result<MistralFormat> {
+    match asked {
+        None => Ok(MistralFormat::for_tokenizer(tok)),
+        Some("tekken") => match tok.tekken_version() {
+            Some(_) => Ok(MistralFormat::for_tokenizer(tok)),
+            None => bail!("--chat-format tekken needs a Tekken tokenizer (tekken.json); this one is {}", tok.kind()),
+        },
+        Some("jinja") => bail!(
+            "--chat-format jinja (the model's chat_template) is not supported yet; use v1, v2, v3, v7 or tekken"
+        ),
+        Some(f) => MistralFormat::parse(f)
+            .with_context(|| format!("--chat-format '{f}' is not one of v1, v2, v3, v7, tekken, jinja")),
+    }
 }
