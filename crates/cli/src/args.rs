@@ -323,8 +323,8 @@ pub struct TokenizeArgs {
     /// {"role", "content"[, "prefix": true]} messages.
     #[arg(long)]
     pub chat: Option<PathBuf>,
-    /// The instruct format: v1, v2, v3, v7 (Mistral's), tekken (the Tekken file's own);
-    /// default: decided from the tokenizer.
+    /// The instruct format: v1, v2, v3, v7 (Mistral's), tekken (the Tekken file's own),
+    /// jinja (the model's chat_template); default: decided from the model's files.
     #[arg(long)]
     pub chat_format: Option<String>,
     /// Don't prepend BOS even when the model expects it.

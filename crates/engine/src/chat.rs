@@ -93,6 +93,54 @@ impl MistralFormat {
     }
 }
 
+/// How a conversation becomes tokens: one of Mistral's formats, or the model's template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatFormat {
+    Mistral(MistralFormat),
+    Jinja(String),
+}
+
+impl ChatFormat {
+    /// Decided from the model's files: Mistral's own tokenizer files (tekken.json,
+    /// tokenizer.model.vN) get Mistral's format; otherwise the model's Jinja template when it
+    /// has one; otherwise the Mistral format its control tokens allow.
+    pub fn for_tokenizer(tok: &Tokenizer) -> Self {
+        let native = matches!(tok.kind(), "tekken") || Tokenizer::is_mistral_file(tok.source());
+        match &tok.chat_template {
+            Some(t) if !native => Self::Jinja(t.clone()),
+            _ => Self::Mistral(MistralFormat::for_tokenizer(tok)),
+        }
+    }
+
+    /// `--chat-format`: v1, v2, v3, v7, tekken or jinja; None decides from the files.
+    pub fn choose(tok: &Tokenizer, asked: Option<&str>) -> Result<Self> {
+        match asked {
+            None => Ok(Self::for_tokenizer(tok)),
+            Some("tekken") => match tok.tekken_version() {
+                Some(_) => Ok(Self::Mistral(MistralFormat::for_tokenizer(tok))),
+                None => Err(invalid(format!(
+                    "the tekken format needs a Tekken tokenizer (tekken.json); this one is {}",
+                    tok.kind()
+                ))),
+            },
+            Some("jinja") => tok.chat_template.clone().map(Self::Jinja).ok_or_else(|| {
+                invalid("the model has no chat_template (tokenizer_config.json or GGUF tokenizer.chat_template)")
+            }),
+            Some(f) => MistralFormat::parse(f).map(Self::Mistral).ok_or_else(|| {
+                invalid(format!("format '{f}' is not one of v1, v2, v3, v7, tekken, jinja"))
+            }),
+        }
+    }
+
+    /// The conversation's ids, ready for the model to answer (or to continue a prefix).
+    pub fn encode(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+        match self {
+            Self::Mistral(f) => encode_mistral(tok, *f, messages),
+            Self::Jinja(t) => crate::chat_template::encode_template(tok, t, messages, true),
+        }
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidChat(msg.into())
 }

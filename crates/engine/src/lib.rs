@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod chat_template;
 pub mod error;
 pub mod generate;
 pub mod sampler;

@@ -46,6 +46,8 @@ pub struct Tokenizer {
     pub eos: Vec<u32>,
     /// Whether a prompt starts with BOS.
     pub add_bos: bool,
+    /// The model's Jinja chat template, when its files carry one.
+    pub chat_template: Option<String>,
 }
 
 impl Tokenizer {
@@ -62,6 +64,10 @@ impl Tokenizer {
         // Without an explicit add_bos_token, BOS is added when the tokenizer's own
         // post-processor adds it, as transformers does.
         let mut add_bos = post_processor_adds(&tk, bos);
+        let mut chat_template = path
+            .parent()
+            .map(|d| d.join("chat_template.jinja"))
+            .and_then(|p| std::fs::read_to_string(p).ok());
         if let Some(cfg) = path
             .parent()
             .map(|d| d.join("tokenizer_config.json"))
@@ -71,6 +77,7 @@ impl Tokenizer {
             if let Some(b) = cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
                 add_bos = b;
             }
+            chat_template = chat_template.or_else(|| template_from_config(&cfg));
             if bos.is_none() {
                 bos = cfg
                     .get("bos_token")
@@ -89,6 +96,7 @@ impl Tokenizer {
             bos,
             eos,
             add_bos: add_bos && bos.is_some(),
+            chat_template,
         })
     }
 
@@ -150,6 +158,10 @@ impl Tokenizer {
             bos,
             eos,
             add_bos,
+            chat_template: g
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }))
     }
 
@@ -249,6 +261,7 @@ impl Tokenizer {
             bos: m.bos,
             eos: m.eos.into_iter().collect(),
             add_bos: m.bos.is_some(),
+            chat_template: None,
         })
     }
 
@@ -262,6 +275,7 @@ impl Tokenizer {
             bos,
             eos: eos.into_iter().collect(),
             add_bos: bos.is_some(),
+            chat_template: None,
         })
     }
 
@@ -429,4 +443,17 @@ fn byte_level_bpe(
     tk.add_special_tokens(&added(TYPE_CONTROL, true));
     tk.add_tokens(&added(TYPE_USER_DEFINED, false));
     Ok(tk)
+}
+
+/// tokenizer_config.json's `chat_template`: a string, or a list of named templates (the
+/// one named "default").
+fn template_from_config(cfg: &serde_json::Value) -> Option<String> {
+    match cfg.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
 }

@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use bora_engine::chat::{encode_mistral, parse_conversation, MistralFormat};
-use bora_engine::Tokenizer;
+use bora_engine::chat::{parse_conversation, ChatFormat};
 
 use crate::args::TokenizeArgs;
 
@@ -23,7 +22,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let messages =
                 parse_conversation(&text).with_context(|| format!("{}", file.display()))?;
-            encode_mistral(tok, chat_format(tok, a.chat_format.as_deref())?, &messages)?
+            ChatFormat::choose(tok, a.chat_format.as_deref())?.encode(tok, &messages)?
         }
         (None, Some(text)) => {
             let mut ids: Vec<u32> = Vec::new();
@@ -54,20 +53,4 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The format asked for, or the one the tokenizer implies.
-fn chat_format(tok: &Tokenizer, asked: Option<&str>) -> Result<MistralFormat> {
-    match asked {
-        None => Ok(MistralFormat::for_tokenizer(tok)),
-        Some("tekken") => match tok.tekken_version() {
-            Some(_) => Ok(MistralFormat::for_tokenizer(tok)),
-            None => bail!("--chat-format tekken needs a Tekken tokenizer (tekken.json); this one is {}", tok.kind()),
-        },
-        Some("jinja") => bail!(
-            "--chat-format jinja (the model's chat_template) is not supported yet; use v1, v2, v3, v7 or tekken"
-        ),
-        Some(f) => MistralFormat::parse(f)
-            .with_context(|| format!("--chat-format '{f}' is not one of v1, v2, v3, v7, tekken, jinja")),
-    }
 }
