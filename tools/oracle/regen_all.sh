@@ -13,3 +13,5 @@ cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/make_smollm2_exact.py
 "$PY" tools/oracle/make_perplexity_reference.py
 "$PY" tools/oracle/make_eval_fixtures.py
+"$PY" tools/oracle/make_chat_fixtures.py
+"$PY" tools/oracle/make_template_fixtures.py
