@@ -5,6 +5,7 @@ set -euo pipefail
 PY=${PYTHON:-/work/oracle-venv/bin/python}
 cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/make_tiny_models.py
+"$PY" tools/oracle/make_native_fixture.py
 "$PY" tools/oracle/convert_gguf.py
 "$PY" tools/oracle/check_gguf_llamacpp.py
 "$PY" tools/oracle/make_kquant_fixtures.py

@@ -628,3 +628,25 @@ fn eval_data_errors_name_the_file_and_the_row() {
     ]);
     assert!(e.contains("####"), "{e}");
 }
+
+#[test]
+fn native_layout_problems_are_named() {
+    let d = copy_fixture("mistral_swa_native", "native");
+    let params = d.join("params.json");
+    let mut p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&params).unwrap()).unwrap();
+    p["moe"] = serde_json::json!({"num_experts": 8, "num_experts_per_tok": 2});
+    std::fs::write(&params, p.to_string()).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("params.json") && e.contains("moe"), "{e}");
+    p.as_object_mut().unwrap().remove("moe");
+    p.as_object_mut().unwrap().remove("dim");
+    std::fs::write(&params, p.to_string()).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("dim"), "{e}");
+    p["dim"] = serde_json::json!(64);
+    std::fs::write(&params, p.to_string()).unwrap();
+    std::fs::remove_file(d.join("consolidated.safetensors")).unwrap();
+    let e = run_ids(&d, "1");
+    assert!(e.contains("consolidated"), "{e}");
+}

@@ -64,6 +64,10 @@ impl Checkpoint {
 
     fn open_hf_folder(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
+        let params = dir.join("params.json");
+        if !config_path.exists() && params.exists() {
+            return Self::open_native_folder(dir, &params);
+        }
         let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
             path: config_path.clone(),
             source,
@@ -85,6 +89,52 @@ impl Checkpoint {
         Ok(Self {
             path: dir.to_path_buf(),
             format: Format::Hf,
+            config,
+            tensors,
+            gguf: None,
+        })
+    }
+
+    /// Mistral's native layout: params.json and `consolidated*.safetensors`.
+    fn open_native_folder(dir: &Path, params: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(params).map_err(|source| ModelError::Io {
+            path: params.to_path_buf(),
+            source,
+        })?;
+        let config = ModelConfig::from_params_json(&text, &params.display().to_string())?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| ModelError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("consolidated") && name.ends_with(".safetensors")
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(ModelError::format(
+                dir,
+                "params.json but no consolidated*.safetensors (Mistral's .pth checkpoints are not read)",
+            ));
+        }
+        let mut tensors = BTreeMap::new();
+        for file in files {
+            for (name, t) in safetensors::read_directory(&file)? {
+                if tensors.insert(name.clone(), t).is_some() {
+                    return Err(ModelError::Tensor {
+                        path: file.clone(),
+                        name,
+                        msg: "is also in another weight file".to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            path: dir.to_path_buf(),
+            format: Format::Native,
             config,
             tensors,
             gguf: None,

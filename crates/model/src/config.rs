@@ -194,6 +194,67 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// From Mistral's native `params.json` (mistral-inference's ModelArgs): dense models;
+    /// Q/K rows in the interleaved RoPE order.
+    pub fn from_params_json(text: &str, source: &str) -> Result<Self> {
+        let j: Json = serde_json::from_str(text)
+            .map_err(|e| ModelError::config(source, "(file)", format!("not valid JSON: {e}")))?;
+        let f = HfFields { j: &j, source };
+        if j.get("moe").is_some_and(|m| !m.is_null()) {
+            return Err(ModelError::config(
+                source,
+                "moe",
+                "native mixture-of-experts checkpoints are not supported yet (use the Hugging Face or GGUF release)",
+            ));
+        }
+        if j.get("vision_encoder").is_some_and(|m| !m.is_null()) {
+            return Err(ModelError::config(
+                source,
+                "vision_encoder",
+                "vision models are not supported",
+            ));
+        }
+        let hidden_size = f.usize("dim")?;
+        let n_heads = f.usize("n_heads")?;
+        // Older files give the window as a list (one per layer) or leave it out.
+        let sliding_window = match j.get("sliding_window") {
+            Some(Json::Array(v)) => v.first().and_then(Json::as_u64).map(|w| w as usize),
+            Some(v) => v.as_u64().map(|w| w as usize),
+            None => None,
+        };
+        let cfg = ModelConfig {
+            arch: Arch::Mistral,
+            vocab_size: f.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.usize("hidden_dim")?,
+            n_layers: f.usize("n_layers")?,
+            n_heads,
+            n_kv_heads: f.opt_usize("n_kv_heads")?.unwrap_or(n_heads),
+            head_dim: match f.opt_usize("head_dim")? {
+                Some(d) => d,
+                None => hidden_size.checked_div(n_heads).unwrap_or(0),
+            },
+            rope_theta: j
+                .get("rope_theta")
+                .and_then(Json::as_f64)
+                .unwrap_or(10_000.0),
+            rope_layout: RopeLayout::Interleaved,
+            rms_eps: j.get("norm_eps").and_then(Json::as_f64).unwrap_or(1e-5) as f32,
+            sliding_window,
+            // params.json does not say; Mistral's models since v0.2 are trained to 32k.
+            max_context: f.opt_usize("max_seq_len")?.unwrap_or(32_768),
+            tie_embeddings: j
+                .get("tied_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+            moe: None,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        };
+        cfg.validate(source)?;
+        Ok(cfg)
+    }
+
     /// From GGUF metadata (`general.architecture` = llama; Q/K rows in the interleaved layout).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let source = g.path().display().to_string();

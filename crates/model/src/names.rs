@@ -26,6 +26,9 @@ pub enum Role {
 pub enum Format {
     Hf,
     Gguf,
+    /// Mistral's own layout (`params.json` + `consolidated.safetensors`), as mistral-inference
+    /// reads it.
+    Native,
 }
 
 impl Role {
@@ -73,6 +76,24 @@ impl Role {
                 ExpertGate(l, e) => format!("blk.{l}.ffn_gate.{e}.weight"),
                 ExpertUp(l, e) => format!("blk.{l}.ffn_up.{e}.weight"),
                 ExpertDown(l, e) => format!("blk.{l}.ffn_down.{e}.weight"),
+            },
+            Format::Native => match self {
+                Embed => "tok_embeddings.weight".into(),
+                FinalNorm => "norm.weight".into(),
+                LmHead => "output.weight".into(),
+                AttnNorm(l) => format!("layers.{l}.attention_norm.weight"),
+                Wq(l) => format!("layers.{l}.attention.wq.weight"),
+                Wk(l) => format!("layers.{l}.attention.wk.weight"),
+                Wv(l) => format!("layers.{l}.attention.wv.weight"),
+                Wo(l) => format!("layers.{l}.attention.wo.weight"),
+                FfnNorm(l) => format!("layers.{l}.ffn_norm.weight"),
+                Gate(l) => format!("layers.{l}.feed_forward.w1.weight"),
+                Up(l) => format!("layers.{l}.feed_forward.w3.weight"),
+                Down(l) => format!("layers.{l}.feed_forward.w2.weight"),
+                Router(l) => format!("layers.{l}.feed_forward.gate.weight"),
+                ExpertGate(l, e) => format!("layers.{l}.feed_forward.experts.{e}.w1.weight"),
+                ExpertUp(l, e) => format!("layers.{l}.feed_forward.experts.{e}.w3.weight"),
+                ExpertDown(l, e) => format!("layers.{l}.feed_forward.experts.{e}.w2.weight"),
             },
         }
     }
