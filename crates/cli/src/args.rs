@@ -34,6 +34,23 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// Score the model on a benchmark: MMLU, GSM8K, HumanEval or any multiple-choice set.
     Eval(EvalArgs),
+    /// Describe a checkpoint: architecture, size, tensor types, tokenizer, memory needed.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A Hugging Face folder, a Mistral native folder or a GGUF file.
+    pub model: PathBuf,
+    /// The context to size the KV cache for (default: the model's).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Use this tokenizer file instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

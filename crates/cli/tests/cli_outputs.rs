@@ -279,3 +279,59 @@ fn bench_json_reports_medians_of_each_repetition() {
         (Some(40), Some(8))
     );
 }
+
+/// `bora inspect --json`: the parameter count the shapes in config.json imply, every byte of
+/// the file's tensors accounted for by type, and the KV cache the window bounds.
+#[test]
+fn inspect_reports_parameters_types_and_memory() {
+    for model in [
+        tiny("mistral_swa"),
+        tiny("mistral_swa.q8_0.gguf"),
+        tiny("mistral_swa_native"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bora"))
+            .arg("inspect")
+            .arg(&model)
+            .args(["--json", "--ctx", "100"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cfg = read_json(&tiny("mistral_swa").join("config.json"));
+        let n = |k: &str| cfg[k].as_u64().unwrap();
+        let (v, h, i, l) = (
+            n("vocab_size"),
+            n("hidden_size"),
+            n("intermediate_size"),
+            n("num_hidden_layers"),
+        );
+        let (qd, kvd) = (
+            n("num_attention_heads") * n("head_dim"),
+            n("num_key_value_heads") * n("head_dim"),
+        );
+        let per_layer = h * qd * 2 + h * kvd * 2 + 3 * h * i + 2 * h;
+        assert_eq!(
+            j["parameters"].as_u64().unwrap(),
+            2 * v * h + l * per_layer + h,
+            "{model:?}"
+        );
+        let shares: f64 = j["tensor_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["share"].as_f64().unwrap())
+            .sum();
+        assert!((shares - 1.0).abs() < 1e-9);
+        assert_eq!(j["sliding_window"], 16);
+        // 100 positions are fewer than the window plus one 512-token step, so all are held:
+        // layers × (K, V) × kv_dim × f32 × 100.
+        assert_eq!(
+            j["memory"]["kv_cache_bytes"].as_u64().unwrap(),
+            l * 2 * kvd * 4 * 100
+        );
+    }
+}

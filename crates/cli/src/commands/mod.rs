@@ -1,5 +1,6 @@
 mod bench;
 mod eval;
+mod inspect;
 mod logits;
 mod perplexity;
 mod progress;
@@ -21,6 +22,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Quantize(a) => quantize::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Inspect(a) => inspect::run(a),
     }
 }
 
