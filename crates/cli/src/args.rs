@@ -36,6 +36,25 @@ pub enum Command {
     Eval(EvalArgs),
     /// Describe a checkpoint: architecture, size, tensor types, tokenizer, memory needed.
     Inspect(InspectArgs),
+    /// Talk to the model: an interactive conversation in its instruct format.
+    Chat(ChatArgs),
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system prompt for the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The instruct format (v1, v2, v3, v7, tekken, jinja); default: from the model's files.
+    #[arg(long)]
+    pub chat_format: Option<String>,
+    /// Most tokens per answer (default: until the model ends its turn or the context is full).
+    #[arg(short = 'n', long)]
+    pub max_tokens: Option<usize>,
 }
 
 #[derive(Args)]
@@ -233,6 +252,22 @@ pub struct RunArgs {
     /// Tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     pub n_predict: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print the generated token ids, space-separated on one line, instead of text.
+    #[arg(long)]
+    pub print_ids: bool,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Positions per KV-cache block.
+    #[arg(long, default_value_t = bora_model::DEFAULT_BLOCK_SIZE)]
+    pub block_size: usize,
+}
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
     /// Sampling temperature (0: greedy).
     #[arg(long = "temp", default_value_t = 0.8)]
     pub temperature: f32,
@@ -249,19 +284,10 @@ pub struct RunArgs {
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Print the generated token ids, space-separated on one line, instead of text.
-    #[arg(long)]
-    pub print_ids: bool,
-    /// Keep generating past end-of-sequence tokens.
-    #[arg(long)]
-    pub ignore_eos: bool,
-    /// Positions per KV-cache block.
-    #[arg(long, default_value_t = bora_model::DEFAULT_BLOCK_SIZE)]
-    pub block_size: usize,
 }
 
-impl RunArgs {
-    pub fn sampling(&self) -> Result<SamplingParams> {
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -278,6 +304,13 @@ impl RunArgs {
             seed,
         };
         p.validate()?;
+        Ok(p)
+    }
+}
+
+impl RunArgs {
+    pub fn sampling(&self) -> Result<SamplingParams> {
+        let p = self.sampling.params()?;
         if self.block_size == 0 || self.block_size > bora_model::kv_cache::MAX_BLOCK_SIZE {
             bail!(
                 "--block-size must be between 1 and {}",

@@ -63,3 +63,36 @@ fn hundred_thousand_tokens_through_a_window_of_16() {
 fn window_of_256_holds_about_256_positions_after_5000_tokens() {
     run_far_past_window(256, 16, 5_000);
 }
+
+/// `bora chat` keeps the cache between turns and rewinds it to where a new turn's ids part
+/// from the cached ones: the logits after a rewind and a different continuation equal those
+/// of a fresh session on the whole sequence; under a window, a rewind past what the cache
+/// still holds starts over, and that too gives the fresh logits.
+#[test]
+fn rewinding_the_cache_gives_a_fresh_sessions_logits() {
+    for (model, rewind_to) in [
+        ("mistral_nowin", 30usize),
+        ("mistral_swa", 36),
+        ("mistral_swa", 5),
+    ] {
+        let engine = load(&tiny(model));
+        let m = &engine.model;
+        let a: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 256).collect();
+        let mut b = a[..rewind_to].to_vec();
+        b.extend((0..12).map(|i| (i * 11 + 5) % 256));
+        let mut s = bora::engine::Session::new(m, 4, 8).unwrap();
+        s.prefill(&a, 8, bora::model::LogitsRows::Last).unwrap();
+        let kept = s.rewind(rewind_to);
+        assert!(kept == rewind_to || kept == 0, "{model}: kept {kept}");
+        if model == "mistral_swa" && rewind_to == 5 {
+            assert_eq!(kept, 0, "the window (16) dropped what position 5 needs");
+        }
+        let got = s
+            .prefill(&b[kept..], 8, bora::model::LogitsRows::Last)
+            .unwrap();
+        let mut fresh = bora::engine::Session::new(m, 4, 8).unwrap();
+        let want = fresh.prefill(&b, 8, bora::model::LogitsRows::Last).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{model} rewind to {rewind_to}: max |Δ| {d}");
+    }
+}

@@ -69,6 +69,20 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
+    /// Forgets positions from `n` on (to take another continuation from there). When the
+    /// window has already dropped what position `n` needs, forgets everything: returns the
+    /// positions kept, `n` or 0.
+    pub fn rewind(&mut self, n: usize) -> usize {
+        if self
+            .seq
+            .truncate(&mut self.pool, n, self.model.config.sliding_window)
+        {
+            n.min(self.seq.len())
+        } else {
+            0
+        }
+    }
+
     /// KV blocks this sequence holds now.
     pub fn blocks_held(&self) -> usize {
         self.seq.blocks_held()

@@ -216,6 +216,29 @@ impl SeqKv {
         (self.blocks[logical - self.first_block], pos % block_size)
     }
 
+    /// Forgets every position from `n` on, so the sequence can take another continuation.
+    /// Returns false (and holds nothing) when the window has already dropped keys that
+    /// position `n` would need; the caller then starts over.
+    pub fn truncate(&mut self, pool: &mut KvPool, n: usize, window: Option<usize>) -> bool {
+        if n >= self.len {
+            return true;
+        }
+        let b = pool.layout.block_size;
+        let oldest_needed = window.map_or(0, |w| (n + 1).saturating_sub(w));
+        if oldest_needed / b < self.first_block {
+            self.free(pool);
+            return n == 0;
+        }
+        let keep = n.div_ceil(b).saturating_sub(self.first_block);
+        while self.blocks.len() > keep {
+            if let Some(blk) = self.blocks.pop_back() {
+                pool.release(blk);
+            }
+        }
+        self.len = n;
+        true
+    }
+
     /// Returns every block to the pool.
     pub fn free(&mut self, pool: &mut KvPool) {
         for b in self.blocks.drain(..) {
@@ -256,6 +279,30 @@ mod tests {
             seq.advance(&mut pool, 1, Some(4));
         }
         assert!(pool.created <= 4, "pool grew to {} blocks", pool.created);
+    }
+
+    #[test]
+    fn truncation_keeps_what_later_positions_can_see() {
+        let mut pool = KvPool::new(layout(), 64);
+        let mut seq = SeqKv::new();
+        seq.prepare(&mut pool, 9, None).unwrap();
+        seq.advance(&mut pool, 9, None);
+        assert_eq!(seq.blocks_held(), 5);
+        assert!(seq.truncate(&mut pool, 4, None));
+        assert_eq!((seq.len(), seq.blocks_held()), (4, 2));
+        assert_eq!(pool.blocks_in_use(), 2);
+        // Under a window of 4 the cache has dropped early blocks: going back before them
+        // is refused and the sequence starts over empty.
+        let mut w = SeqKv::new();
+        for _ in 0..12 {
+            w.prepare(&mut pool, 1, Some(4)).unwrap();
+            w.advance(&mut pool, 1, Some(4));
+        }
+        // Position 11 sees keys 8..=11 (block 4 on): kept. Position 10 would need key 7.
+        assert!(w.truncate(&mut pool, 11, Some(4)));
+        assert_eq!(w.len(), 11);
+        assert!(!w.truncate(&mut pool, 2, Some(4)));
+        assert_eq!((w.len(), w.blocks_held()), (0, 0));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 mod bench;
+mod chat;
 mod eval;
 mod inspect;
 mod logits;
@@ -23,6 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Chat(a) => chat::run(a),
     }
 }
 
