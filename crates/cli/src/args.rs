@@ -16,6 +16,10 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// No progress bars and no load summary on stderr (they never show when stderr is not a
+    /// terminal anyway).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +42,19 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Talk to the model: an interactive conversation in its instruct format.
     Chat(ChatArgs),
+    /// Download a model from the Hugging Face Hub into its cache (hf:OWNER/REPO[:FILE.gguf]).
+    Pull(PullArgs),
+    /// List the models in the Hugging Face cache, with their sizes.
+    List,
+    /// Remove a model (or one GGUF file of it) from the Hugging Face cache.
+    Rm(PullArgs),
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// hf:OWNER/REPO (a safetensors checkpoint), hf:OWNER/REPO:FILE.gguf, or a short name
+    /// such as mistral-7b-instruct.
+    pub model: String,
 }
 
 #[derive(Args)]
@@ -97,9 +114,6 @@ pub struct PerplexityArgs {
     /// One JSON object with the results instead of the running estimate.
     #[arg(long)]
     pub json: bool,
-    /// No progress bar.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -150,9 +164,6 @@ pub struct EvalArgs {
     /// Sequences in flight at once.
     #[arg(long, default_value_t = 16)]
     pub parallel: usize,
-    /// No progress bar.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
 }
 
 #[derive(Args)]
@@ -183,7 +194,9 @@ fn parse_quant(s: &str) -> std::result::Result<bora_kernels::DType, String> {
 /// How to load the model: shared by every subcommand that runs it.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A Hugging Face folder (config.json + *.safetensors) or a GGUF file.
+    /// A Hugging Face folder (config.json + *.safetensors), a Mistral native folder, a GGUF
+    /// file, or a model on the Hub: hf:OWNER/REPO, hf:OWNER/REPO:FILE.gguf, or a short name
+    /// (mistral-7b-instruct, mixtral-8x7b-instruct, …), downloaded into the HF cache.
     pub model: PathBuf,
     /// Use this tokenizer.json instead of the model's own.
     #[arg(long)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod hub;
 
 pub use bora_engine as engine;
 pub use bora_eval as eval;

@@ -39,7 +39,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         step_tokens: a.batch.max(1),
         ..Default::default()
     };
-    let progress = Progress::new(&format!("{:?}", a.task).to_lowercase(), a.quiet);
+    let progress = Progress::new(&format!("{:?}", a.task).to_lowercase(), super::quiet());
     let tick = |done, total| progress.update(done, total);
     let limit = |n: usize| a.limit.unwrap_or(n).min(n);
     let report = match a.task {

@@ -26,7 +26,8 @@ fn human(bytes: f64) -> String {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&a.model)?;
+    let model = crate::hub::resolve(&a.model, super::quiet())?;
+    let ckpt = Checkpoint::open(&model)?;
     let c = &ckpt.config;
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new(); // tensors, bytes, params
     let (mut params, mut weight_bytes) = (0u64, 0u64);
@@ -43,7 +44,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         params += n;
         weight_bytes += t.len as u64;
     }
-    let tokenizer = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&a.model)).ok();
+    let tokenizer = bora_engine::load_tokenizer(a.tokenizer.as_deref().unwrap_or(&model)).ok();
     let chat = tokenizer
         .as_ref()
         .map(|t| match ChatFormat::for_tokenizer(t) {

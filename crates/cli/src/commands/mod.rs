@@ -1,6 +1,7 @@
 mod bench;
 mod chat;
 mod eval;
+mod hub;
 mod inspect;
 mod logits;
 mod perplexity;
@@ -14,7 +15,15 @@ use bora_engine::Engine;
 
 use crate::args::{Cli, Command, ModelArgs};
 
+/// `--quiet`, for every command.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn dispatch(cli: Cli) -> Result<()> {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Logits(a) => logits::run(a),
@@ -25,13 +34,18 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Pull(a) => hub::pull(&a.model),
+        Command::List => hub::list(),
+        Command::Rm(a) => hub::rm(&a.model),
     }
 }
 
 /// Loads the model named on the command line and says, on stderr, what attention it uses.
 pub(crate) fn load(args: &ModelArgs, quiet: bool) -> Result<Engine> {
+    let quiet = quiet || self::quiet();
     args.init_threads()?;
-    let engine = bora_engine::load(&args.model, &args.load_options())?;
+    let path = crate::hub::resolve(&args.model, quiet)?;
+    let engine = bora_engine::load(&path, &args.load_options())?;
     if !quiet {
         let c = &engine.model.config;
         let attention = match c.sliding_window {

@@ -47,7 +47,7 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
     };
     let tok = engine.tokenizer()?;
     let bos = tok.add_bos.then_some(tok.bos).flatten();
-    let progress = Progress::new("perplexity", a.quiet || a.json);
+    let progress = Progress::new("perplexity", super::quiet() || a.json);
     if let Some(mut base) = base {
         if base.header.n_vocab != model.config.vocab_size {
             bail!(

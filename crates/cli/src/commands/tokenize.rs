@@ -14,7 +14,8 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         .as_deref()
         .or(a.model.as_deref())
         .context("give a model or --tokenizer FILE")?;
-    let tok = bora_engine::load_tokenizer(source)?;
+    let source = crate::hub::resolve(source, super::quiet())?;
+    let tok = bora_engine::load_tokenizer(&source)?;
     let tok = &tok;
     let ids = match (&a.chat, &a.text) {
         (Some(file), _) => {
