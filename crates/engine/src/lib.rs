@@ -55,6 +55,15 @@ pub struct Engine {
 }
 
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
+    load_with(path, opts, |_, _| {})
+}
+
+/// [`load`], calling `progress(layers done, layers)` while it quantizes (`opts.quant`).
+pub fn load_with(
+    path: &Path,
+    opts: &LoadOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<Engine> {
     let ckpt = Checkpoint::open(path)?;
     let mut config: ModelConfig = ckpt.config.clone();
     if let Some(w) = opts.sliding_window {
@@ -66,7 +75,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
     let mut model = Model::new(&ckpt, config)?;
     model.activations = opts.activations;
     if let Some(target) = opts.quant {
-        model.weights.quantize(target)?;
+        model.weights.quantize_with(target, progress)?;
     }
     // A tokenizer.json given explicitly, or the one in an HF folder; else a GGUF's vocabulary.
     let json = match &opts.tokenizer {

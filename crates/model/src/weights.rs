@@ -169,6 +169,16 @@ impl ModelWeights {
     /// `target` blocks gets Q8_0, as llama.cpp falls back for such rows. Only float
     /// checkpoints: re-quantizing quantized weights would compound two roundings.
     pub fn quantize(&mut self, target: DType) -> Result<QuantizeReport> {
+        self.quantize_with(target, |_, _| {})
+    }
+
+    /// [`quantize`](Self::quantize), calling `progress(layers done, layers)` as it goes.
+    pub fn quantize_with(
+        &mut self,
+        target: DType,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<QuantizeReport> {
+        let n_layers = self.layers.len();
         let mut report = QuantizeReport::default();
         let mut convert = |w: &mut Weight| -> Result<()> {
             if w.dtype.is_quantized() {
@@ -197,7 +207,7 @@ impl ModelWeights {
         } else {
             convert(&mut self.lm_head)?;
         }
-        for l in &mut self.layers {
+        for (li, l) in self.layers.iter_mut().enumerate() {
             for w in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
                 convert(w)?;
             }
@@ -210,6 +220,7 @@ impl ModelWeights {
                     convert(w)?;
                 }
             }
+            progress(li + 1, n_layers);
         }
         Ok(report)
     }

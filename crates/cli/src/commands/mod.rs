@@ -45,7 +45,11 @@ pub(crate) fn load(args: &ModelArgs, quiet: bool) -> Result<Engine> {
     let quiet = quiet || self::quiet();
     args.init_threads()?;
     let path = crate::hub::resolve(&args.model, quiet)?;
-    let engine = bora_engine::load(&path, &args.load_options())?;
+    let bar = progress::Progress::new("quantizing", quiet);
+    let engine = bora_engine::load_with(&path, &args.load_options(), |done, total| {
+        bar.update(done, total)
+    })?;
+    bar.finish();
     if !quiet {
         let c = &engine.model.config;
         let attention = match c.sliding_window {

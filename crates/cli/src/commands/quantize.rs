@@ -193,7 +193,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let mut metadata: BTreeMap<String, Value> = g.metadata.clone();
     metadata.insert("general.file_type".into(), Value::U32(a.file_type.ftype()));
     metadata.insert("general.quantization_version".into(), Value::U32(2));
+    let bar = super::progress::Progress::new("quantizing", super::quiet());
     write_gguf(&a.output, &metadata, &specs, |i| {
+        bar.update(i + 1, specs.len());
         let t = sources[i];
         let cols = *t.shape.last().unwrap_or(&1);
         let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
@@ -210,6 +212,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             msg: e.to_string(),
         })
     })?;
+    bar.finish();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for s in &specs {
         *counts.entry(s.dtype.to_string()).or_default() += 1;
