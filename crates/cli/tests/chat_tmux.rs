@@ -15,8 +15,8 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(cmd: &str) -> Self {
-        let name = format!("bora-chat-{}", std::process::id());
+    fn start(label: &str, cmd: &str) -> Self {
+        let name = format!("bora-{label}-{}", std::process::id());
         let ok = Command::new("tmux")
             .args([
                 "new-session",
@@ -100,7 +100,7 @@ fn a_person_chats_interrupts_and_saves() {
         "{bora} chat {} --temp 0 -t 2; echo BORA-EXITED-$?; sleep 60",
         model.display()
     );
-    let t = Tmux::start(&cmd);
+    let t = Tmux::start("chat", &cmd);
     t.wait("the greeting", 60, |s| s.contains("Type a message"));
     t.type_line("What is the capital of France? Answer in one sentence.");
     t.wait("the answer", 60, |s| s.contains("Paris") && prompts(s) >= 2);
@@ -202,4 +202,29 @@ fn a_piped_question_gets_one_answer() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(answer, String::from_utf8_lossy(&run.stdout).trim());
+}
+
+/// A small context fills: the answer stops with a note, the next turn is offered the oldest
+/// turns' removal, accepts, and is answered; Ctrl-D leaves.
+#[test]
+fn a_full_context_offers_to_drop_old_turns_and_ctrl_d_leaves() {
+    let bora = env!("CARGO_BIN_EXE_bora");
+    let cmd = format!(
+        "{bora} chat {} --temp 0 -t 2 --ctx 96; echo BORA-EXITED-$?; sleep 60",
+        smollm2_path().display()
+    );
+    let t = Tmux::start("full", &cmd);
+    t.wait("the greeting", 60, |s| s.contains("Type a message"));
+    t.type_line("Write a long story about a dragon who learns to bake bread.");
+    t.wait("the full context", 60, |s| {
+        s.contains("is full") && prompts(s) >= 2
+    });
+    t.type_line("And then?");
+    t.wait("the offer", 60, |s| {
+        s.contains("Drop the oldest turns? [Y/n]")
+    });
+    t.type_line("y");
+    t.wait("an answer after dropping", 60, |s| prompts(s) >= 3);
+    t.keys(&["C-d"]);
+    t.wait("the exit", 10, |s| s.contains("BORA-EXITED-0"));
 }
