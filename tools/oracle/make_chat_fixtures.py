@@ -72,6 +72,8 @@ CONVERSATIONS = {
     "newlines and tabs": [msg(U, "line 1\nline 2\n\tindented\r\nend")],
     "system after user": [msg(U, "a"), msg(S, "late rule"), msg(U, "b")],
     "system then assistant prefix": [msg(S, "rules"), msg(A, "Once", prefix=True)],
+    "system last": [msg(U, "a"), msg(S, "closing rule")],
+    "system last after turns": [msg(U, "a"), msg(A, "b"), msg(U, "c"), msg(S, "late")],
     # Invalid: mistral-common refuses these.
     "no messages": [],
     "ends with assistant": [msg(U, "q"), msg(A, "answer")],

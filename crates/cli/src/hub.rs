@@ -72,7 +72,7 @@ impl HubModel {
     }
 
     fn check(&self) -> Result<()> {
-        let ok = |s: &str| !s.is_empty() && !s.contains("..") && !s.starts_with('/');
+        let ok = |s: &str| safe_name(s);
         let parts: Vec<&str> = self.repo.split('/').collect();
         if parts.len() != 2 || !parts.iter().all(|p| ok(p)) {
             bail!(
@@ -87,6 +87,15 @@ impl HubModel {
         }
         Ok(())
     }
+}
+
+/// A file name inside a repository: relative, no `..`, no backslashes or NULs.
+fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('/')
+        && !s.contains('\\')
+        && !s.contains('\0')
+        && s.split('/').all(|c| !c.is_empty() && c != "..")
 }
 
 /// The path a model argument stands for: local paths as they are; Hub models from the cache,
@@ -112,27 +121,24 @@ pub fn fetch(m: &HubModel, quiet: bool) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    let files: Vec<(String, bool)> = match &m.file {
-        Some(f) => vec![(f.clone(), true)],
-        None => vec![
-            ("config.json".into(), true),
-            ("tokenizer.json".into(), false),
-            ("tokenizer_config.json".into(), false),
-            ("model.safetensors.index.json".into(), false),
-        ],
+    if let Some(f) = &m.file {
+        return get(m, f, quiet);
+    }
+    // Transformers' layout, else Mistral's native one (params.json, consolidated weights).
+    let config = match get(m, "config.json", quiet) {
+        Ok(p) => p,
+        Err(e) if is_not_found(&e) => return fetch_native(m, quiet),
+        Err(e) => return Err(e),
     };
-    let mut got = Vec::new();
-    for (f, required) in &files {
-        match get(m, f, quiet) {
-            Ok(p) => got.push(p),
-            Err(e) if !required && is_not_found(&e) => {}
-            Err(e) => return Err(e),
-        }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "model.safetensors.index.json",
+    ] {
+        optional(m, f, quiet)?;
     }
-    if m.file.is_some() {
-        return Ok(got.remove(0));
-    }
-    let snapshot = got[0]
+    let snapshot = config
         .parent()
         .context("the cache gave a file without a folder")?
         .to_path_buf();
@@ -149,6 +155,12 @@ pub fn fetch(m: &HubModel, quiet: bool) -> Result<PathBuf> {
             .collect();
         names.sort();
         names.dedup();
+        if let Some(bad) = names.iter().find(|n| !safe_name(n)) {
+            bail!(
+                "{}: the index names a weight file '{bad}' outside the repository",
+                index.display()
+            );
+        }
         names
     } else {
         vec!["model.safetensors".into()]
@@ -159,11 +171,64 @@ pub fn fetch(m: &HubModel, quiet: bool) -> Result<PathBuf> {
     Ok(snapshot)
 }
 
+/// A file the repository may lack: fetched when there, nothing when the Hub says 404.
+fn optional(m: &HubModel, file: &str, quiet: bool) -> Result<Option<PathBuf>> {
+    match get(m, file, quiet) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A repository in Mistral's native layout: params.json, its tokenizer file and the
+/// consolidated weights.
+fn fetch_native(m: &HubModel, quiet: bool) -> Result<PathBuf> {
+    let params = match get(m, "params.json", quiet) {
+        Ok(p) => p,
+        Err(e) if is_not_found(&e) => bail!(
+            "{} has neither config.json nor params.json: not a checkpoint bora can load (for a GGUF file, name it: hf:{}:FILE.gguf)",
+            m.repo,
+            m.repo
+        ),
+        Err(e) => return Err(e),
+    };
+    let mut tokenizer = false;
+    for f in [
+        "tekken.json",
+        "tokenizer.model.v7",
+        "tokenizer.model.v3",
+        "tokenizer.model.v1",
+        "tokenizer.model",
+    ] {
+        if optional(m, f, quiet)?.is_some() {
+            tokenizer = true;
+            break;
+        }
+    }
+    if !tokenizer {
+        eprintln!(
+            "bora: warning: {} has no tekken.json or tokenizer.model.vN",
+            m.repo
+        );
+    }
+    get(m, "consolidated.safetensors", quiet)?;
+    Ok(params
+        .parent()
+        .context("the cache gave a file without a folder")?
+        .to_path_buf())
+}
+
 /// The cached snapshot of a safetensors checkpoint when its config and every weight file are
 /// there (optional files such as tokenizer_config.json may be absent upstream).
 fn complete_snapshot(m: &HubModel) -> Option<PathBuf> {
-    let config = Cache::from_env().model(m.repo.clone()).get("config.json")?;
+    let cache = Cache::from_env().model(m.repo.clone());
+    let config = cache
+        .get("config.json")
+        .or_else(|| cache.get("params.json"))?;
     let dir = config.parent()?.to_path_buf();
+    if config.ends_with("params.json") {
+        return dir.join("consolidated.safetensors").exists().then_some(dir);
+    }
     let index = dir.join("model.safetensors.index.json");
     let complete = if index.exists() {
         let j: serde_json::Value =
@@ -349,6 +414,22 @@ pub fn list_cache() -> Result<Vec<CachedRepo>> {
     Ok(out)
 }
 
+/// (link, canonical target) of every file under a snapshot folder.
+fn collect_links(dir: &Path, out: &mut Vec<(PathBuf, PathBuf)>) {
+    for e in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+    {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            collect_links(&p, out);
+        } else if let Ok(target) = std::fs::canonicalize(&p) {
+            out.push((p, target));
+        }
+    }
+}
+
 fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
@@ -373,21 +454,33 @@ pub fn remove(m: &HubModel) -> Result<u64> {
             .with_context(|| format!("cannot remove {}", repo_dir.display()))?;
         return Ok(bytes);
     };
-    let mut freed = 0;
-    let mut found = false;
-    for s in std::fs::read_dir(repo_dir.join("snapshots"))?.filter_map(|s| s.ok()) {
-        let link = s.path().join(file);
-        if let Ok(blob) = std::fs::canonicalize(&link) {
-            found = true;
-            std::fs::remove_file(&link)?;
-            if blob.starts_with(&repo_dir) {
-                freed += std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(&blob).ok();
-            }
-        }
+    let repo_dir = std::fs::canonicalize(&repo_dir)?;
+    // Every link of every snapshot, and the blob each points at.
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let snapshots: Vec<PathBuf> = std::fs::read_dir(repo_dir.join("snapshots"))?
+        .filter_map(|s| s.ok().map(|s| s.path()))
+        .collect();
+    for s in &snapshots {
+        collect_links(s, &mut links);
     }
-    if !found {
+    let doomed: Vec<&(PathBuf, PathBuf)> = links
+        .iter()
+        .filter(|(link, _)| snapshots.iter().any(|s| *link == s.join(file)))
+        .collect();
+    if doomed.is_empty() {
         bail!("{file} is not in the cached {}", m.repo);
+    }
+    let mut freed = 0;
+    for (link, blob) in &doomed {
+        std::fs::remove_file(link)?;
+        // The blob goes only when no other link (another snapshot, another name) keeps it.
+        let still_used = links
+            .iter()
+            .any(|(l, b)| b == blob && !doomed.iter().any(|(d, _)| d == l));
+        if !still_used && blob.starts_with(&repo_dir) && blob.exists() {
+            freed += std::fs::metadata(blob).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(blob).ok();
+        }
     }
     Ok(freed)
 }
@@ -415,5 +508,15 @@ mod tests {
             .unwrap()
             .check()
             .is_err());
+        assert!(HubModel::parse("hf:a/b:/etc/passwd")
+            .unwrap()
+            .check()
+            .is_err());
+        assert!(HubModel::parse("hf:a/b:sub/ok.gguf")
+            .unwrap()
+            .check()
+            .is_ok());
+        assert!(!safe_name("a//b") && !safe_name("a/../b"));
+        assert!(safe_name("model-00001-of-00002.safetensors"));
     }
 }

@@ -65,11 +65,20 @@ impl MistralFormat {
         })
     }
 
-    /// The format mistral-common gives a tokenizer: a Tekken file's declared version (v3
-    /// for the files it ships), a `.model.vN` file's N, else what its control tokens allow.
+    /// The format mistral-common gives a Tekken file's declared version: v11 and v13 encode
+    /// text conversations as v7 does (they differ in tool calls and thinking).
+    pub fn for_tekken_version(v: &str) -> Option<Self> {
+        match v {
+            "v11" | "v13" => Some(Self::V7),
+            other => Self::parse(other),
+        }
+    }
+
+    /// The format mistral-common gives a tokenizer: a Tekken file's declared version, a
+    /// `.model.vN` file's N, else what its control tokens allow.
     pub fn for_tokenizer(tok: &Tokenizer) -> Self {
         if let Some(v) = tok.tekken_version() {
-            return Self::parse(v).unwrap_or(Self::V3);
+            return Self::for_tekken_version(v).unwrap_or(Self::V7);
         }
         let name = tok
             .source()
@@ -115,9 +124,17 @@ impl ChatFormat {
     /// `--chat-format`: v1, v2, v3, v7, tekken or jinja; None decides from the files.
     pub fn choose(tok: &Tokenizer, asked: Option<&str>) -> Result<Self> {
         match asked {
+            // A Tekken file of a version bora does not know is an error, not a guess.
+            None if tok.tekken_version().is_some() => Self::choose(tok, Some("tekken")),
             None => Ok(Self::for_tokenizer(tok)),
             Some("tekken") => match tok.tekken_version() {
-                Some(_) => Ok(Self::Mistral(MistralFormat::for_tokenizer(tok))),
+                Some(v) => MistralFormat::for_tekken_version(v)
+                    .map(Self::Mistral)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "this Tekken file declares version {v}, whose chat format bora does not know (v3, v7, v11 and v13 it does)"
+                        ))
+                    }),
                 None => Err(invalid(format!(
                     "the tekken format needs a Tekken tokenizer (tekken.json); this one is {}",
                     tok.kind()
@@ -155,14 +172,10 @@ pub fn validate(messages: &[Message]) -> Result<()> {
             "a conversation must start with a user or system message",
         ));
     }
-    if messages.len() > 1
-        && last.role != Role::User
-        && !(last.role == Role::Assistant && last.prefix)
-    {
-        return Err(invalid(format!(
-            "the last message must be a user message (or an assistant message with \"prefix\": true), not {:?}",
-            last.role
-        )));
+    if messages.len() > 1 && last.role == Role::Assistant && !last.prefix {
+        return Err(invalid(
+            "the last message must not be a finished assistant turn (mark it \"prefix\": true to continue it)",
+        ));
     }
     for (i, w) in messages.windows(2).enumerate() {
         if w[0].role == Role::Assistant && w[1].role == Role::System {
@@ -390,6 +403,8 @@ mod tests {
         assert!(validate(&[]).is_err());
         assert!(validate(&[m(Role::Assistant, "x")]).is_err());
         assert!(validate(&[m(Role::User, "x"), m(Role::Assistant, "y")]).is_err());
+        // A final system message is accepted, as mistral-common's test mode accepts it.
+        assert!(validate(&[m(Role::User, "x"), m(Role::System, "y")]).is_ok());
         let mut p = m(Role::Assistant, "y");
         p.prefix = true;
         assert!(validate(&[m(Role::User, "x"), p.clone()]).is_ok());

@@ -43,9 +43,19 @@ pub fn render(
     let continue_final = messages
         .last()
         .is_some_and(|m| m.prefix && m.role == Role::Assistant);
+    let n = messages.len();
     let list: Vec<_> = messages
         .iter()
-        .map(|m| context! { role => role_name(m.role), content => m.content.clone() })
+        .enumerate()
+        .map(|(i, m)| {
+            // The final message to continue carries a tag, cut off again after rendering.
+            let content = if continue_final && i + 1 == n {
+                format!("{}{CONTINUE_TAG}", m.content)
+            } else {
+                m.content.clone()
+            };
+            context! { role => role_name(m.role), content => content }
+        })
         .collect();
     let text = env
         .get_template("chat")
@@ -61,14 +71,25 @@ pub fn render(
     if !continue_final {
         return Ok(text);
     }
+    // As transformers: cut at the tag; if the template trimmed the space after it, trim too.
+    let tag = CONTINUE_TAG.trim();
     let last = messages.last().map(|m| m.content.trim()).unwrap_or("");
-    match text.rfind(last) {
-        Some(at) if !last.is_empty() => Ok(text[..at + last.len()].to_string()),
+    match text.rfind(tag) {
+        Some(at) if text.contains(last) => {
+            if text[at..].starts_with(CONTINUE_TAG) {
+                Ok(text[..at].to_string())
+            } else {
+                Ok(text[..at].trim_end().to_string())
+            }
+        }
         _ => Err(EngineError::InvalidChat(
             "cannot continue the final message: the template does not write its content".into(),
         )),
     }
 }
+
+/// transformers' marker for the end of a message to continue.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 
 /// Renders the tokenizer's template and tokenizes the text.
 pub fn encode_template(
@@ -103,5 +124,22 @@ mod tests {
         let e = render(t, &[Message::new(Role::System, "x")], true, "<s>", "</s>").unwrap_err();
         assert!(e.to_string().contains("bad role system"), "{e}");
         assert!(render("{% for %}", &msgs, true, "", "").is_err());
+        // Continuing a prefix ends right after its content, spaces kept, even when the
+        // content also occurs in the template's own markers.
+        let chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}";
+        let mut p = Message::new(Role::Assistant, "end");
+        p.prefix = true;
+        let r = render(
+            chatml,
+            &[Message::new(Role::User, "q"), p.clone()],
+            true,
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(r.ends_with("<|im_start|>assistant\nend"), "{r:?}");
+        p.content = "Sure, ".into();
+        let r = render(chatml, &[Message::new(Role::User, "q"), p], true, "", "").unwrap();
+        assert!(r.ends_with("assistant\nSure, "), "{r:?}");
     }
 }

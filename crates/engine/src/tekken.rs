@@ -104,15 +104,29 @@ impl Tekken {
         }
         let mut specials: Vec<String> = match json.get("special_tokens").and_then(|s| s.as_array())
         {
-            Some(list) => list
-                .iter()
-                .map(|t| {
-                    t.get("token_str")
-                        .and_then(serde_json::Value::as_str)
-                        .map(str::to_string)
-                        .ok_or("a special token without token_str".to_string())
-                })
-                .collect::<std::result::Result<_, _>>()?,
+            Some(list) => {
+                // Ids are the entries' ranks, whatever order the file lists them in.
+                let mut ranked = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let text = t
+                            .get("token_str")
+                            .and_then(serde_json::Value::as_str)
+                            .ok_or("a special token without token_str")?;
+                        let rank = t
+                            .get("rank")
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(i as u64);
+                        Ok((rank, text.to_string()))
+                    })
+                    .collect::<std::result::Result<Vec<_>, String>>()?;
+                ranked.sort();
+                if ranked.iter().enumerate().any(|(i, (r, _))| *r != i as u64) {
+                    return Err("special token ranks are not 0, 1, 2, … without gaps".into());
+                }
+                ranked.into_iter().map(|(_, t)| t).collect()
+            }
             None => DEFAULT_SPECIALS.iter().map(|s| s.to_string()).collect(),
         };
         if specials.len() > n_special {
@@ -127,7 +141,7 @@ impl Tekken {
         let version = cfg
             .get("version")
             .and_then(serde_json::Value::as_str)
-            .unwrap_or("v3")
+            .ok_or("config.version is missing (mistral-common needs it to choose the chat format)")?
             .to_string();
         Ok(Self {
             pattern,
@@ -155,23 +169,22 @@ impl Tekken {
     }
 
     /// Text → ids; text spelling a special token stays text.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
         let offset = self.specials.len() as u32;
         let mut ids = Vec::new();
         for m in self.pattern.find_iter(text) {
-            // A match error (backtracking limit) leaves that stretch to the byte fallback below.
-            let Ok(m) = m else { continue };
+            let m = m.map_err(|e| format!("the pre-tokenizer pattern failed: {e}"))?;
             let piece = m.as_str().as_bytes();
             match self.ranks.get(piece) {
                 Some(&r) => ids.push(r + offset),
                 None => ids.extend(self.merge(piece).into_iter().map(|r| r + offset)),
             }
         }
-        ids
+        Ok(ids)
     }
 
     /// Like [`encode`](Self::encode), but special-token text becomes that token.
-    pub fn encode_parsing_special(&self, text: &str) -> Vec<u32> {
+    pub fn encode_parsing_special(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
         let mut ids = Vec::new();
         let (mut start, mut i) = (0, 0);
         while i < text.len() {
@@ -183,7 +196,7 @@ impl Tekken {
                 .max_by_key(|(_, s)| s.len());
             match hit {
                 Some((id, s)) => {
-                    ids.extend(self.encode(&text[start..i]));
+                    ids.extend(self.encode(&text[start..i])?);
                     ids.push(id as u32);
                     i += s.len();
                     start = i;
@@ -191,36 +204,54 @@ impl Tekken {
                 None => i += text[i..].chars().next().map_or(1, char::len_utf8),
             }
         }
-        ids.extend(self.encode(&text[start..]));
-        ids
+        ids.extend(self.encode(&text[start..])?);
+        Ok(ids)
     }
 
     /// tiktoken's byte-pair merge: join the adjacent pair whose bytes have the lowest rank
-    /// (leftmost on ties) until no adjacent pair is a token.
+    /// (leftmost on ties) until no adjacent pair is a token. A heap of candidate pairs over a
+    /// linked list of parts keeps a long piece (a run of CJK text) O(n log n).
     fn merge(&self, piece: &[u8]) -> Vec<u32> {
-        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
-        let rank = |b: &[usize], i: usize| -> Option<u32> {
-            (i + 2 < b.len())
-                .then(|| self.ranks.get(&piece[b[i]..b[i + 2]]).copied())
-                .flatten()
-        };
-        loop {
-            let best = (0..bounds.len().saturating_sub(2))
-                .filter_map(|i| rank(&bounds, i).map(|r| (r, i)))
-                .min();
-            match best {
-                Some((_, i)) => {
-                    bounds.remove(i + 1);
-                }
-                None => break,
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = piece.len();
+        // Part k spans piece[start[k]..end[k]]; merged-away parts have start == end.
+        let mut start: Vec<usize> = (0..n).collect();
+        let mut end: Vec<usize> = (1..=n).collect();
+        let mut next: Vec<Option<usize>> = (1..=n).map(|k| (k < n).then_some(k)).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|k| k.checked_sub(1)).collect();
+        let mut heap = BinaryHeap::new();
+        let rank_of = |a: usize, b: usize| self.ranks.get(&piece[a..b]).copied();
+        for k in 0..n.saturating_sub(1) {
+            if let Some(r) = rank_of(k, k + 2) {
+                heap.push(Reverse((r, k, k + 2)));
             }
         }
-        bounds
-            .windows(2)
-            .map(|w| {
-                // Every single byte is a token in a byte-level vocabulary.
-                self.ranks.get(&piece[w[0]..w[1]]).copied().unwrap_or(0)
-            })
+        while let Some(Reverse((_, left, span_end))) = heap.pop() {
+            // Stale when the left part changed or its neighbour is no longer the same.
+            let Some(right) = next[left] else { continue };
+            if start[left] == end[left] || end[right] != span_end {
+                continue;
+            }
+            end[left] = end[right];
+            start[right] = end[right];
+            next[left] = next[right];
+            if let Some(nn) = next[right] {
+                prev[nn] = Some(left);
+                if let Some(r) = rank_of(start[left], end[nn]) {
+                    heap.push(Reverse((r, left, end[nn])));
+                }
+            }
+            if let Some(p) = prev[left] {
+                if let Some(r) = rank_of(start[p], end[left]) {
+                    heap.push(Reverse((r, p, end[left])));
+                }
+            }
+        }
+        (0..n)
+            .filter(|&k| start[k] < end[k])
+            // Every single byte is a token in a byte-level vocabulary.
+            .map(|k| rank_of(start[k], end[k]).unwrap_or(0))
             .collect()
     }
 
@@ -315,16 +346,16 @@ mod tests {
             })
             .collect();
         let json = serde_json::json!({
-            "config": {"pattern": "[a-z]+| ", "default_vocab_size": 9, "default_num_special_tokens": 3},
+            "config": {"pattern": "[a-z]+| ", "default_vocab_size": 9, "default_num_special_tokens": 3, "version": "v7"},
             "vocab": vocab,
             "special_tokens": [{"token_str": "<unk>"}, {"token_str": "<s>"}],
         });
         let t = Tekken::from_json(&json).unwrap();
         // "abc" is one token; "cab" merges "ab" (rank 3) and keeps "c".
-        assert_eq!(t.encode("abc"), vec![3 + 5]);
-        assert_eq!(t.encode("cab"), vec![3 + 2, 3 + 3]);
+        assert_eq!(t.encode("abc").unwrap(), vec![3 + 5]);
+        assert_eq!(t.encode("cab").unwrap(), vec![3 + 2, 3 + 3]);
         assert_eq!(t.decode(&[1, 3 + 2, 3 + 3]), "cab");
         assert_eq!(t.special_id("<SPECIAL_2>"), Some(2));
-        assert_eq!(t.encode_parsing_special("<s>ab"), vec![1, 3 + 3]);
+        assert_eq!(t.encode_parsing_special("<s>ab").unwrap(), vec![1, 3 + 3]);
     }
 }

@@ -180,8 +180,17 @@ impl Tokenizer {
         let t = match &self.backend {
             Backend::Spm(v) if parse_special => return Ok(v.encode_parsing_special(text)),
             Backend::Spm(v) => return Ok(v.encode(text)),
-            Backend::Tekken(t) if parse_special => return Ok(t.encode_parsing_special(text)),
-            Backend::Tekken(t) => return Ok(t.encode(text)),
+            Backend::Tekken(t) => {
+                let ids = if parse_special {
+                    t.encode_parsing_special(text)
+                } else {
+                    t.encode(text)
+                };
+                return ids.map_err(|msg| EngineError::Tokenizer {
+                    path: self.source.clone(),
+                    msg,
+                });
+            }
             Backend::Hf { parse, .. } if parse_special => parse,
             Backend::Hf { plain, .. } => plain,
         };

@@ -69,8 +69,12 @@ impl<'m> Chat<'m> {
         Ok(self.format.encode(tok, &self.conversation())?)
     }
 
-    /// Feeds what the cache lacks of `ids`, reusing the shared prefix; returns the last logits.
-    fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Feeds what the cache lacks of `ids`, reusing the shared prefix; returns the last
+    /// logits, or None when Ctrl-C came first.
+    fn prefill(&mut self, ids: &[u32], stop: &AtomicBool) -> Result<Option<Vec<f32>>> {
+        if ids.is_empty() {
+            bail!("the chat format produced no tokens for this conversation");
+        }
         let mut shared = self
             .cached
             .iter()
@@ -81,11 +85,21 @@ impl<'m> Chat<'m> {
         shared = shared.min(ids.len() - 1);
         let kept = self.session.rewind(shared);
         self.cached.truncate(kept);
-        let logits = self
-            .session
-            .prefill(&ids[kept..], self.chunk, LogitsRows::Last)?;
-        self.cached = ids.to_vec();
-        Ok(logits)
+        let chunks: Vec<&[u32]> = ids[kept..].chunks(self.chunk.max(1)).collect();
+        let mut logits = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            if stop.swap(false, Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let rows = if i + 1 == chunks.len() {
+                LogitsRows::Last
+            } else {
+                LogitsRows::None
+            };
+            logits = self.session.step(c, rows)?;
+            self.cached.extend_from_slice(c);
+        }
+        Ok(Some(logits))
     }
 
     /// Generates the answer to the conversation, streaming it to `out`.
@@ -96,7 +110,10 @@ impl<'m> Chat<'m> {
         }
         let tok = self.engine.tokenizer()?;
         let stop_ids = self.engine.stop_tokens();
-        let mut logits = self.prefill(&ids)?;
+        let Some(mut logits) = self.prefill(&ids, stop)? else {
+            writeln!(out)?;
+            return Ok((String::new(), Ending::Interrupted));
+        };
         let mut sampler = Sampler::new(self.sampling.clone())?;
         let mut stream = StreamDecoder::new(&ids);
         let mut generated: Vec<u32> = Vec::new();
@@ -134,14 +151,23 @@ impl<'m> Chat<'m> {
     }
 
     /// Takes a user turn and answers it; the answer (even a cut one) joins the conversation.
+    /// A turn that got no answer leaves the conversation as it was, so roles keep alternating.
     fn turn(&mut self, user: String, stop: &AtomicBool, interactive: bool) -> Result<()> {
         self.messages.push(Message::new(Role::User, user));
+        let result = self.answer_turn(stop, interactive);
+        if !matches!(result, Ok(true)) {
+            self.messages.pop();
+        }
+        result.map(|_| ())
+    }
+
+    /// Returns whether an answer joined the conversation.
+    fn answer_turn(&mut self, stop: &AtomicBool, interactive: bool) -> Result<bool> {
         loop {
             let (text, ending) = self.answer(stop, &mut std::io::stdout().lock())?;
             match ending {
                 Ending::ContextFull if text.is_empty() => {
                     if !interactive || !self.offer_to_drop_oldest()? {
-                        self.messages.pop();
                         bail!(
                             "the conversation no longer fits the context of {} tokens",
                             self.context()
@@ -156,10 +182,11 @@ impl<'m> Chat<'m> {
                 Ending::Interrupted => eprintln!("[stopped]"),
                 Ending::Limit | Ending::EndOfTurn => {}
             }
-            if !text.trim().is_empty() {
-                self.messages.push(Message::new(Role::Assistant, text));
+            if text.trim().is_empty() {
+                return Ok(false);
             }
-            return Ok(());
+            self.messages.push(Message::new(Role::Assistant, text));
+            return Ok(true);
         }
     }
 
