@@ -16,3 +16,4 @@ cd "$(dirname "$0")/../.."
 "$PY" tools/oracle/make_eval_fixtures.py
 "$PY" tools/oracle/make_chat_fixtures.py
 "$PY" tools/oracle/make_template_fixtures.py
+"$PY" tools/oracle/make_hf_to_gguf_fixture.py

@@ -172,7 +172,7 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
-    /// q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m or q6_k (llama.cpp's file types).
+    /// f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m or q6_k (llama.cpp's file types).
     #[arg(long = "type", value_parser = crate::commands::quantize::parse_file_type)]
     pub file_type: crate::commands::quantize::FileType,
 }

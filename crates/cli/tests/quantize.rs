@@ -129,3 +129,90 @@ fn quantizing_at_load_gives_the_rounded_weights_logits() {
         .to_string();
     assert!(err.contains("already quantized (Q8_0)"), "{err}");
 }
+
+/// A safetensors folder written as GGUF, tokenizer included (tools/oracle/make_hf_to_gguf_fixture.py):
+/// the same bytes the oracle gave llama.cpp, which tokenizes the prompt with the file's own
+/// vocabulary as bora does and computes bora's logits on that file: to 1e-4 for the lossless
+/// F32 file (names, shapes, Q/K row order, metadata all as llama.cpp reads them), and for Q8_0
+/// the same top token everywhere, within the two engines' 8-bit activation rounding (0.096
+/// measured on logits within ±7; this random model's 32-wide rows are one block each).
+#[test]
+fn safetensors_folder_to_gguf_with_its_tokenizer_runs_in_llama_cpp_as_in_bora() {
+    use sha2::Digest;
+    let fx = read_json(&fixtures().join("eval/hf_to_gguf.json"));
+    let dir = std::env::temp_dir().join(format!("bora-hf2gguf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("model");
+    std::fs::create_dir_all(&folder).unwrap();
+    for e in std::fs::read_dir(fixtures().join("eval/tiny_mistral")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("tokenizer_v1/tokenizer.model"),
+        folder.join("tokenizer.model"),
+    )
+    .unwrap();
+    let bora = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_bora"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bora {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    let want_ids = ids(&fx["ids"]);
+    let id_list: Vec<String> = want_ids.iter().map(|i| i.to_string()).collect();
+    let last = fx["logits_of_last"].as_u64().unwrap() as usize;
+    for (ftype, tol) in [("f32", 1e-4f32), ("q8_0", 0.2)] {
+        let want = &fx["files"][ftype];
+        let out = dir.join(format!("out.{ftype}.gguf"));
+        let o = out.to_str().unwrap();
+        bora(&["quantize", folder.to_str().unwrap(), o, "--type", ftype]);
+        let sha: String = sha2::Sha256::digest(std::fs::read(&out).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            sha,
+            want["sha256"].as_str().unwrap(),
+            "{ftype}: not the file llama.cpp was given"
+        );
+        let prompt = fx["prompt"].as_str().unwrap();
+        let tok: serde_json::Value =
+            serde_json::from_slice(&bora(&["tokenize", o, "--text", prompt, "--json"])).unwrap();
+        assert_eq!(
+            ids(&tok["ids"]),
+            want_ids,
+            "{ftype}: llama.cpp tokenizes the file's vocabulary otherwise"
+        );
+        let lg: serde_json::Value = serde_json::from_slice(&bora(&[
+            "logits",
+            o,
+            "--ids",
+            &id_list.join(","),
+            "--all",
+            "--json",
+        ]))
+        .unwrap();
+        let rows: Vec<Vec<f32>> = serde_json::from_value(lg["logits"].clone()).unwrap();
+        let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+        let want_argmax = ids(&want["argmax"]);
+        for (p, r) in rows.iter().enumerate() {
+            assert_eq!(argmax(r) as u32, want_argmax[p], "{ftype} position {p}");
+        }
+        let ref_rows = read_f32(
+            &fixtures()
+                .join("eval")
+                .join(want["logits_file"].as_str().unwrap()),
+        );
+        let got: Vec<f32> = rows[rows.len() - last..].concat();
+        let d = max_abs_diff(&got, &ref_rows);
+        assert!(d < tol, "{ftype}: max |Δlogit| vs llama.cpp {d}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

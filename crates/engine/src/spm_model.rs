@@ -13,6 +13,12 @@ pub struct SpmModel {
     pub vocab: SpmVocab,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    /// The pieces as the file lists them, with their scores and types (for writing GGUF).
+    pub pieces: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+    pub add_dummy_prefix: bool,
 }
 
 /// A cursor over protobuf wire data; every read is bounds-checked.
@@ -169,11 +175,22 @@ impl SpmModel {
                 .ok()
                 .filter(|&i| (i as usize) < pieces.len())
         };
-        let vocab = SpmVocab::new(pieces.clone(), scores, types, id(unk), dummy_prefix);
+        let vocab = SpmVocab::new(
+            pieces.clone(),
+            scores.clone(),
+            types.clone(),
+            id(unk),
+            dummy_prefix,
+        );
         Ok(Self {
             vocab,
             bos: id(bos),
             eos: id(eos),
+            unk: id(unk),
+            pieces,
+            scores,
+            types,
+            add_dummy_prefix: dummy_prefix,
         })
     }
 }

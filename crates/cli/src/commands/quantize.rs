@@ -12,11 +12,16 @@ use bora_model::gguf::{GgufFile, Value};
 use bora_model::gguf_write::{write_gguf, TensorSpec};
 use rayon::prelude::*;
 
+use super::hf_to_gguf::SourceTensor;
 use crate::args::QuantizeArgs;
 
 /// llama.cpp's file types that bora writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileType {
+    /// Every tensor F32 (llama.cpp's ALL_F32): a lossless copy, for checking layouts.
+    F32,
+    /// Matrices F16, norms F32.
+    F16,
     Q8_0,
     Q4_0,
     Q4_1,
@@ -29,7 +34,9 @@ pub enum FileType {
     Q6K,
 }
 
-const FILE_TYPES: [(&str, FileType); 8] = [
+const FILE_TYPES: [(&str, FileType); 10] = [
+    ("f32", FileType::F32),
+    ("f16", FileType::F16),
     ("q8_0", FileType::Q8_0),
     ("q4_0", FileType::Q4_0),
     ("q4_1", FileType::Q4_1),
@@ -54,6 +61,8 @@ pub fn parse_file_type(s: &str) -> std::result::Result<FileType, String> {
 impl FileType {
     fn base(self) -> DType {
         match self {
+            FileType::F32 => DType::F32,
+            FileType::F16 => DType::F16,
             FileType::Q8_0 => DType::Q8_0,
             FileType::Q4_0 => DType::Q4_0,
             FileType::Q4_1 => DType::Q4_1,
@@ -67,6 +76,8 @@ impl FileType {
     /// `general.file_type` (llama.cpp's `llama_ftype`).
     fn ftype(self) -> u32 {
         match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
             FileType::Q4_0 => 2,
             FileType::Q4_1 => 3,
             FileType::Q8_0 => 7,
@@ -93,8 +104,11 @@ fn layer_of(name: &str) -> Option<usize> {
 /// The type a tensor is written in.
 fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
     let is_matrix = shape.len() >= 2 && !name.contains("ffn_gate_inp");
-    if !is_matrix {
+    if !is_matrix || ft == FileType::F32 {
         return DType::F32;
+    }
+    if ft == FileType::F16 {
+        return DType::F16;
     }
     let more_bits = ft == FileType::Q4KM
         && (name.contains("attn_v.") || name.contains("ffn_down"))
@@ -113,13 +127,14 @@ fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
 }
 
 /// One tensor's rows, expanded to f32 and stored as `to`.
-fn convert(src: &MatRef<'_>, to: DType) -> Result<Vec<u8>> {
+/// Output row `i` takes input row `row_of(i)`.
+fn convert(src: &MatRef<'_>, to: DType, row_of: impl Fn(usize) -> usize + Sync) -> Result<Vec<u8>> {
     let rb = to.row_bytes(src.cols)?;
     let mut out = vec![0u8; rb * src.rows];
     out.par_chunks_mut(rb).enumerate().try_for_each_init(
         || vec![0f32; src.cols],
         |row, (i, o)| -> Result<()> {
-            src.dequantize_row_into(i, row);
+            src.dequantize_row_into(row_of(i), row);
             match to {
                 DType::F32 => {
                     for (b, v) in o.chunks_exact_mut(4).zip(row.iter()) {
@@ -140,13 +155,6 @@ fn convert(src: &MatRef<'_>, to: DType) -> Result<Vec<u8>> {
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    if a.input.is_dir() {
-        bail!(
-            "{}: bora quantize reads GGUF files; a safetensors folder can be quantized as it \
-             loads (--quant), but writing its tokenizer into GGUF is not supported yet",
-            a.input.display()
-        );
-    }
     if a.input.canonicalize().ok() == a.output.canonicalize().ok() && a.output.exists() {
         bail!(
             "{}: the output would overwrite the input",
@@ -154,21 +162,37 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         );
     }
     let start = Instant::now();
-    let g = GgufFile::open(&a.input)?;
-    let arch = g
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("llama");
-    let n_layers = g
-        .get(&format!("{arch}.block_count"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as usize;
-    let mut sources: Vec<_> = g.tensors.values().collect();
-    sources.sort_by_key(|t| t.start);
+    // The tensors to write, in order, with where their rows come from.
+    let (mut metadata, sources, n_layers) = if a.input.is_dir() {
+        let s = super::hf_to_gguf::from_folder(&a.input)?;
+        (s.metadata, s.tensors, s.n_layers)
+    } else {
+        let g = GgufFile::open(&a.input)?;
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("llama");
+        let n_layers = g
+            .get(&format!("{arch}.block_count"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize;
+        let mut tensors: Vec<_> = g.tensors.values().collect();
+        tensors.sort_by_key(|t| t.start);
+        let sources = tensors
+            .into_iter()
+            .map(|t| SourceTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                tensor: t.clone(),
+                interleave_heads: None,
+            })
+            .collect();
+        (g.metadata.clone(), sources, n_layers)
+    };
     let mut specs = Vec::with_capacity(sources.len());
     let mut requantized = BTreeMap::<String, usize>::new();
     for t in &sources {
-        let dtype = t.dtype()?;
+        let dtype = t.tensor.dtype()?;
         if dtype.is_quantized() {
             *requantized.entry(dtype.to_string()).or_default() += 1;
         }
@@ -190,13 +214,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             list.join(", ")
         );
     }
-    let mut metadata: BTreeMap<String, Value> = g.metadata.clone();
     metadata.insert("general.file_type".into(), Value::U32(a.file_type.ftype()));
     metadata.insert("general.quantization_version".into(), Value::U32(2));
     let bar = super::progress::Progress::new("quantizing", super::quiet());
     write_gguf(&a.output, &metadata, &specs, |i| {
         bar.update(i + 1, specs.len());
-        let t = sources[i];
+        let s = &sources[i];
+        let t = &s.tensor;
         let cols = *t.shape.last().unwrap_or(&1);
         let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
         let src = MatRef::new(t.dtype()?, rows, cols, t.bytes())
@@ -206,10 +230,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 name: t.name.clone(),
                 msg: e.to_string(),
             })?;
-        convert(&src, specs[i].dtype).map_err(|e| bora_model::ModelError::Tensor {
-            path: a.output.clone(),
-            name: t.name.clone(),
-            msg: e.to_string(),
+        convert(&src, specs[i].dtype, |r| s.source_row(r)).map_err(|e| {
+            bora_model::ModelError::Tensor {
+                path: a.output.clone(),
+                name: s.name.clone(),
+                msg: e.to_string(),
+            }
         })
     })?;
     bar.finish();

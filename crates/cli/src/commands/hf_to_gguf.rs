@@ -1,0 +1,188 @@
+//! A Hugging Face (or Mistral native) checkpoint as GGUF sees it: llama.cpp's `llama`
+//! architecture metadata, its tensor names, Q/K rows in the interleaved RoPE order, and the
+//! SentencePiece vocabulary from the folder's `tokenizer.model` — what llama.cpp's
+//! convert_hf_to_gguf.py writes for a dense Mistral or Llama model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bora_engine::spm_model::SpmModel;
+use bora_kernels::ops::RopeLayout;
+use bora_model::gguf::Value;
+use bora_model::names::{Format, Role};
+use bora_model::tensor::TensorRef;
+use bora_model::Checkpoint;
+
+/// One tensor to write: its GGUF name and shape, where its rows come from, and for Q/K of a
+/// split-halves checkpoint the head count whose rows are interleaved.
+pub struct SourceTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub tensor: TensorRef,
+    pub interleave_heads: Option<usize>,
+}
+
+impl SourceTensor {
+    /// The input row that output row `r` takes: within each head, rows `i` and `hd/2 + i`
+    /// become neighbours (transformers' permute undone, as llama.cpp's converter does).
+    pub fn source_row(&self, r: usize) -> usize {
+        match self.interleave_heads {
+            None => r,
+            Some(heads) => {
+                let hd = self.shape[0] / heads;
+                let (h, k) = (r / hd, r % hd);
+                h * hd + (k % 2) * (hd / 2) + k / 2
+            }
+        }
+    }
+}
+
+pub struct Source {
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<SourceTensor>,
+    pub n_layers: usize,
+}
+
+/// The folder's SentencePiece model: tokenizer.model, or the newest tokenizer.model.vN.
+fn spm_file(dir: &Path) -> Option<PathBuf> {
+    match bora_engine::mistral_tokenizer_in(dir) {
+        Some(p) if !p.ends_with("tekken.json") => Some(p),
+        _ => Some(dir.join("tokenizer.model")).filter(|p| p.is_file()),
+    }
+}
+
+pub fn from_folder(dir: &Path) -> Result<Source> {
+    let ckpt = Checkpoint::open(dir)?;
+    let c = ckpt.config.clone();
+    if c.moe.is_some() {
+        bail!(
+            "{}: writing a mixture-of-experts checkpoint as GGUF is not supported yet (quantize it as it loads with --quant)",
+            dir.display()
+        );
+    }
+    let spm = spm_file(dir).with_context(|| {
+        format!(
+            "{}: no SentencePiece tokenizer.model to write into the GGUF (a tokenizer.json-only or Tekken vocabulary cannot be written yet; quantize as it loads with --quant)",
+            dir.display()
+        )
+    })?;
+    let vocab = SpmModel::open(&spm)?;
+    if vocab.pieces.len() != c.vocab_size {
+        bail!(
+            "{}: {} pieces, but the model has a vocabulary of {}",
+            spm.display(),
+            vocab.pieces.len(),
+            c.vocab_size
+        );
+    }
+    let mut md: BTreeMap<String, Value> = BTreeMap::new();
+    let mut put = |k: &str, v: Value| {
+        md.insert(k.to_string(), v);
+    };
+    let u32v = |x: usize| Value::U32(x as u32);
+    put("general.architecture", Value::Str("llama".into()));
+    put(
+        "general.name",
+        Value::Str(
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+    );
+    put("llama.context_length", u32v(c.max_context));
+    put("llama.embedding_length", u32v(c.hidden_size));
+    put("llama.block_count", u32v(c.n_layers));
+    put("llama.feed_forward_length", u32v(c.intermediate_size));
+    put("llama.rope.dimension_count", u32v(c.head_dim));
+    put("llama.attention.head_count", u32v(c.n_heads));
+    put("llama.attention.head_count_kv", u32v(c.n_kv_heads));
+    put(
+        "llama.attention.layer_norm_rms_epsilon",
+        Value::F32(c.rms_eps),
+    );
+    put("llama.rope.freq_base", Value::F32(c.rope_theta as f32));
+    put("llama.vocab_size", u32v(c.vocab_size));
+    if c.head_dim * c.n_heads != c.hidden_size {
+        put("llama.attention.key_length", u32v(c.head_dim));
+        put("llama.attention.value_length", u32v(c.head_dim));
+    }
+    if let Some(w) = c.sliding_window {
+        // llama.cpp's llama architecture ignores it; bora reads it.
+        put("llama.attention.sliding_window", u32v(w));
+    }
+    put("tokenizer.ggml.model", Value::Str("llama".into()));
+    put(
+        "tokenizer.ggml.tokens",
+        Value::Array(vocab.pieces.iter().map(|p| Value::Str(p.clone())).collect()),
+    );
+    put(
+        "tokenizer.ggml.scores",
+        Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect()),
+    );
+    put(
+        "tokenizer.ggml.token_type",
+        Value::Array(vocab.types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    for (k, id) in [
+        ("tokenizer.ggml.bos_token_id", vocab.bos),
+        ("tokenizer.ggml.eos_token_id", vocab.eos),
+        ("tokenizer.ggml.unknown_token_id", vocab.unk),
+    ] {
+        if let Some(id) = id {
+            put(k, Value::U32(id));
+        }
+    }
+    put("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
+    put(
+        "tokenizer.ggml.add_space_prefix",
+        Value::Bool(vocab.add_dummy_prefix),
+    );
+    if let Some(t) = bora_engine::load_tokenizer(dir)
+        .ok()
+        .and_then(|t| t.chat_template)
+    {
+        put("tokenizer.chat_template", Value::Str(t));
+    }
+
+    let interleave = ckpt.format == Format::Hf && c.rope_layout == RopeLayout::SplitHalves;
+    let mut roles = vec![Role::Embed];
+    for l in 0..c.n_layers {
+        roles.extend([
+            Role::AttnNorm(l),
+            Role::Wq(l),
+            Role::Wk(l),
+            Role::Wv(l),
+            Role::Wo(l),
+            Role::FfnNorm(l),
+            Role::Gate(l),
+            Role::Up(l),
+            Role::Down(l),
+        ]);
+    }
+    roles.push(Role::FinalNorm);
+    if !c.tie_embeddings {
+        roles.push(Role::LmHead);
+    }
+    let mut tensors = Vec::with_capacity(roles.len());
+    for role in roles {
+        let t = ckpt.tensor(&role.name(ckpt.format))?.clone();
+        let heads = match role {
+            Role::Wq(_) if interleave => Some(c.n_heads),
+            Role::Wk(_) if interleave => Some(c.n_kv_heads),
+            _ => None,
+        };
+        tensors.push(SourceTensor {
+            name: role.name(Format::Gguf),
+            shape: t.shape.clone(),
+            tensor: t,
+            interleave_heads: heads,
+        });
+    }
+    Ok(Source {
+        metadata: md,
+        tensors,
+        n_layers: c.n_layers,
+    })
+}
