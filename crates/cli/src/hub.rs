@@ -260,7 +260,13 @@ fn get(m: &HubModel, file: &str, quiet: bool) -> Result<PathBuf> {
     if let Some(p) = cache.model(m.repo.clone()).get(file) {
         return Ok(p);
     }
-    let api = ApiBuilder::from_env()
+    let mut builder = ApiBuilder::from_env();
+    // hf-hub reads the token `huggingface-cli login` saved; HF_TOKEN, as the Python tools
+    // honour it, comes first.
+    if let Some(t) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+        builder = builder.with_token(Some(t));
+    }
+    let api = builder
         .with_progress(false)
         .with_retries(2)
         .build()
