@@ -48,6 +48,28 @@ pub enum Command {
     List,
     /// Remove a model (or one GGUF file of it) from the Hugging Face cache.
     Rm(PullArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, many requests batched together.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences running at once.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: usize,
+    /// Most tokens per forward step (decode tokens first, then prompt chunks).
+    #[arg(short = 'b', long, default_value_t = 512)]
+    pub batch: usize,
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub kv_memory_mib: u64,
 }
 
 #[derive(Args)]

@@ -12,6 +12,7 @@ pub mod chat_template;
 pub mod error;
 pub mod generate;
 pub mod sampler;
+pub mod serving;
 pub mod session;
 pub mod spm;
 pub mod spm_model;

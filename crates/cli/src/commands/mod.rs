@@ -9,6 +9,7 @@ mod perplexity;
 mod progress;
 pub(crate) mod quantize;
 mod run;
+mod serve;
 mod tokenize;
 
 use anyhow::Result;
@@ -38,6 +39,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Pull(a) => hub::pull(&a.model),
         Command::List => hub::list(),
         Command::Rm(a) => hub::rm(&a.model),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

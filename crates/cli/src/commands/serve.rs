@@ -1,0 +1,400 @@
+//! `bora serve`: an OpenAI-compatible HTTP server (axum) in front of the continuous-batching
+//! loop. Handlers tokenize, hand the request to the engine thread, and turn its token events
+//! into a JSON answer or a server-sent-event stream.
+
+use std::convert::Infallible;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bora_engine::chat::{ChatFormat, Message};
+use bora_engine::serving::{spawn, Event, FinishReason, Request, ServeOptions};
+use bora_engine::{SamplingParams, StreamDecoder, Tokenizer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::args::ServeArgs;
+
+struct App {
+    tokenizer: Tokenizer,
+    format: ChatFormat,
+    engine: std::sync::Mutex<Sender<Request>>,
+    model_name: String,
+    stop_tokens: Vec<u32>,
+    context: usize,
+}
+
+/// An OpenAI error object, answered with its status.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    msg: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"message": self.msg, "type": self.kind, "param": null, "code": null}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        msg: msg.into(),
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", msg)
+}
+
+#[derive(Deserialize)]
+struct Sampling {
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+impl Sampling {
+    fn params(&self) -> std::result::Result<SamplingParams, String> {
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0),
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: self.seed.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+            }),
+        };
+        p.validate().map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+}
+
+/// OpenAI's default for completions; chat answers run to their end.
+const COMPLETION_MAX_TOKENS: usize = 16;
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    prompt: String,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn finish_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Cancelled => "length",
+    }
+}
+
+/// Submits a request; its events arrive on the returned channel.
+fn submit(
+    app: &App,
+    prompt: Vec<u32>,
+    s: &Sampling,
+) -> std::result::Result<UnboundedReceiver<Event>, ApiError> {
+    if prompt.len() >= app.context {
+        return Err(bad_request(format!(
+            "the prompt has {} tokens; the context is {} tokens",
+            prompt.len(),
+            app.context
+        )));
+    }
+    let params = s.params().map_err(bad_request)?;
+    let (tx, rx) = unbounded_channel();
+    let req = Request {
+        max_tokens: s.max_tokens.unwrap_or(app.context - prompt.len()).max(1),
+        prompt,
+        sampling: params,
+        stop_tokens: app.stop_tokens.clone(),
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    let sent = app
+        .engine
+        .lock()
+        .map(|e| e.send(req).is_ok())
+        .unwrap_or(false);
+    if !sent {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine has stopped",
+        ));
+    }
+    Ok(rx)
+}
+
+/// The whole answer: text, finish reason, usage.
+async fn collect(
+    app: &App,
+    prompt: &[u32],
+    mut rx: UnboundedReceiver<Event>,
+) -> std::result::Result<(String, FinishReason, usize, usize), ApiError> {
+    let mut ids = Vec::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Token(t) => ids.push(t),
+            Event::Done {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let mut stream = StreamDecoder::new(prompt);
+                let mut text = String::new();
+                for &t in &ids {
+                    text.extend(stream.push(&app.tokenizer, t));
+                }
+                text.extend(stream.flush(&app.tokenizer));
+                return Ok((text, reason, prompt_tokens, completion_tokens));
+            }
+            Event::Error(msg) => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    msg,
+                ))
+            }
+        }
+    }
+    Err(error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the engine dropped the request",
+    ))
+}
+
+/// Server-sent events: one chunk per piece of text, then the finish reason, then [DONE].
+fn stream(
+    app: Arc<App>,
+    prompt: Vec<u32>,
+    mut rx: UnboundedReceiver<Event>,
+    chunk: impl Fn(Option<&str>, Option<&str>) -> Value + Send + 'static,
+) -> Response {
+    let (tx, out) = unbounded_channel::<std::result::Result<SseEvent, Infallible>>();
+    tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&prompt);
+        let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string()))).is_ok();
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Token(t) => {
+                    if let Some(piece) = dec.push(&app.tokenizer, t) {
+                        if !send(chunk(Some(&piece), None)) {
+                            return; // the client left: dropping rx cancels the sequence
+                        }
+                    }
+                }
+                Event::Done { reason, .. } => {
+                    if let Some(rest) = dec.flush(&app.tokenizer) {
+                        send(chunk(Some(&rest), None));
+                    }
+                    send(chunk(None, Some(finish_name(reason))));
+                    break;
+                }
+                Event::Error(msg) => {
+                    send(json!({"error": {"message": msg, "type": "server_error"}}));
+                    break;
+                }
+            }
+        }
+        tx.send(Ok(SseEvent::default().data("[DONE]"))).ok();
+    });
+    Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(out)).into_response()
+}
+
+async fn completions(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(e.body_text()).into_response(),
+    };
+    let prompt = match app.tokenizer.encode_prompt(&req.prompt) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e.to_string()).into_response(),
+    };
+    let mut sampling = req.sampling;
+    sampling.max_tokens = sampling.max_tokens.or(Some(COMPLETION_MAX_TOKENS));
+    let rx = match submit(&app, prompt.clone(), &sampling) {
+        Ok(rx) => rx,
+        Err(r) => return r.into_response(),
+    };
+    let (id, created, model) = (format!("cmpl-{}", now()), now(), app.model_name.clone());
+    if sampling.stream {
+        return stream(app.clone(), prompt, rx, move |text, reason| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": 0, "text": text.unwrap_or(""), "finish_reason": reason, "logprobs": null}]})
+        });
+    }
+    match collect(&app, &prompt, rx).await {
+        Ok((text, reason, p, c)) => Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_name(reason), "logprobs": null}],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+        }))
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn chat_completions(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(e.body_text()).into_response(),
+    };
+    let prompt = match app.format.encode(&app.tokenizer, &req.messages) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e.to_string()).into_response(),
+    };
+    let rx = match submit(&app, prompt.clone(), &req.sampling) {
+        Ok(rx) => rx,
+        Err(r) => return r.into_response(),
+    };
+    let (id, created, model) = (format!("chatcmpl-{}", now()), now(), app.model_name.clone());
+    if req.sampling.stream {
+        return stream(app.clone(), prompt, rx, move |text, reason| {
+            let delta = match text {
+                Some(t) => json!({"role": "assistant", "content": t}),
+                None => json!({}),
+            };
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+        });
+    }
+    match collect(&app, &prompt, rx).await {
+        Ok((text, reason, p, c)) => Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_name(reason)}],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+        }))
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": app.model_name, "object": "model", "created": 0, "owned_by": "bora"}]}),
+    )
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such endpoint",
+    )
+    .into_response()
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let engine = super::load(&a.model, false)?;
+    let tokenizer = engine.tokenizer()?;
+    let format = ChatFormat::for_tokenizer(tokenizer);
+    let stop_tokens = engine.stop_tokens();
+    let bora_engine::Engine {
+        model, tokenizer, ..
+    } = engine;
+    let tokenizer = tokenizer.context("the model has no tokenizer: the server needs one")?;
+    let model = Arc::new(model);
+    let layout = model.kv_layout(bora_model::DEFAULT_BLOCK_SIZE);
+    let block_bytes = 2 * layout.n_layers * layout.kv_dim() * layout.block_size * 4;
+    let kv_blocks = ((a.kv_memory_mib as usize) << 20) / block_bytes.max(1);
+    let opts = ServeOptions {
+        max_seqs: a.parallel.max(1),
+        step_tokens: a.batch.max(1),
+        block_size: bora_model::DEFAULT_BLOCK_SIZE,
+        kv_blocks,
+    };
+    let context = model.config.max_context;
+    let app = Arc::new(App {
+        tokenizer,
+        format,
+        engine: std::sync::Mutex::new(spawn(model, opts)),
+        model_name: a
+            .model
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bora".into()),
+        stop_tokens,
+        context,
+    });
+    let router = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(app);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "bora: serving on http://{addr} ({} sequences at once, {} tokens per step, {kv_blocks} KV blocks)",
+            opts.max_seqs, opts.step_tokens
+        );
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                tokio::signal::ctrl_c().await.ok();
+            })
+            .await
+            .context("the server failed")
+    })
+}

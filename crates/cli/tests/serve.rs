@@ -1,0 +1,244 @@
+//! `bora serve` over HTTP (ureq as the client) on the tiny Mistral with the v1 tokenizer:
+//! completions and chat completions give the text `bora run` gives for the same ids; a
+//! stream's SSE frames add up to the same text and end with `data: [DONE]`; eight concurrent
+//! requests, batched together, each give their single-request answer (BF16 weights take the
+//! same f32 kernels at any batch size, so the answers are identical); bad requests get
+//! OpenAI error objects.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn model() -> String {
+    fixtures().join("eval/tiny_mistral").display().to_string()
+}
+
+fn start() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(["serve", &model(), "--port", "0", "--parallel", "8"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+fn post(s: &Server, path: &str, body: serde_json::Value) -> serde_json::Value {
+    ureq::post(&format!("{}{path}", s.base))
+        .send_json(body)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_json()
+        .unwrap()
+}
+
+fn bora_run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .arg("run")
+        .arg(model())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+#[test]
+fn completions_chat_streams_and_concurrency_match_single_runs() {
+    let s = start();
+    let prompts = [
+        "The sliding window",
+        "Once upon a time",
+        "Mistral 7B uses grouped-query attention",
+        "1 2 3 4",
+        "Ünïcode",
+        "A",
+        "The capital of France is",
+        "def f(x):",
+    ];
+    // One at a time: the text `bora run -p` continues with.
+    let single: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let r = post(
+                &s,
+                "/v1/completions",
+                serde_json::json!({"prompt": p, "max_tokens": 12, "temperature": 0}),
+            );
+            assert_eq!(r["usage"]["completion_tokens"], 12);
+            assert_eq!(r["choices"][0]["finish_reason"], "length");
+            let text = r["choices"][0]["text"].as_str().unwrap().to_string();
+            let run = bora_run(&["-p", p, "-n", "12", "--temp", "0"]);
+            assert_eq!(format!("{p}{text}"), run, "{p}");
+            text
+        })
+        .collect();
+    // All at once, batched by the engine: the same answers.
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let s = &s;
+                sc.spawn(move || {
+                    let r = post(
+                        s,
+                        "/v1/completions",
+                        serde_json::json!({"prompt": p, "max_tokens": 12, "temperature": 0}),
+                    );
+                    r["choices"][0]["text"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&single) {
+            assert_eq!(&h.join().unwrap(), want);
+        }
+    });
+    // A stream: SSE frames that add up to the same text, then [DONE].
+    let resp = ureq::post(&format!("{}/v1/completions", s.base))
+        .send_json(serde_json::json!({"prompt": prompts[0], "max_tokens": 12, "temperature": 0, "stream": true}))
+        .unwrap();
+    assert!(resp
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let body = resp.into_string().unwrap();
+    let frames: Vec<&str> = body.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert_eq!(frames.last(), Some(&"data: [DONE]"), "{body}");
+    let mut text = String::new();
+    let mut finish = None;
+    for f in &frames[..frames.len() - 1] {
+        let json = f
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an SSE data frame: {f:?}"));
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap());
+        if let Some(r) = v["choices"][0]["finish_reason"].as_str() {
+            finish = Some(r.to_string());
+        }
+    }
+    assert_eq!(text, single[0]);
+    assert_eq!(finish.as_deref(), Some("length"));
+    // A chat turn: the ids `bora tokenize --chat` gives, continued as `bora run` continues them.
+    let conv = std::env::temp_dir().join(format!("bora-serve-chat-{}.json", std::process::id()));
+    let messages = serde_json::json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]);
+    std::fs::write(&conv, messages.to_string()).unwrap();
+    let tk = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(["tokenize", &model(), "--chat"])
+        .arg(&conv)
+        .arg("--json")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&conv).ok();
+    let ids: serde_json::Value = serde_json::from_slice(&tk.stdout).unwrap();
+    let id_list: Vec<String> = ids["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        serde_json::json!({"messages": messages, "max_tokens": 10, "temperature": 0}),
+    );
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        r["choices"][0]["message"]["content"].as_str().unwrap(),
+        bora_run(&["--ids", &id_list.join(","), "-n", "10", "--temp", "0"])
+    );
+    assert_eq!(
+        r["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        id_list.len()
+    );
+}
+
+#[test]
+fn bad_requests_get_openai_error_objects() {
+    let s = start();
+    let url = |p: &str| format!("{}{p}", s.base);
+    let err = |r: Result<ureq::Response, ureq::Error>| -> (u16, serde_json::Value) {
+        match r {
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap()),
+            other => panic!(
+                "expected an error status, got {:?}",
+                other.map(|r| r.status())
+            ),
+        }
+    };
+    let (code, body) = err(ureq::post(&url("/v1/completions"))
+        .set("content-type", "application/json")
+        .send_string("{\"prompt\": "));
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (code, body) =
+        err(ureq::post(&url("/v1/completions")).send_json(serde_json::json!({"prompt": 3})));
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt"),
+        "{body}"
+    );
+    let long = "word ".repeat(3000);
+    let (code, body) =
+        err(ureq::post(&url("/v1/completions")).send_json(serde_json::json!({"prompt": long})));
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context"),
+        "{body}"
+    );
+    let (code, _) = err(
+        ureq::post(&url("/v1/chat/completions")).send_json(serde_json::json!({"messages": []}))
+    );
+    assert_eq!(code, 400);
+    let (code, _) = err(ureq::post(&url("/v1/completions"))
+        .send_json(serde_json::json!({"prompt": "x", "temperature": -1})));
+    assert_eq!(code, 400);
+    let (code, _) = err(ureq::get(&url("/v1/nothing")).call());
+    assert_eq!(code, 404);
+    let health: serde_json::Value = ureq::get(&url("/health"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let models: serde_json::Value = ureq::get(&url("/v1/models"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny_mistral");
+}
