@@ -29,8 +29,13 @@ fn model() -> String {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
         .args(["serve", &model(), "--port", "0", "--parallel", "8"])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -241,4 +246,46 @@ fn bad_requests_get_openai_error_objects() {
         .into_json()
         .unwrap();
     assert_eq!(models["data"][0]["id"], "tiny_mistral");
+}
+
+/// The real openai Python client (tools/fetch-openai-client.sh, run by tools/test.sh) against
+/// the server with an API key: chat (plain and streamed), completions, max_tokens, a stop
+/// string, seed reproducibility, an invalid request, a wrong key
+/// (tests/support/openai_client.py).
+#[test]
+fn the_openai_python_client_works_unchanged() {
+    let client_dir = std::env::var_os("BORA_OPENAI_CLIENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/bora/pypi/openai-client")
+        });
+    assert!(
+        client_dir.join("openai").is_dir(),
+        "{}: the openai client is not installed: run tools/fetch-openai-client.sh (or tools/test.sh), or set BORA_OPENAI_CLIENT",
+        client_dir.display()
+    );
+    let s = start_with(&["--api-key", "sk-test"]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openai_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("PYTHONPATH", &client_dir)
+        .env("OPENAI_BASE_URL", format!("{}/v1", s.base))
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the key, the same server refuses.
+    match ureq::get(&format!("{}/v1/models", s.base)).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("expected 401, got {:?}", other.map(|r| r.status())),
+    }
 }

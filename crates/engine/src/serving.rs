@@ -253,3 +253,76 @@ pub fn spawn(model: Arc<Model>, opts: ServeOptions) -> Sender<Request> {
         .expect("cannot start the engine thread");
     tx
 }
+
+/// Stop strings over streamed text: text is released only once no stop string can still
+/// start in it, so a stop string split across tokens is caught and never shown.
+#[derive(Debug, Default)]
+pub struct StopText {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl StopText {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
+    }
+
+    /// Takes the next piece of text; returns the text safe to show, and whether a stop
+    /// string was reached (the text before it is all that is shown).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.held.push_str(piece);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, true);
+        }
+        // Hold back the longest tail that could begin a stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in self.held.char_indices() {
+                let tail = &self.held[i..];
+                if tail.len() > keep && s.starts_with(tail) {
+                    keep = tail.len();
+                }
+            }
+        }
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        (out, false)
+    }
+
+    /// What is still held back once the text has ended.
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_split_across_pieces_are_caught_and_never_shown() {
+        let mut s = StopText::new(vec!["\nUser:".into(), "END".into()]);
+        assert_eq!(s.push("Hello"), ("Hello".into(), false));
+        assert_eq!(s.push(" wor"), (" wor".into(), false));
+        assert_eq!(s.push("ld\nUs"), ("ld".into(), false));
+        assert_eq!(s.push("er: next"), (String::new(), true));
+        let mut s = StopText::new(vec!["END".into()]);
+        assert_eq!(s.push("aEN"), ("a".into(), false));
+        assert_eq!(s.push("x"), ("ENx".into(), false));
+        assert_eq!(s.push("E"), (String::new(), false));
+        assert_eq!(s.flush(), "E");
+        let mut s = StopText::new(vec![]);
+        assert_eq!(s.push("ünï"), ("ünï".into(), false));
+    }
+}

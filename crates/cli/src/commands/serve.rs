@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bora_engine::chat::{ChatFormat, Message};
-use bora_engine::serving::{spawn, Event, FinishReason, Request, ServeOptions};
+use bora_engine::serving::{spawn, Event, FinishReason, Request, ServeOptions, StopText};
 use bora_engine::{SamplingParams, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,6 +25,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::args::ServeArgs;
 
 struct App {
+    /// Requests to /v1 need `Authorization: Bearer KEY` when set.
+    api_key: Option<String>,
     tokenizer: Tokenizer,
     format: ChatFormat,
     engine: std::sync::Mutex<Sender<Request>>,
@@ -76,6 +78,30 @@ struct Sampling {
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
+    /// Up to 4 strings that end the answer (not shown).
+    #[serde(default)]
+    stop: Option<StopParam>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopParam {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Sampling {
+    fn stops(&self) -> std::result::Result<Vec<String>, ApiError> {
+        let v = match &self.stop {
+            None => Vec::new(),
+            Some(StopParam::One(s)) => vec![s.clone()],
+            Some(StopParam::Many(v)) => v.clone(),
+        };
+        if v.len() > 4 {
+            return Err(bad_request("stop: at most 4 strings"));
+        }
+        Ok(v)
+    }
 }
 
 impl Sampling {
@@ -167,30 +193,81 @@ fn submit(
     Ok(rx)
 }
 
-/// The whole answer: text, finish reason, usage.
-async fn collect(
-    app: &App,
-    prompt: &[u32],
-    mut rx: UnboundedReceiver<Event>,
-) -> std::result::Result<(String, FinishReason, usize, usize), ApiError> {
-    let mut ids = Vec::new();
-    while let Some(e) = rx.recv().await {
+/// The text of a request's tokens as it completes, cut at its stop strings.
+struct TextOut {
+    dec: StreamDecoder,
+    stops: StopText,
+    tokens: usize,
+}
+
+/// What the next event means for the client.
+enum Step {
+    Text(String),
+    /// The answer is over: the last text, why, and usage.
+    End(String, FinishReason, usize, usize),
+    Fail(String),
+}
+
+impl TextOut {
+    fn new(prompt: &[u32], stops: Vec<String>) -> Self {
+        Self {
+            dec: StreamDecoder::new(prompt),
+            stops: StopText::new(stops),
+            tokens: 0,
+        }
+    }
+
+    fn step(&mut self, tok: &Tokenizer, e: Event) -> Step {
         match e {
-            Event::Token(t) => ids.push(t),
+            Event::Token(t) => {
+                self.tokens += 1;
+                let piece = self.dec.push(tok, t).unwrap_or_default();
+                match self.stops.push(&piece) {
+                    // Stopped: returning drops the receiver, which ends the sequence.
+                    (text, true) => Step::End(text, FinishReason::Stop, 0, self.tokens),
+                    (text, false) => Step::Text(text),
+                }
+            }
             Event::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let mut stream = StreamDecoder::new(prompt);
-                let mut text = String::new();
-                for &t in &ids {
-                    text.extend(stream.push(&app.tokenizer, t));
+                let rest = self.dec.flush(tok).unwrap_or_default();
+                match self.stops.push(&rest) {
+                    (text, true) => {
+                        Step::End(text, FinishReason::Stop, prompt_tokens, completion_tokens)
+                    }
+                    (text, false) => Step::End(
+                        text + &self.stops.flush(),
+                        reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    ),
                 }
-                text.extend(stream.flush(&app.tokenizer));
-                return Ok((text, reason, prompt_tokens, completion_tokens));
             }
-            Event::Error(msg) => {
+            Event::Error(msg) => Step::Fail(msg),
+        }
+    }
+}
+
+/// The whole answer: text, finish reason, usage.
+async fn collect(
+    app: &App,
+    prompt: &[u32],
+    stops: Vec<String>,
+    mut rx: UnboundedReceiver<Event>,
+) -> std::result::Result<(String, FinishReason, usize, usize), ApiError> {
+    let mut out = TextOut::new(prompt, stops);
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match out.step(&app.tokenizer, e) {
+            Step::Text(t) => text.push_str(&t),
+            Step::End(t, reason, p, c) => {
+                text.push_str(&t);
+                return Ok((text, reason, p.max(prompt.len()), c));
+            }
+            Step::Fail(msg) => {
                 return Err(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",
@@ -210,30 +287,30 @@ async fn collect(
 fn stream(
     app: Arc<App>,
     prompt: Vec<u32>,
+    stops: Vec<String>,
     mut rx: UnboundedReceiver<Event>,
     chunk: impl Fn(Option<&str>, Option<&str>) -> Value + Send + 'static,
 ) -> Response {
     let (tx, out) = unbounded_channel::<std::result::Result<SseEvent, Infallible>>();
     tokio::spawn(async move {
-        let mut dec = StreamDecoder::new(&prompt);
+        let mut text = TextOut::new(&prompt, stops);
         let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string()))).is_ok();
         while let Some(e) = rx.recv().await {
-            match e {
-                Event::Token(t) => {
-                    if let Some(piece) = dec.push(&app.tokenizer, t) {
-                        if !send(chunk(Some(&piece), None)) {
-                            return; // the client left: dropping rx cancels the sequence
-                        }
+            match text.step(&app.tokenizer, e) {
+                Step::Text(t) if t.is_empty() => {}
+                Step::Text(t) => {
+                    if !send(chunk(Some(&t), None)) {
+                        return; // the client left: dropping rx cancels the sequence
                     }
                 }
-                Event::Done { reason, .. } => {
-                    if let Some(rest) = dec.flush(&app.tokenizer) {
-                        send(chunk(Some(&rest), None));
+                Step::End(t, reason, _, _) => {
+                    if !t.is_empty() {
+                        send(chunk(Some(&t), None));
                     }
                     send(chunk(None, Some(finish_name(reason))));
                     break;
                 }
-                Event::Error(msg) => {
+                Step::Fail(msg) => {
                     send(json!({"error": {"message": msg, "type": "server_error"}}));
                     break;
                 }
@@ -258,18 +335,22 @@ async fn completions(
     };
     let mut sampling = req.sampling;
     sampling.max_tokens = sampling.max_tokens.or(Some(COMPLETION_MAX_TOKENS));
+    let stops = match sampling.stops() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let rx = match submit(&app, prompt.clone(), &sampling) {
         Ok(rx) => rx,
         Err(r) => return r.into_response(),
     };
     let (id, created, model) = (format!("cmpl-{}", now()), now(), app.model_name.clone());
     if sampling.stream {
-        return stream(app.clone(), prompt, rx, move |text, reason| {
+        return stream(app.clone(), prompt, stops, rx, move |text, reason| {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"index": 0, "text": text.unwrap_or(""), "finish_reason": reason, "logprobs": null}]})
         });
     }
-    match collect(&app, &prompt, rx).await {
+    match collect(&app, &prompt, stops, rx).await {
         Ok((text, reason, p, c)) => Json(json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": finish_name(reason), "logprobs": null}],
@@ -292,13 +373,17 @@ async fn chat_completions(
         Ok(p) => p,
         Err(e) => return bad_request(e.to_string()).into_response(),
     };
+    let stops = match req.sampling.stops() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let rx = match submit(&app, prompt.clone(), &req.sampling) {
         Ok(rx) => rx,
         Err(r) => return r.into_response(),
     };
     let (id, created, model) = (format!("chatcmpl-{}", now()), now(), app.model_name.clone());
     if req.sampling.stream {
-        return stream(app.clone(), prompt, rx, move |text, reason| {
+        return stream(app.clone(), prompt, stops, rx, move |text, reason| {
             let delta = match text {
                 Some(t) => json!({"role": "assistant", "content": t}),
                 None => json!({}),
@@ -307,7 +392,7 @@ async fn chat_completions(
                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
         });
     }
-    match collect(&app, &prompt, rx).await {
+    match collect(&app, &prompt, stops, rx).await {
         Ok((text, reason, p, c)) => Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_name(reason)}],
@@ -322,6 +407,30 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
     Json(
         json!({"object": "list", "data": [{"id": app.model_name, "object": "model", "created": 0, "owned_by": "bora"}]}),
     )
+}
+
+/// `--api-key`: the /v1 endpoints want `Authorization: Bearer KEY`.
+async fn authorize(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(key) = &app.api_key {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn health() -> Json<Value> {
@@ -358,6 +467,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let context = model.config.max_context;
     let app = Arc::new(App {
+        api_key: a.api_key.clone(),
         tokenizer,
         format,
         engine: std::sync::Mutex::new(spawn(model, opts)),
@@ -370,10 +480,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         stop_tokens,
         context,
     });
-    let router = Router::new()
+    let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
+    let router = Router::new()
+        .merge(v1)
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(app);
