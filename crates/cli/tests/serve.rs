@@ -184,6 +184,45 @@ fn completions_chat_streams_and_concurrency_match_single_runs() {
         r["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
         id_list.len()
     );
+    // /metrics afterwards: every answer counted, and no KV block left in use.
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        let text = ureq::get(&format!("{}/metrics", s.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if metric(&text, "bora_kv_blocks_used ") == 0.0 || t0.elapsed().as_secs() > 5 {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        metric(&text, "bora_kv_blocks_used "),
+        0.0,
+        "blocks leaked:\n{text}"
+    );
+    assert_eq!(metric(&text, "bora_running_sequences "), 0.0);
+    assert!(
+        metric(&text, "bora_requests_total{status=\"200\"}") >= 18.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "bora_generated_tokens_total ") >= 16.0 * 12.0 + 10.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "bora_time_to_first_token_seconds_count ") >= 18.0,
+        "{text}"
+    );
+    assert!(metric(&text, "bora_kv_blocks_free ") > 0.0);
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! stalls the others for more than one step.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -81,8 +83,26 @@ fn blocks_for(model: &Model, len: usize, opts: &ServeOptions) -> usize {
     span.div_ceil(opts.block_size) + 1
 }
 
+/// What the loop reports, for `/metrics`: gauges of now and counters since start.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub steps: AtomicU64,
+}
+
 /// Runs until every sender of `requests` is gone and the last sequence has finished.
-pub fn serve_loop(model: Arc<Model>, requests: Receiver<Request>, opts: ServeOptions) {
+pub fn serve_loop(
+    model: Arc<Model>,
+    requests: Receiver<Request>,
+    opts: ServeOptions,
+    stats: Arc<ServeStats>,
+) {
+    stats.kv_blocks_total.store(opts.kv_blocks, Relaxed);
     let mut pool = KvPool::new(model.kv_layout(opts.block_size), opts.kv_blocks);
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
@@ -151,6 +171,8 @@ pub fn serve_loop(model: Arc<Model>, requests: Receiver<Request>, opts: ServeOpt
                 generated: 0,
             });
         }
+        stats.running.store(running.len(), Relaxed);
+        stats.waiting.store(waiting.len(), Relaxed);
         if running.is_empty() {
             continue;
         }
@@ -193,10 +215,16 @@ pub fn serve_loop(model: Arc<Model>, requests: Receiver<Request>, opts: ServeOpt
                 continue;
             }
         };
+        stats.steps.fetch_add(1, Relaxed);
+        stats.kv_blocks_used.store(pool.blocks_in_use(), Relaxed);
         let mut done = Vec::new();
         for (i, ((r, &n), logits)) in running.iter_mut().zip(&takes).zip(&outputs).enumerate() {
             if n == 0 {
                 continue;
+            }
+            if r.fed < r.prompt_len() {
+                let prompt_part = (r.fed + n).min(r.prompt_len()) - r.fed;
+                stats.prompt_tokens.fetch_add(prompt_part as u64, Relaxed);
             }
             r.fed += n;
             if r.fed < r.tokens.len() {
@@ -224,6 +252,7 @@ pub fn serve_loop(model: Arc<Model>, requests: Receiver<Request>, opts: ServeOpt
                 continue;
             }
             r.generated += 1;
+            stats.generated_tokens.fetch_add(1, Relaxed);
             if !(r.req.sink)(Event::Token(next)) {
                 done.push(i);
                 continue;
@@ -241,15 +270,17 @@ pub fn serve_loop(model: Arc<Model>, requests: Receiver<Request>, opts: ServeOpt
             reserved = reserved.saturating_sub(blocks_for(&model, len, &opts));
             r.kv.free(&mut pool);
         }
+        stats.kv_blocks_used.store(pool.blocks_in_use(), Relaxed);
+        stats.running.store(running.len(), Relaxed);
     }
 }
 
 /// Starts the loop on its own thread; requests go to the returned sender.
-pub fn spawn(model: Arc<Model>, opts: ServeOptions) -> Sender<Request> {
+pub fn spawn(model: Arc<Model>, opts: ServeOptions, stats: Arc<ServeStats>) -> Sender<Request> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("bora-engine".into())
-        .spawn(move || serve_loop(model, rx, opts))
+        .spawn(move || serve_loop(model, rx, opts, stats))
         .expect("cannot start the engine thread");
     tx
 }

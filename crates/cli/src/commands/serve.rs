@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bora_engine::chat::{ChatFormat, Message};
-use bora_engine::serving::{spawn, Event, FinishReason, Request, ServeOptions, StopText};
+use bora_engine::serving::{
+    spawn, Event, FinishReason, Request, ServeOptions, ServeStats, StopText,
+};
 use bora_engine::{SamplingParams, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,7 +26,72 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::args::ServeArgs;
 
+/// Counters the HTTP side keeps, for `/metrics`.
+#[derive(Default)]
+struct HttpStats {
+    /// Responses by status code.
+    by_status: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Seconds from a request's arrival to its first token.
+    ttft: Histogram,
+    /// Seconds between tokens of one answer.
+    itl: Histogram,
+}
+
+/// A Prometheus histogram with fixed buckets (seconds).
+struct Histogram {
+    counts: Vec<std::sync::atomic::AtomicU64>,
+    sum_us: std::sync::atomic::AtomicU64,
+    n: std::sync::atomic::AtomicU64,
+}
+
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: BUCKETS.iter().map(|_| Default::default()).collect(),
+            sum_us: Default::default(),
+            n: Default::default(),
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&self, secs: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (c, &b) in self.counts.iter().zip(&BUCKETS) {
+            if secs <= b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add((secs * 1e6) as u64, Relaxed);
+        self.n.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (c, b) in self.counts.iter().zip(&BUCKETS) {
+            out.push_str(&format!(
+                "{name}_bucket{{le=\"{b}\"}} {}\n",
+                c.load(Relaxed)
+            ));
+        }
+        let n = self.n.load(Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {n}\n"));
+        out.push_str(&format!(
+            "{name}_sum {}\n",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        ));
+        out.push_str(&format!("{name}_count {n}\n"));
+    }
+}
+
 struct App {
+    engine_stats: Arc<ServeStats>,
+    http: HttpStats,
     /// Requests to /v1 need `Authorization: Bearer KEY` when set.
     api_key: Option<String>,
     tokenizer: Tokenizer,
@@ -198,6 +265,8 @@ struct TextOut {
     dec: StreamDecoder,
     stops: StopText,
     tokens: usize,
+    start: std::time::Instant,
+    last: Option<std::time::Instant>,
 }
 
 /// What the next event means for the client.
@@ -214,12 +283,21 @@ impl TextOut {
             dec: StreamDecoder::new(prompt),
             stops: StopText::new(stops),
             tokens: 0,
+            start: std::time::Instant::now(),
+            last: None,
         }
     }
 
-    fn step(&mut self, tok: &Tokenizer, e: Event) -> Step {
+    fn step(&mut self, app: &App, e: Event) -> Step {
+        let tok = &app.tokenizer;
         match e {
             Event::Token(t) => {
+                let now = std::time::Instant::now();
+                match self.last {
+                    None => app.http.ttft.observe((now - self.start).as_secs_f64()),
+                    Some(prev) => app.http.itl.observe((now - prev).as_secs_f64()),
+                }
+                self.last = Some(now);
                 self.tokens += 1;
                 let piece = self.dec.push(tok, t).unwrap_or_default();
                 match self.stops.push(&piece) {
@@ -261,7 +339,7 @@ async fn collect(
     let mut out = TextOut::new(prompt, stops);
     let mut text = String::new();
     while let Some(e) = rx.recv().await {
-        match out.step(&app.tokenizer, e) {
+        match out.step(app, e) {
             Step::Text(t) => text.push_str(&t),
             Step::End(t, reason, p, c) => {
                 text.push_str(&t);
@@ -296,7 +374,7 @@ fn stream(
         let mut text = TextOut::new(&prompt, stops);
         let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string()))).is_ok();
         while let Some(e) = rx.recv().await {
-            match text.step(&app.tokenizer, e) {
+            match text.step(&app, e) {
                 Step::Text(t) if t.is_empty() => {}
                 Step::Text(t) => {
                     if !send(chunk(Some(&t), None)) {
@@ -433,6 +511,109 @@ async fn authorize(
     next.run(req).await
 }
 
+/// Counts every response by status, for `/metrics`.
+async fn count_status(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if let Ok(mut m) = app.http.by_status.lock() {
+        *m.entry(resp.status().as_u16()).or_default() += 1;
+    }
+    resp
+}
+
+/// Prometheus text: requests by status, tokens, running and waiting sequences, KV blocks,
+/// time to first token and between tokens.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = &app.engine_stats;
+    let mut out = String::new();
+    out.push_str("# HELP bora_requests_total HTTP responses by status code.\n# TYPE bora_requests_total counter\n");
+    if let Ok(m) = app.http.by_status.lock() {
+        for (code, n) in m.iter() {
+            out.push_str(&format!("bora_requests_total{{status=\"{code}\"}} {n}\n"));
+        }
+    }
+    let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    scalar(
+        &mut out,
+        "bora_prompt_tokens_total",
+        "counter",
+        "Prompt tokens read.",
+        e.prompt_tokens.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "bora_generated_tokens_total",
+        "counter",
+        "Tokens generated.",
+        e.generated_tokens.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "bora_steps_total",
+        "counter",
+        "Forward steps run.",
+        e.steps.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "bora_running_sequences",
+        "gauge",
+        "Sequences being processed.",
+        e.running.load(Relaxed) as u64,
+    );
+    scalar(
+        &mut out,
+        "bora_waiting_sequences",
+        "gauge",
+        "Requests waiting for room.",
+        e.waiting.load(Relaxed) as u64,
+    );
+    let (used, total) = (
+        e.kv_blocks_used.load(Relaxed),
+        e.kv_blocks_total.load(Relaxed),
+    );
+    scalar(
+        &mut out,
+        "bora_kv_blocks_used",
+        "gauge",
+        "KV cache blocks in use.",
+        used as u64,
+    );
+    scalar(
+        &mut out,
+        "bora_kv_blocks_free",
+        "gauge",
+        "KV cache blocks free.",
+        total.saturating_sub(used) as u64,
+    );
+    app.http.ttft.render(
+        "bora_time_to_first_token_seconds",
+        "Time from a request to its first token.",
+        &mut out,
+    );
+    app.http.itl.render(
+        "bora_inter_token_latency_seconds",
+        "Time between tokens of an answer.",
+        &mut out,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -466,11 +647,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         kv_blocks,
     };
     let context = model.config.max_context;
+    let engine_stats = Arc::new(ServeStats::default());
     let app = Arc::new(App {
+        engine_stats: engine_stats.clone(),
+        http: HttpStats::default(),
         api_key: a.api_key.clone(),
         tokenizer,
         format,
-        engine: std::sync::Mutex::new(spawn(model, opts)),
+        engine: std::sync::Mutex::new(spawn(model, opts, engine_stats)),
         model_name: a
             .model
             .model
@@ -488,7 +672,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let router = Router::new()
         .merge(v1)
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_status,
+        ))
         .with_state(app);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
