@@ -168,32 +168,14 @@ fn a_piped_question_gets_one_answer() {
     );
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(!answer.is_empty());
-    let conv = std::env::temp_dir().join(format!("bora-piped-{}.json", std::process::id()));
-    std::fs::write(
-        &conv,
-        format!(r#"[{{"role": "user", "content": "{question}"}}]"#),
-    )
-    .unwrap();
-    let tk = Command::new(bora)
-        .arg("tokenize")
-        .arg(&model)
-        .arg("--chat")
-        .arg(&conv)
-        .arg("--json")
-        .output()
-        .unwrap();
-    std::fs::remove_file(&conv).ok();
-    let ids: serde_json::Value = serde_json::from_slice(&tk.stdout).unwrap();
-    let ids: Vec<String> = ids["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let ids = chat_ids(
+        &model,
+        &serde_json::json!([{"role": "user", "content": question}]),
+    );
     let run = Command::new(bora)
         .arg("run")
         .arg(&model)
-        .args(["--ids", &ids.join(","), "--temp", "0", "-n", "24"])
+        .args(["--ids", &ids, "--temp", "0", "-n", "24"])
         .output()
         .unwrap();
     assert!(

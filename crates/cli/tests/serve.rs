@@ -153,23 +153,8 @@ fn completions_chat_streams_and_concurrency_match_single_runs() {
     assert_eq!(text, single[0]);
     assert_eq!(finish.as_deref(), Some("length"));
     // A chat turn: the ids `bora tokenize --chat` gives, continued as `bora run` continues them.
-    let conv = std::env::temp_dir().join(format!("bora-serve-chat-{}.json", std::process::id()));
     let messages = serde_json::json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]);
-    std::fs::write(&conv, messages.to_string()).unwrap();
-    let tk = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(["tokenize", &model(), "--chat"])
-        .arg(&conv)
-        .arg("--json")
-        .output()
-        .unwrap();
-    std::fs::remove_file(&conv).ok();
-    let ids: serde_json::Value = serde_json::from_slice(&tk.stdout).unwrap();
-    let id_list: Vec<String> = ids["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let id_list = chat_ids(std::path::Path::new(&model()), &messages);
     let r = post(
         &s,
         "/v1/chat/completions",
@@ -178,11 +163,11 @@ fn completions_chat_streams_and_concurrency_match_single_runs() {
     assert_eq!(r["choices"][0]["message"]["role"], "assistant");
     assert_eq!(
         r["choices"][0]["message"]["content"].as_str().unwrap(),
-        bora_run(&["--ids", &id_list.join(","), "-n", "10", "--temp", "0"])
+        bora_run(&["--ids", &id_list, "-n", "10", "--temp", "0"])
     );
     assert_eq!(
         r["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
-        id_list.len()
+        id_list.split(',').count()
     );
     // /metrics afterwards: every answer counted, and no KV block left in use.
     let metric = |text: &str, name: &str| -> f64 {

@@ -73,19 +73,7 @@ impl Checkpoint {
             source,
         })?;
         let config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
-        let mut tensors = BTreeMap::new();
-        for file in safetensors_files(dir)? {
-            for (name, t) in safetensors::read_directory(&file)? {
-                if tensors.contains_key(&name) {
-                    return Err(ModelError::Tensor {
-                        path: file.clone(),
-                        name,
-                        msg: "is also in another weight file".to_string(),
-                    });
-                }
-                tensors.insert(name, t);
-            }
-        }
+        let tensors = read_tensors(&safetensors_files(dir)?)?;
         Ok(Self {
             path: dir.to_path_buf(),
             format: Format::Hf,
@@ -102,36 +90,16 @@ impl Checkpoint {
             source,
         })?;
         let config = ModelConfig::from_params_json(&text, &params.display().to_string())?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| ModelError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("consolidated") && name.ends_with(".safetensors")
-            })
-            .collect();
-        files.sort();
+        let files = files_where(dir, |name| {
+            name.starts_with("consolidated") && name.ends_with(".safetensors")
+        })?;
         if files.is_empty() {
             return Err(ModelError::format(
                 dir,
                 "params.json but no consolidated*.safetensors (Mistral's .pth checkpoints are not read)",
             ));
         }
-        let mut tensors = BTreeMap::new();
-        for file in files {
-            for (name, t) in safetensors::read_directory(&file)? {
-                if tensors.insert(name.clone(), t).is_some() {
-                    return Err(ModelError::Tensor {
-                        path: file.clone(),
-                        name,
-                        msg: "is also in another weight file".to_string(),
-                    });
-                }
-            }
-        }
+        let tensors = read_tensors(&files)?;
         Ok(Self {
             path: dir.to_path_buf(),
             format: Format::Native,
@@ -185,15 +153,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
+    let files = files_where(dir, |name| name.ends_with(".safetensors"))?;
     if files.is_empty() {
         return Err(ModelError::format(
             dir,
@@ -201,4 +161,36 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         ));
     }
     Ok(files)
+}
+
+/// The files of `dir` whose names pass `keep`, sorted.
+fn files_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every tensor of the weight files, refusing a name that two files both hold.
+fn read_tensors(files: &[PathBuf]) -> Result<BTreeMap<String, TensorRef>> {
+    let mut tensors = BTreeMap::new();
+    for file in files {
+        for (name, t) in safetensors::read_directory(file)? {
+            if tensors.contains_key(&name) {
+                return Err(ModelError::Tensor {
+                    path: file.clone(),
+                    name,
+                    msg: "is also in another weight file".to_string(),
+                });
+            }
+            tensors.insert(name, t);
+        }
+    }
+    Ok(tensors)
 }

@@ -99,3 +99,33 @@ pub fn smollm2_path() -> PathBuf {
     );
     p
 }
+
+/// The ids `bora tokenize MODEL --chat` gives for `messages`, comma-separated for `--ids`.
+pub fn chat_ids(model: &Path, messages: &serde_json::Value) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conv = std::env::temp_dir().join(format!("bora-chat-ids-{}-{n}.json", std::process::id()));
+    std::fs::write(&conv, messages.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bora"))
+        .arg("tokenize")
+        .arg(model)
+        .arg("--chat")
+        .arg(&conv)
+        .arg("--json")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&conv).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Vec<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    list.join(",")
+}
