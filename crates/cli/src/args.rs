@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Memory for the KV cache, in MiB.
     #[arg(long, default_value_t = 2048)]
     pub kv_memory_mib: u64,
+    /// Requests queued or running before new ones get 429 (with Retry-After).
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
     /// Require `Authorization: Bearer KEY` on the /v1 endpoints.
     #[arg(long)]
     pub api_key: Option<String>,

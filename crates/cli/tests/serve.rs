@@ -33,8 +33,12 @@ fn start() -> Server {
 }
 
 fn start_with(extra: &[&str]) -> Server {
+    start_model(&model(), extra)
+}
+
+fn start_model(model: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(["serve", &model(), "--port", "0", "--parallel", "8"])
+        .args(["serve", model, "--port", "0", "--parallel", "8"])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -312,4 +316,55 @@ fn the_openai_python_client_works_unchanged() {
         Err(ureq::Error::Status(401, _)) => {}
         other => panic!("expected 401, got {:?}", other.map(|r| r.status())),
     }
+}
+
+/// On the demo model (slow enough that a 1500-token answer takes half a minute): a full
+/// queue answers 429 with Retry-After; a client that leaves mid-stream frees its place within
+/// seconds, so its sequence was cancelled, not finished; SIGTERM exits 0.
+#[test]
+fn full_queue_disconnect_and_sigterm() {
+    let model = smollm2_path().display().to_string();
+    let mut s = start_model(&model, &["--max-queue", "1", "-t", "2"]);
+    let url = format!("{}/v1/completions", s.base);
+    let long = ureq::post(&url)
+        .send_json(serde_json::json!({"prompt": "x", "max_tokens": 1500, "temperature": 0, "stream": true}))
+        .unwrap();
+    match ureq::post(&url).send_json(serde_json::json!({"prompt": "y", "max_tokens": 2})) {
+        Err(ureq::Error::Status(429, r)) => {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            let body: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(body["error"]["type"], "rate_limit_error");
+        }
+        other => panic!("expected 429, got {:?}", other.map(|r| r.status())),
+    }
+    // The streaming client goes away: its sequence is cancelled and the place frees.
+    drop(long);
+    let t0 = std::time::Instant::now();
+    loop {
+        match ureq::post(&url).send_json(serde_json::json!({"prompt": "y", "max_tokens": 2})) {
+            Ok(_) => break,
+            Err(ureq::Error::Status(429, _)) if t0.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("the place was not freed: {e}"),
+        }
+    }
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the server did not exit on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
 }

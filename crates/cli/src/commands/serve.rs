@@ -89,7 +89,19 @@ impl Histogram {
     }
 }
 
+/// One request in the engine (waiting or running); dropped with its sink.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 struct App {
+    /// Requests in the engine now, and how many it may hold before answering 429.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_queue: usize,
     engine_stats: Arc<ServeStats>,
     http: HttpStats,
     /// Requests to /v1 need `Authorization: Bearer KEY` when set.
@@ -113,7 +125,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             json!({"error": {"message": self.msg, "type": self.kind, "param": null, "code": null}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -237,13 +256,27 @@ fn submit(
         )));
     }
     let params = s.params().map_err(bad_request)?;
+    let n = app
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ticket = InFlight(app.in_flight.clone());
+    if n >= app.max_queue {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("{n} requests are already queued or running; try again shortly"),
+        ));
+    }
     let (tx, rx) = unbounded_channel();
     let req = Request {
         max_tokens: s.max_tokens.unwrap_or(app.context - prompt.len()).max(1),
         prompt,
         sampling: params,
         stop_tokens: app.stop_tokens.clone(),
-        sink: Box::new(move |e| tx.send(e).is_ok()),
+        sink: Box::new(move |e| {
+            let _held = &ticket;
+            tx.send(e).is_ok()
+        }),
     };
     let sent = app
         .engine
@@ -649,6 +682,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let context = model.config.max_context;
     let engine_stats = Arc::new(ServeStats::default());
     let app = Arc::new(App {
+        in_flight: Default::default(),
+        max_queue: a.max_queue.max(1),
         engine_stats: engine_stats.clone(),
         http: HttpStats::default(),
         api_key: a.api_key.clone(),
@@ -694,7 +729,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
         axum::serve(listener, router)
             .with_graceful_shutdown(async {
-                tokio::signal::ctrl_c().await.ok();
+                // Ctrl-C or SIGTERM: stop accepting, let running requests finish, exit 0.
+                let term = async {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                        Ok(mut s) => {
+                            s.recv().await;
+                        }
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term => {}
+                }
+                eprintln!("bora: shutting down: finishing the requests in flight");
             })
             .await
             .context("the server failed")
