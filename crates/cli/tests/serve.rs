@@ -262,6 +262,10 @@ fn bad_requests_get_openai_error_objects() {
     assert_eq!(code, 400);
     let (code, _) = err(ureq::get(&url("/v1/nothing")).call());
     assert_eq!(code, 404);
+    let huge = "a".repeat(3 << 20);
+    let (code, body) =
+        err(ureq::post(&url("/v1/completions")).send_json(serde_json::json!({"prompt": huge})));
+    assert_eq!(code, 413, "{body}");
     let health: serde_json::Value = ureq::get(&url("/health"))
         .call()
         .unwrap()

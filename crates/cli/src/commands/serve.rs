@@ -144,6 +144,19 @@ fn error(status: StatusCode, kind: &'static str, msg: impl Into<String>) -> ApiE
     }
 }
 
+/// A body that is not the JSON asked for: 400, or 413 past the size limit.
+fn rejection(e: JsonRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return error(
+            status,
+            "invalid_request_error",
+            "the request body is over the 2 MB limit",
+        );
+    }
+    bad_request(e.body_text())
+}
+
 fn bad_request(msg: impl Into<String>) -> ApiError {
     error(StatusCode::BAD_REQUEST, "invalid_request_error", msg)
 }
@@ -438,7 +451,7 @@ async fn completions(
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return bad_request(e.body_text()).into_response(),
+        Err(e) => return rejection(e).into_response(),
     };
     let prompt = match app.tokenizer.encode_prompt(&req.prompt) {
         Ok(p) => p,
@@ -478,7 +491,7 @@ async fn chat_completions(
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return bad_request(e.body_text()).into_response(),
+        Err(e) => return rejection(e).into_response(),
     };
     let prompt = match app.format.encode(&app.tokenizer, &req.messages) {
         Ok(p) => p,
