@@ -67,9 +67,13 @@ pub struct ServeArgs {
     /// Most tokens per forward step (decode tokens first, then prompt chunks).
     #[arg(short = 'b', long, default_value_t = 512)]
     pub batch: usize,
-    /// Memory for the KV cache, in MiB.
-    #[arg(long, default_value_t = 2048)]
-    pub kv_memory_mib: u64,
+    /// Memory for the KV cache, in MiB [default: what --parallel sequences need at full
+    /// context, at most half the memory available].
+    #[arg(long)]
+    pub kv_memory_mib: Option<u64>,
+    /// Do not share the KV blocks of prompts that begin alike.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
     /// Requests queued or running before new ones get 429 (with Retry-After).
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
@@ -342,6 +346,8 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed,
         };
         p.validate()?;

@@ -2,6 +2,12 @@
 //! and leave between steps; each step packs the next token of every running sequence and
 //! chunks of the prompts still being read, within a token budget, so a long prompt never
 //! stalls the others for more than one step.
+//!
+//! Memory is paged ([`KvPool`]): a sequence takes blocks as it grows. Full blocks are hashed
+//! and shared: a prompt that begins like an earlier one (a system prompt, the previous turns
+//! of a chat) takes the cached blocks and skips their prefill. When a step needs a block and
+//! none is left, the youngest sequence is preempted: its blocks go back to the pool, and it
+//! waits at the head of the queue to be recomputed (its prefix is often still cached).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,9 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
-use bora_model::{KvPool, LogitsRows, Model, SeqKv, SeqStep};
+use bora_model::{next_block_hash, BlockHash, KvPool, LogitsRows, Model, SeqKv, SeqStep};
 
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{logprobs_of, Sampler, SamplingParams, TokenLogprobs};
 
 /// Why a sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +33,20 @@ pub enum FinishReason {
 /// What a request's sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Token(u32),
+    /// The log-probabilities of prompt tokens 1.. (token 0 has none), once the prompt is read;
+    /// only when the request asked for them.
+    Prompt(Vec<TokenLogprobs>),
+    /// A generated token, with its log-probability when the request asked for them.
+    Token {
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
     Done {
         reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens whose KV came from the prefix cache.
+        cached_tokens: usize,
     },
     Error(String),
 }
@@ -42,10 +57,19 @@ pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 
 pub struct Request {
     pub prompt: Vec<u32>,
+    /// 0 only makes sense with `prompt_logprobs` (scoring a text).
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop_tokens: Vec<u32>,
+    /// Report each generated token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Report the prompt tokens' log-probabilities (such a prompt is computed, not taken from
+    /// the prefix cache).
+    pub prompt_logprobs: bool,
     pub sink: Sink,
+    /// Whether the client has gone; asked every step, so a request that is waiting or still
+    /// reading its prompt is dropped as fast as one that is generating.
+    pub cancelled: Box<dyn Fn() -> bool + Send>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,30 +81,8 @@ pub struct ServeOptions {
     pub block_size: usize,
     /// KV blocks in the pool.
     pub kv_blocks: usize,
-}
-
-struct Running {
-    req: Request,
-    kv: SeqKv,
-    tokens: Vec<u32>,
-    fed: usize,
-    sampler: Sampler,
-    generated: usize,
-}
-
-impl Running {
-    fn prompt_len(&self) -> usize {
-        self.req.prompt.len()
-    }
-}
-
-/// Blocks a sequence of `len` positions can hold at most.
-fn blocks_for(model: &Model, len: usize, opts: &ServeOptions) -> usize {
-    let span = match model.config.sliding_window {
-        Some(w) => len.min(w + opts.step_tokens),
-        None => len,
-    };
-    span.div_ceil(opts.block_size) + 1
+    /// Share full blocks between prompts with the same beginning.
+    pub prefix_caching: bool,
 }
 
 /// What the loop reports, for `/metrics`: gauges of now and counters since start.
@@ -89,10 +91,473 @@ pub struct ServeStats {
     pub running: AtomicUsize,
     pub waiting: AtomicUsize,
     pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_cached: AtomicUsize,
     pub kv_blocks_total: AtomicUsize,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub steps: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_queried_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub preemptions: AtomicU64,
+}
+
+/// A request in the engine, waiting or running.
+struct Seq {
+    req: Request,
+    sampler: Sampler,
+    /// Prompt, then every generated token.
+    tokens: Vec<u32>,
+    kv: SeqKv,
+    /// Tokens whose KV is in `kv`.
+    fed: usize,
+    generated: usize,
+    /// Chained hashes of the full blocks of `tokens`.
+    hashes: Vec<BlockHash>,
+    /// Full blocks already offered to the prefix cache.
+    registered: usize,
+    /// Prompt tokens counted in the stats (a recomputed prompt is not counted twice).
+    prompt_counted: usize,
+    cached_tokens: usize,
+    prompt_lps: Option<Vec<TokenLogprobs>>,
+    /// Arrival order: the youngest is preempted first.
+    order: u64,
+}
+
+impl Seq {
+    fn prompt_len(&self) -> usize {
+        self.req.prompt.len()
+    }
+
+    fn push_token(&mut self, t: u32, block_size: usize) {
+        self.tokens.push(t);
+        if self.tokens.len() % block_size == 0 {
+            let parent = self.hashes.last().copied().unwrap_or(0);
+            let block = &self.tokens[self.tokens.len() - block_size..];
+            self.hashes.push(next_block_hash(parent, block));
+        }
+    }
+
+    /// Still reading known tokens (a prompt, or a recomputation after preemption).
+    fn reading(&self) -> bool {
+        self.tokens.len() - self.fed > 1
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let e = Event::Done {
+            reason,
+            prompt_tokens: self.prompt_len(),
+            completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
+        };
+        (self.req.sink)(e);
+    }
+}
+
+/// The loop's state between steps.
+struct Scheduler {
+    model: Arc<Model>,
+    opts: ServeOptions,
+    stats: Arc<ServeStats>,
+    pool: KvPool,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    arrivals: u64,
+}
+
+impl Scheduler {
+    fn window(&self) -> Option<usize> {
+        self.model.config.sliding_window
+    }
+
+    /// Most blocks a sequence of `len` positions holds at once.
+    fn span_blocks(&self, len: usize) -> usize {
+        let span = match self.window() {
+            Some(w) => len.min(w + self.opts.step_tokens),
+            None => len,
+        };
+        span.div_ceil(self.opts.block_size) + 1
+    }
+
+    fn enqueue(&mut self, req: Request) {
+        let b = self.opts.block_size;
+        let sampler = match Sampler::new(req.sampling.clone()) {
+            Ok(s) => s,
+            Err(e) => return fail(req, e.to_string()),
+        };
+        let ctx = self.model.config.max_context;
+        if req.prompt.is_empty() || req.prompt.len() >= ctx {
+            let msg = format!(
+                "the prompt has {} tokens; it needs 1 to {} (the context is {ctx})",
+                req.prompt.len(),
+                ctx - 1
+            );
+            return fail(req, msg);
+        }
+        if self.span_blocks(req.prompt.len() + 1) > self.opts.kv_blocks {
+            let msg = format!(
+                "the prompt of {} tokens does not fit the KV cache ({} blocks of {b}); give the server more --kv-memory-mib",
+                req.prompt.len(),
+                self.opts.kv_blocks
+            );
+            return fail(req, msg);
+        }
+        if req.max_tokens == 0 && !req.prompt_logprobs {
+            let mut s = req;
+            (s.sink)(Event::Done {
+                reason: FinishReason::Length,
+                prompt_tokens: s.prompt.len(),
+                completion_tokens: 0,
+                cached_tokens: 0,
+            });
+            return;
+        }
+        self.arrivals += 1;
+        let mut seq = Seq {
+            tokens: Vec::new(),
+            sampler,
+            kv: SeqKv::new(),
+            fed: 0,
+            generated: 0,
+            hashes: Vec::new(),
+            registered: 0,
+            prompt_counted: 0,
+            cached_tokens: 0,
+            prompt_lps: req.prompt_logprobs.then(Vec::new),
+            order: self.arrivals,
+            req,
+        };
+        for &t in &seq.req.prompt.clone() {
+            seq.push_token(t, b);
+        }
+        self.waiting.push_back(seq);
+    }
+
+    /// Full blocks at the start of `seq` whose KV is cached and usable: without a window,
+    /// a run from block 0; with one, the blocks the next query can see. At least one token
+    /// is always left to compute, for its logits.
+    fn cached_prefix(&self, seq: &Seq) -> (usize, usize) {
+        let b = self.opts.block_size;
+        if !self.opts.prefix_caching || seq.req.prompt_logprobs {
+            return (0, 0);
+        }
+        let usable = ((seq.tokens.len() - 1) / b).min(seq.hashes.len());
+        let mut best = (0, 0);
+        let mut run = 0; // cached blocks ending at block k−1
+        for k in 1..=usable {
+            run = if self.pool.is_cached(&seq.hashes[k - 1]) {
+                run + 1
+            } else {
+                0
+            };
+            let first = match self.window() {
+                Some(w) => (k * b + 1).saturating_sub(w) / b,
+                None => 0,
+            };
+            if run >= k - first {
+                best = (k, first);
+            }
+        }
+        best
+    }
+
+    /// Blocks the running sequences still need for the tokens they already know.
+    fn pending_blocks(&self) -> usize {
+        let b = self.opts.block_size;
+        self.running
+            .iter()
+            .map(|s| {
+                let need = s.kv.blocks_needed(b, s.tokens.len() - s.fed);
+                need.min(self.span_blocks(s.tokens.len()))
+            })
+            .sum()
+    }
+
+    /// Moves waiting sequences to running, in order, while their known tokens fit.
+    fn admit(&mut self) {
+        let b = self.opts.block_size;
+        while self.running.len() < self.opts.max_seqs {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            let (hit, first) = self.cached_prefix(&seq);
+            if hit > 0 && !seq.kv.adopt(&mut self.pool, &seq.hashes[..hit], first) {
+                seq.kv = SeqKv::new();
+            }
+            let reused = seq.kv.len();
+            let need = seq
+                .kv
+                .blocks_needed(b, seq.tokens.len() + 1 - reused)
+                .min(self.span_blocks(seq.tokens.len() + 1));
+            if self.pool.available() < self.pending_blocks() + need && !self.running.is_empty() {
+                seq.kv.free(&mut self.pool);
+                self.waiting.push_front(seq);
+                break;
+            }
+            if seq.prompt_counted == 0 {
+                let queried = seq.prompt_len() as u64;
+                self.stats.prefix_queried_tokens.fetch_add(queried, Relaxed);
+                self.stats.prefix_hit_tokens.fetch_add(reused as u64, Relaxed);
+                seq.cached_tokens = reused.min(seq.prompt_len());
+                seq.prompt_counted = seq.cached_tokens;
+            }
+            seq.fed = reused;
+            self.running.push(seq);
+        }
+    }
+
+    /// Drops every sequence whose client has gone.
+    fn drop_cancelled(&mut self) {
+        let pool = &mut self.pool;
+        self.waiting.retain(|s| !(s.req.cancelled)());
+        self.running.retain_mut(|s| {
+            let gone = (s.req.cancelled)();
+            if gone {
+                s.kv.free(pool);
+            }
+            !gone
+        });
+    }
+
+    /// The sequence to preempt so that `running[i]` can grow: the youngest of it and the
+    /// others holding blocks. None when no other sequence holds any.
+    fn victim(&self, i: usize, gone: &[bool]) -> Option<usize> {
+        let others = (0..self.running.len())
+            .filter(|&j| j != i && !gone[j] && self.running[j].kv.blocks_held() > 0);
+        let youngest = others.max_by_key(|&j| self.running[j].order)?;
+        Some(if self.running[i].order > self.running[youngest].order {
+            i
+        } else {
+            youngest
+        })
+    }
+
+    /// Frees `running[v]`'s blocks; it will be read again from its start.
+    fn preempt(&mut self, v: usize) {
+        let s = &mut self.running[v];
+        s.kv.free(&mut self.pool);
+        s.fed = 0;
+        self.stats.preemptions.fetch_add(1, Relaxed);
+    }
+
+    /// Tokens each running sequence feeds this step, with blocks for them taken from the
+    /// pool; sequences preempted to make room are moved back to the queue.
+    fn plan_step(&mut self) -> Vec<usize> {
+        let window = self.window();
+        let b = self.opts.block_size;
+        // Decoding sequences first, then prompts, oldest first.
+        self.running.sort_by_key(|s| (s.reading(), s.order));
+        let n_run = self.running.len();
+        let mut takes = vec![0usize; n_run];
+        let mut gone = vec![false; n_run];
+        let mut budget = self.opts.step_tokens;
+        for i in 0..n_run {
+            if gone[i] {
+                continue;
+            }
+            let mut n = (self.running[i].tokens.len() - self.running[i].fed).min(budget);
+            while n > 0 {
+                if self.running[i].kv.prepare(&mut self.pool, n, window).is_ok() {
+                    break;
+                }
+                if let Some(v) = self.victim(i, &gone) {
+                    self.preempt(v);
+                    gone[v] = true;
+                    takes[v] = 0;
+                    if v == i {
+                        n = 0;
+                    }
+                    continue;
+                }
+                // Alone and still short: read what fits now (the step's end recycles more
+                // under a window), or nothing.
+                let s = &self.running[i];
+                let fits = (s.kv.len().div_ceil(b) + self.pool.available()) * b - s.kv.len();
+                n = if fits < n { fits } else { 0 };
+            }
+            takes[i] = n;
+            budget -= n;
+        }
+        // Preempted sequences wait at the head of the queue, oldest first.
+        let mut preempted = Vec::new();
+        for i in (0..n_run).rev() {
+            if gone[i] {
+                preempted.push(self.running.remove(i));
+                takes.remove(i);
+            }
+        }
+        preempted.sort_by_key(|s| std::cmp::Reverse(s.order));
+        for s in preempted {
+            self.waiting.push_front(s);
+        }
+        takes
+    }
+
+    /// One step: admit, plan, run the model, hand out tokens. False when there was nothing
+    /// to run.
+    fn step(&mut self) -> bool {
+        self.drop_cancelled();
+        self.admit();
+        if self.running.is_empty() {
+            self.publish();
+            return false;
+        }
+        let takes = self.plan_step();
+        // A sequence that could not get a single block while alone ends here.
+        for i in (0..self.running.len()).rev() {
+            let s = &self.running[i];
+            if takes[i] == 0 && s.fed < s.tokens.len() && self.running.len() == 1 {
+                let mut s = self.running.remove(i);
+                if s.fed < s.prompt_len() {
+                    fail_seq(&mut s, "the KV cache is too small for this prompt".into());
+                } else {
+                    s.finish(FinishReason::Length);
+                }
+                s.kv.free(&mut self.pool);
+                self.publish();
+                return true;
+            }
+        }
+        let result = {
+            let mut steps: Vec<SeqStep<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&takes)
+                .map(|(s, &n)| {
+                    let ends = n > 0 && s.fed + n == s.tokens.len();
+                    let logits = if n > 0 && s.prompt_lps.is_some() {
+                        LogitsRows::From(0)
+                    } else if ends {
+                        LogitsRows::Last
+                    } else {
+                        LogitsRows::None
+                    };
+                    SeqStep {
+                        tokens: &s.tokens[s.fed..s.fed + n],
+                        logits,
+                        kv: &mut s.kv,
+                    }
+                })
+                .collect();
+            self.model.forward(&mut self.pool, &mut steps)
+        };
+        let outputs = match result {
+            Ok(o) => o,
+            Err(e) => {
+                // A failed step fails every sequence in it; the server goes on.
+                for mut s in std::mem::take(&mut self.running) {
+                    fail_seq(&mut s, e.to_string());
+                    s.kv.free(&mut self.pool);
+                }
+                self.publish();
+                return true;
+            }
+        };
+        self.stats.steps.fetch_add(1, Relaxed);
+        let mut done = Vec::new();
+        for (i, (&n, rows)) in takes.iter().zip(&outputs).enumerate() {
+            if n > 0 && !self.after_step(i, n, rows) {
+                done.push(i);
+            }
+        }
+        for &i in done.iter().rev() {
+            let mut s = self.running.swap_remove(i);
+            s.kv.free(&mut self.pool);
+        }
+        self.publish();
+        true
+    }
+
+    /// Takes the rows of `running[i]`'s `n` tokens; returns false when the sequence is over.
+    fn after_step(&mut self, i: usize, n: usize, rows: &[f32]) -> bool {
+        let b = self.opts.block_size;
+        let vocab = self.model.config.vocab_size;
+        let ctx = self.model.config.max_context;
+        let stats = self.stats.clone();
+        let prefix_caching = self.opts.prefix_caching;
+        let s = &mut self.running[i];
+        let upto = (s.fed + n).min(s.prompt_len());
+        if upto > s.prompt_counted {
+            stats
+                .prompt_tokens
+                .fetch_add((upto - s.prompt_counted) as u64, Relaxed);
+            s.prompt_counted = upto;
+        }
+        let (prompt_len, top) = (s.prompt_len(), s.req.logprobs.unwrap_or(0));
+        if let Some(lps) = &mut s.prompt_lps {
+            // Row r predicts position fed + r + 1.
+            for (r, row) in rows.chunks_exact(vocab).enumerate() {
+                let next = s.fed + r + 1;
+                if next < prompt_len && next > lps.len() {
+                    lps.push(logprobs_of(row, s.tokens[next], top));
+                }
+            }
+        }
+        s.fed += n;
+        if prefix_caching {
+            while s.registered < s.hashes.len() && (s.registered + 1) * b <= s.fed {
+                if let Some(block) = s.kv.block_at(s.registered) {
+                    self.pool.register(block, s.hashes[s.registered]);
+                }
+                s.registered += 1;
+            }
+        }
+        if s.fed < s.tokens.len() {
+            return true;
+        }
+        if let Some(lps) = s.prompt_lps.take() {
+            if !(s.req.sink)(Event::Prompt(lps)) {
+                return false;
+            }
+            if s.req.max_tokens == 0 {
+                s.finish(FinishReason::Length);
+                return false;
+            }
+        }
+        let Some(last) = rows.len().checked_sub(vocab).map(|o| &rows[o..]) else {
+            fail_seq(s, "the model returned no logits".into());
+            return false;
+        };
+        let next = match s.sampler.sample_after(last, &s.tokens, s.req.prompt.len()) {
+            Ok(t) => t,
+            Err(e) => {
+                fail_seq(s, e.to_string());
+                return false;
+            }
+        };
+        if s.req.stop_tokens.contains(&next) {
+            s.finish(FinishReason::Stop);
+            return false;
+        }
+        s.generated += 1;
+        stats.generated_tokens.fetch_add(1, Relaxed);
+        let logprobs = s.req.logprobs.map(|top| logprobs_of(last, next, top));
+        if !(s.req.sink)(Event::Token { id: next, logprobs }) {
+            return false;
+        }
+        if s.generated >= s.req.max_tokens || s.tokens.len() + 1 >= ctx {
+            s.finish(FinishReason::Length);
+            return false;
+        }
+        s.push_token(next, b);
+        true
+    }
+
+    fn publish(&self) {
+        let st = &self.stats;
+        st.running.store(self.running.len(), Relaxed);
+        st.waiting.store(self.waiting.len(), Relaxed);
+        st.kv_blocks_used.store(self.pool.blocks_in_use(), Relaxed);
+        st.kv_blocks_cached.store(self.pool.blocks_cached(), Relaxed);
+    }
+}
+
+fn fail(mut req: Request, msg: String) {
+    (req.sink)(Event::Error(msg));
+}
+
+fn fail_seq(s: &mut Seq, msg: String) {
+    (s.req.sink)(Event::Error(msg));
 }
 
 /// Runs until every sender of `requests` is gone and the last sequence has finished.
@@ -103,22 +568,27 @@ pub fn serve_loop(
     stats: Arc<ServeStats>,
 ) {
     stats.kv_blocks_total.store(opts.kv_blocks, Relaxed);
-    let mut pool = KvPool::new(model.kv_layout(opts.block_size), opts.kv_blocks);
-    let mut waiting: VecDeque<Request> = VecDeque::new();
-    let mut running: Vec<Running> = Vec::new();
-    let mut reserved = 0usize; // blocks promised to running sequences
-    let ctx = model.config.max_context;
+    let mut sched = Scheduler {
+        pool: KvPool::new(model.kv_layout(opts.block_size), opts.kv_blocks),
+        model,
+        opts,
+        stats,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        arrivals: 0,
+    };
     let mut open = true;
     loop {
         // Take new requests; wait for one when idle.
         loop {
-            let next = if running.is_empty() && waiting.is_empty() && open {
+            let idle = sched.running.is_empty() && sched.waiting.is_empty();
+            let next = if idle && open {
                 requests.recv().map_err(|_| TryRecvError::Disconnected)
             } else {
                 requests.try_recv()
             };
             match next {
-                Ok(r) => waiting.push_back(r),
+                Ok(r) => sched.enqueue(r),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     open = false;
@@ -126,152 +596,14 @@ pub fn serve_loop(
                 }
             }
         }
-        if !open && running.is_empty() && waiting.is_empty() {
+        if !open && sched.running.is_empty() && sched.waiting.is_empty() {
             return;
         }
-        // Admit in arrival order while the pool can hold each sequence whole.
-        while running.len() < opts.max_seqs {
-            let Some(mut r) = waiting.pop_front() else {
-                break;
-            };
-            // A request that could outgrow the whole pool is capped to what it can hold.
-            let fits = opts.kv_blocks.saturating_sub(1) * opts.block_size;
-            if model.config.sliding_window.is_none() && r.prompt.len() + r.max_tokens > fits {
-                r.max_tokens = fits.saturating_sub(r.prompt.len());
-            }
-            let len = (r.prompt.len() + r.max_tokens).min(ctx);
-            let need = blocks_for(&model, len, &opts);
-            if need > opts.kv_blocks || r.max_tokens == 0 {
-                (r.sink)(Event::Error(format!(
-                    "the prompt of {} tokens does not fit the KV cache ({} blocks of {}); give the server more --kv-memory-mib",
-                    r.prompt.len(),
-                    opts.kv_blocks,
-                    opts.block_size
-                )));
-                continue;
-            }
-            if reserved + need > opts.kv_blocks {
-                waiting.push_front(r);
-                break;
-            }
-            let sampler = match Sampler::new(r.sampling.clone()) {
-                Ok(s) => s,
-                Err(e) => {
-                    (r.sink)(Event::Error(e.to_string()));
-                    continue;
-                }
-            };
-            reserved += need;
-            running.push(Running {
-                tokens: r.prompt.clone(),
-                req: r,
-                kv: SeqKv::new(),
-                fed: 0,
-                sampler,
-                generated: 0,
-            });
+        if !sched.step() && !sched.waiting.is_empty() {
+            // Waiting for room that only a finishing sequence can make cannot happen with
+            // nothing running; a short sleep keeps a bug from spinning a core.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        stats.running.store(running.len(), Relaxed);
-        stats.waiting.store(waiting.len(), Relaxed);
-        if running.is_empty() {
-            continue;
-        }
-        // Decoding sequences first (one token each), then prompt chunks in the budget left.
-        running.sort_by_key(|r| r.tokens.len() - r.fed > 1);
-        let mut budget = opts.step_tokens;
-        let takes: Vec<usize> = running
-            .iter()
-            .map(|r| {
-                let n = (r.tokens.len() - r.fed).min(budget);
-                budget -= n;
-                n
-            })
-            .collect();
-        let result = {
-            let mut steps: Vec<SeqStep<'_>> = running
-                .iter_mut()
-                .zip(&takes)
-                .map(|(r, &n)| SeqStep {
-                    tokens: &r.tokens[r.fed..r.fed + n],
-                    logits: if n > 0 && r.fed + n == r.tokens.len() {
-                        LogitsRows::Last
-                    } else {
-                        LogitsRows::None
-                    },
-                    kv: &mut r.kv,
-                })
-                .collect();
-            model.forward(&mut pool, &mut steps)
-        };
-        let outputs = match result {
-            Ok(o) => o,
-            Err(e) => {
-                // A failed step fails every sequence in it; the server goes on.
-                for mut r in running.drain(..) {
-                    (r.req.sink)(Event::Error(e.to_string()));
-                    r.kv.free(&mut pool);
-                }
-                reserved = 0;
-                continue;
-            }
-        };
-        stats.steps.fetch_add(1, Relaxed);
-        stats.kv_blocks_used.store(pool.blocks_in_use(), Relaxed);
-        let mut done = Vec::new();
-        for (i, ((r, &n), logits)) in running.iter_mut().zip(&takes).zip(&outputs).enumerate() {
-            if n == 0 {
-                continue;
-            }
-            if r.fed < r.prompt_len() {
-                let prompt_part = (r.fed + n).min(r.prompt_len()) - r.fed;
-                stats.prompt_tokens.fetch_add(prompt_part as u64, Relaxed);
-            }
-            r.fed += n;
-            if r.fed < r.tokens.len() {
-                continue;
-            }
-            let finish = |r: &mut Running, reason| {
-                let (prompt_tokens, completion_tokens) = (r.prompt_len(), r.generated);
-                (r.req.sink)(Event::Done {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            };
-            let next = match r.sampler.sample(logits, &r.tokens) {
-                Ok(t) => t,
-                Err(e) => {
-                    (r.req.sink)(Event::Error(e.to_string()));
-                    done.push(i);
-                    continue;
-                }
-            };
-            if r.req.stop_tokens.contains(&next) {
-                finish(r, FinishReason::Stop);
-                done.push(i);
-                continue;
-            }
-            r.generated += 1;
-            stats.generated_tokens.fetch_add(1, Relaxed);
-            if !(r.req.sink)(Event::Token(next)) {
-                done.push(i);
-                continue;
-            }
-            if r.generated >= r.req.max_tokens || r.tokens.len() + 1 >= ctx {
-                finish(r, FinishReason::Length);
-                done.push(i);
-                continue;
-            }
-            r.tokens.push(next);
-        }
-        for &i in done.iter().rev() {
-            let mut r = running.swap_remove(i);
-            let len = (r.prompt_len() + r.req.max_tokens).min(ctx);
-            reserved = reserved.saturating_sub(blocks_for(&model, len, &opts));
-            r.kv.free(&mut pool);
-        }
-        stats.kv_blocks_used.store(pool.blocks_in_use(), Relaxed);
-        stats.running.store(running.len(), Relaxed);
     }
 }
 

@@ -8,8 +8,15 @@
 //!
 //! Worked example, W = 4, B = 2: after 7 tokens (positions 0…6) the next query (position 7)
 //! needs keys 4…7, i.e. logical blocks 2 and 3; blocks 0 and 1 have been recycled.
+//!
+//! Blocks are reference-counted so that sequences can share them (prefix caching). A full
+//! block can be registered under the hash of its tokens and of everything before them
+//! ([`block_hashes`]); when its last holder lets it go it is kept, evictable, in least-recently
+//! used order, so a later prompt with the same beginning can take it back instead of
+//! recomputing it. Fresh blocks come from the free list first, then from the pool's unused
+//! capacity, and only then by evicting the oldest cached block.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::error::{ModelError, Result};
 
@@ -32,6 +39,33 @@ impl KvLayout {
     }
 }
 
+/// Identifies a full block by its tokens and all tokens before it: 128 bits, so two different
+/// prefixes colliding is out of the question in practice (~n²/2¹²⁸).
+pub type BlockHash = u128;
+
+/// The hash of a full block of `tokens` that follows the block hashed `parent` (0 for the
+/// first block): two independently keyed 64-bit SipHashes of both.
+pub fn next_block_hash(parent: BlockHash, tokens: &[u32]) -> BlockHash {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        parent.hash(&mut h);
+        tokens.hash(&mut h);
+        h.finish()
+    };
+    ((half(1) as u128) << 64) | half(2) as u128
+}
+
+/// The chained hashes of the full blocks of `tokens`: entry i covers tokens `..(i+1)·B`.
+pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+    let mut out: Vec<BlockHash> = Vec::with_capacity(tokens.len() / block_size);
+    for chunk in tokens.chunks_exact(block_size) {
+        out.push(next_block_hash(out.last().copied().unwrap_or(0), chunk));
+    }
+    out
+}
+
 /// Physical storage. Blocks are created lazily up to `capacity`, then recycled.
 pub struct KvPool {
     layout: KvLayout,
@@ -39,8 +73,19 @@ pub struct KvPool {
     /// One allocation per block, so memory is exactly what was created: [n_layers][block_size][kv_dim]
     k: Vec<Box<[f32]>>,
     v: Vec<Box<[f32]>>,
+    /// Holders of each block.
+    refs: Vec<u32>,
+    /// Unheld blocks with nothing worth keeping.
     free: Vec<u32>,
     created: usize,
+    /// Registered full blocks, held or not.
+    cached: HashMap<BlockHash, u32>,
+    /// The hash each block is registered under.
+    hash_of: Vec<Option<BlockHash>>,
+    /// Unheld registered blocks by the tick they were let go: the oldest is evicted first.
+    evictable: BTreeMap<u64, u32>,
+    released_at: Vec<u64>,
+    tick: u64,
 }
 
 impl KvPool {
@@ -51,8 +96,14 @@ impl KvPool {
             capacity: capacity_blocks,
             k: Vec::new(),
             v: Vec::new(),
+            refs: Vec::new(),
             free: Vec::new(),
             created: 0,
+            cached: HashMap::new(),
+            hash_of: Vec::new(),
+            evictable: BTreeMap::new(),
+            released_at: Vec::new(),
+            tick: 0,
         }
     }
 
@@ -61,25 +112,89 @@ impl KvPool {
     }
 
     fn alloc(&mut self) -> Result<u32> {
-        if let Some(b) = self.free.pop() {
-            return Ok(b);
-        }
-        if self.created >= self.capacity {
+        let b = if let Some(b) = self.free.pop() {
+            b
+        } else if self.created < self.capacity {
+            let n = self.layout.block_floats();
+            self.k.push(vec![0.0; n].into_boxed_slice());
+            self.v.push(vec![0.0; n].into_boxed_slice());
+            self.refs.push(0);
+            self.hash_of.push(None);
+            self.released_at.push(0);
+            self.created += 1;
+            (self.created - 1) as u32
+        } else if let Some((_, b)) = self.evictable.pop_first() {
+            if let Some(h) = self.hash_of[b as usize].take() {
+                self.cached.remove(&h);
+            }
+            b
+        } else {
             return Err(ModelError::CacheFull {
                 needed: 1,
                 free: 0,
                 capacity: self.capacity,
             });
-        }
-        let n = self.layout.block_floats();
-        self.k.push(vec![0.0; n].into_boxed_slice());
-        self.v.push(vec![0.0; n].into_boxed_slice());
-        self.created += 1;
-        Ok((self.created - 1) as u32)
+        };
+        self.refs[b as usize] = 1;
+        Ok(b)
     }
 
+    /// Lets go of one hold on `block`; a registered block stays cached until evicted.
     fn release(&mut self, block: u32) {
-        self.free.push(block);
+        let i = block as usize;
+        debug_assert!(self.refs[i] > 0, "block {block} released twice");
+        self.refs[i] = self.refs[i].saturating_sub(1);
+        if self.refs[i] > 0 {
+            return;
+        }
+        if self.hash_of[i].is_some() {
+            self.tick += 1;
+            self.released_at[i] = self.tick;
+            self.evictable.insert(self.tick, block);
+        } else {
+            self.free.push(block);
+        }
+    }
+
+    /// Registers a full, written block under `hash`, so later prompts can share it. A hash
+    /// already registered keeps its first block; this one stays private.
+    pub fn register(&mut self, block: u32, hash: BlockHash) {
+        let i = block as usize;
+        if self.hash_of[i].is_some() || self.cached.contains_key(&hash) {
+            return;
+        }
+        self.cached.insert(hash, block);
+        self.hash_of[i] = Some(hash);
+    }
+
+    /// Whether a block with `hash` is cached (held or evictable).
+    pub fn is_cached(&self, hash: &BlockHash) -> bool {
+        self.cached.contains_key(hash)
+    }
+
+    /// Takes a hold on the cached block with `hash`.
+    fn acquire(&mut self, hash: &BlockHash) -> Option<u32> {
+        let b = *self.cached.get(hash)?;
+        let i = b as usize;
+        if self.refs[i] == 0 {
+            self.evictable.remove(&self.released_at[i]);
+        }
+        self.refs[i] += 1;
+        Some(b)
+    }
+
+    /// Blocks a sequence could still get: free, never created, or cached but unheld.
+    pub fn available(&self) -> usize {
+        self.free.len() + (self.capacity - self.created) + self.evictable.len()
+    }
+
+    /// Unheld blocks kept for their contents.
+    pub fn blocks_cached(&self) -> usize {
+        self.evictable.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Blocks ever created (the pool's high-water mark).
@@ -92,8 +207,9 @@ impl KvPool {
         2 * self.layout.block_floats() * std::mem::size_of::<f32>()
     }
 
+    /// Blocks some sequence holds.
     pub fn blocks_in_use(&self) -> usize {
-        self.created - self.free.len()
+        self.created - self.free.len() - self.evictable.len()
     }
 
     /// Bytes of K and V storage the pool has allocated (in use or free for reuse).
@@ -173,7 +289,7 @@ impl SeqKv {
         let needed_blocks = last.div_ceil(b);
         let have = self.first_block + self.blocks.len();
         let missing = needed_blocks.saturating_sub(have);
-        let available = pool.free.len() + (pool.capacity - pool.created);
+        let available = pool.available();
         if missing > available {
             return Err(ModelError::CacheFull {
                 needed: missing,
@@ -208,6 +324,38 @@ impl SeqKv {
             }
             self.first_block += 1;
         }
+    }
+
+    /// Starts an empty sequence on cached blocks: the full blocks whose chained hashes are
+    /// `hashes` hold its first `hashes.len() · B` positions, and of them it takes those from
+    /// logical block `first` on (a window needs no older ones). Returns false, holding
+    /// nothing, when one of them is no longer cached.
+    pub fn adopt(&mut self, pool: &mut KvPool, hashes: &[BlockHash], first: usize) -> bool {
+        debug_assert!(self.is_empty() && self.blocks.is_empty());
+        for h in hashes.get(first..).unwrap_or(&[]) {
+            match pool.acquire(h) {
+                Some(b) => self.blocks.push_back(b),
+                None => {
+                    self.free(pool);
+                    return false;
+                }
+            }
+        }
+        self.first_block = first;
+        self.len = hashes.len() * pool.layout.block_size;
+        true
+    }
+
+    /// The physical block holding logical block `logical`, if this sequence holds it.
+    pub fn block_at(&self, logical: usize) -> Option<u32> {
+        let i = logical.checked_sub(self.first_block)?;
+        self.blocks.get(i).copied()
+    }
+
+    /// How many blocks `prepare(n_new)` would take from the pool.
+    pub fn blocks_needed(&self, block_size: usize, n_new: usize) -> usize {
+        let have = self.first_block + self.blocks.len();
+        (self.len + n_new).div_ceil(block_size).saturating_sub(have)
     }
 
     /// (physical block, slot) of position `pos`, which must be held.

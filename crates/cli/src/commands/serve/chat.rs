@@ -1,0 +1,110 @@
+//! `POST /v1/chat/completions`: a conversation rendered with the model's chat format, one
+//! answer per choice.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::api::{bad_request, finish_name, now, rejection, ApiResult, ChatRequest, MAX_CHOICES};
+use super::completions::usage_json;
+use super::generate::{collect, stream, submit, total_usage, Chunk, Job, ShownToken, Spec, Usage};
+use super::App;
+
+pub async fn chat_completions(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(req)) => handle(app, req).await.unwrap_or_else(|e| e.into_response()),
+        Err(e) => rejection(e).into_response(),
+    }
+}
+
+async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
+    let top = req.top_logprobs()?;
+    let s = &req.sampling;
+    let (n, stops) = (s.n()?, s.stops()?);
+    if n > MAX_CHOICES {
+        return Err(bad_request(format!("n: at most {MAX_CHOICES}")));
+    }
+    let prompt = app
+        .format
+        .encode(&app.tokenizer, &req.messages)
+        .map_err(|e| bad_request(e.to_string()))?;
+    let jobs = (0..n)
+        .map(|j| {
+            Ok(Job {
+                prompt: prompt.clone(),
+                params: s.params(j)?,
+                echo: None,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let spec = Spec {
+        max_tokens: s.max_completion_tokens.or(s.max_tokens),
+        logprobs: top,
+        prompt_logprobs: false,
+    };
+    let subs = submit(&app, jobs, &spec)?;
+    let (id, created, model) = (format!("chatcmpl-{}", now()), now(), app.model_name.clone());
+    let with_logprobs = top.is_some();
+    if s.stream {
+        let (id2, model2) = (id.clone(), model.clone());
+        let usage_chunk = s.include_usage().then(|| {
+            Box::new(move |u: &Usage| {
+                json!({"id": id2, "object": "chat.completion.chunk", "created": created,
+                       "model": model2, "choices": [], "usage": usage_json(u)})
+            }) as Box<dyn Fn(&Usage) -> Value + Send>
+        });
+        return Ok(stream(
+            app.clone(),
+            subs,
+            n,
+            stops,
+            move |c: &Chunk| {
+                let delta = match c.finish {
+                    None => json!({"role": "assistant", "content": c.text}),
+                    Some(_) => json!({}),
+                };
+                let lp = with_logprobs.then(|| chat_logprobs(c.tokens));
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": c.index, "delta": delta, "logprobs": lp,
+                                "finish_reason": c.finish.map(finish_name)}]})
+            },
+            usage_chunk,
+        ));
+    }
+    let answers = collect(&app, subs, &stops).await?;
+    let usage = total_usage(answers.iter().map(|a| (a.index, &a.usage)), n);
+    let choices: Vec<Value> = answers
+        .iter()
+        .map(|a| {
+            json!({"index": a.index, "message": {"role": "assistant", "content": a.text},
+                   "logprobs": with_logprobs.then(|| chat_logprobs(&a.tokens)),
+                   "finish_reason": finish_name(a.reason)})
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": choices, "usage": usage_json(&usage),
+    }))
+    .into_response())
+}
+
+/// The chat API's log-probabilities: one entry per token, with its UTF-8 bytes.
+fn chat_logprobs(tokens: &[ShownToken]) -> Value {
+    let entry = |text: &str, lp: f32| json!({"token": text, "logprob": lp, "bytes": text.as_bytes()});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.text, t.logprob.unwrap_or(0.0));
+            e["top_logprobs"] = t.top.iter().map(|(s, v)| entry(s, *v)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
+}
