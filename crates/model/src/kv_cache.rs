@@ -454,6 +454,41 @@ mod tests {
     }
 
     #[test]
+    fn shared_blocks_are_counted_kept_after_release_and_evicted_oldest_first() {
+        let mut pool = KvPool::new(layout(), 4);
+        let tokens: Vec<u32> = (0..6).collect();
+        let hashes = block_hashes(&tokens, 2);
+        assert_eq!(hashes.len(), 3);
+        assert_ne!(hashes[0], block_hashes(&[0, 2], 2)[0]);
+        // Same tokens after another beginning: another hash.
+        assert_ne!(block_hashes(&[9, 9, 2, 3], 2)[1], hashes[1]);
+        let mut a = SeqKv::new();
+        a.prepare(&mut pool, 6, None).unwrap();
+        a.advance(&mut pool, 6, None);
+        for (i, h) in hashes.iter().enumerate() {
+            pool.register(a.block_at(i).unwrap(), *h);
+        }
+        // b shares a's first two blocks: no new block is taken.
+        let mut b = SeqKv::new();
+        assert!(b.adopt(&mut pool, &hashes[..2], 0));
+        assert_eq!((b.len(), pool.blocks_in_use()), (4, 3));
+        a.free(&mut pool);
+        assert_eq!((pool.blocks_in_use(), pool.blocks_cached()), (2, 1));
+        b.free(&mut pool);
+        assert_eq!((pool.blocks_in_use(), pool.blocks_cached()), (0, 3));
+        assert_eq!(pool.available(), 4);
+        // Two fresh blocks: the one never created, then the oldest released (block 2 of a).
+        let mut c = SeqKv::new();
+        c.prepare(&mut pool, 4, None).unwrap();
+        assert!(!pool.is_cached(&hashes[2]));
+        assert!(pool.is_cached(&hashes[0]) && pool.is_cached(&hashes[1]));
+        // A block that is gone cannot be adopted; nothing stays held.
+        let mut d = SeqKv::new();
+        assert!(!d.adopt(&mut pool, &hashes, 0));
+        assert_eq!((d.len(), d.blocks_held(), pool.blocks_in_use()), (0, 0, 2));
+    }
+
+    #[test]
     fn full_attention_keeps_every_block_and_pool_refuses_past_capacity() {
         let mut pool = KvPool::new(layout(), 3);
         let mut seq = SeqKv::new();
