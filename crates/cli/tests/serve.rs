@@ -38,7 +38,12 @@ fn start_with(extra: &[&str]) -> Server {
 
 fn start_model(model: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(["serve", model, "--port", "0", "--parallel", "8"])
+        .args(["serve", model, "--port", "0"])
+        .args(if extra.contains(&"--parallel") {
+            &[][..]
+        } else {
+            &["--parallel", "8"][..]
+        })
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -174,25 +179,7 @@ fn completions_chat_streams_and_concurrency_match_single_runs() {
         id_list.split(',').count()
     );
     // /metrics afterwards: every answer counted, and no KV block left in use.
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-    };
-    let t0 = std::time::Instant::now();
-    let text = loop {
-        let text = ureq::get(&format!("{}/metrics", s.base))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        if metric(&text, "bora_kv_blocks_used ") == 0.0 || t0.elapsed().as_secs() > 5 {
-            break text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let text = settled_metrics(&s);
     assert_eq!(
         metric(&text, "bora_kv_blocks_used "),
         0.0,
@@ -212,6 +199,165 @@ fn completions_chat_streams_and_concurrency_match_single_runs() {
         "{text}"
     );
     assert!(metric(&text, "bora_kv_blocks_free ") > 0.0);
+}
+
+/// The value of a metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// `/metrics` once no KV block is held (or after 5 s).
+fn settled_metrics(s: &Server) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = ureq::get(&format!("{}/metrics", s.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if metric(&text, "bora_kv_blocks_used ") == 0.0 || t0.elapsed().as_secs() > 5 {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// curl sees exactly SSE: `data: {json}` events separated by blank lines, one per piece,
+/// then `data: [DONE]`, with the event-stream content type and no buffering of the whole.
+#[test]
+fn curl_reads_server_sent_events() {
+    let s = start();
+    let out = Command::new("curl")
+        .args(["-sN", "-D", "-", "-H", "content-type: application/json", "-d"])
+        .arg(r#"{"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "stream": true}"#)
+        .arg(format!("{}/v1/completions", s.base))
+        .output()
+        .expect("curl is needed (.ci/run installs it)");
+    assert!(out.status.success());
+    let raw = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body:?}");
+    let events: Vec<&str> = body.strip_suffix("\n\n").unwrap().split("\n\n").collect();
+    let mut text = String::new();
+    for e in &events[..events.len() - 1] {
+        assert_eq!(e.lines().count(), 1, "one data line per event: {e:?}");
+        let v: serde_json::Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        text.push_str(v["choices"][0]["text"].as_str().unwrap());
+    }
+    let whole = post(
+        &s,
+        "/v1/completions",
+        serde_json::json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    // Text pieces, then one event with the finish reason only.
+    assert!(events.len() >= 3, "{events:?}");
+}
+
+/// 32 streaming clients at once, prompts of 3 to 250 tokens, in a KV pool too small to hold
+/// them all: each gets its single-request answer with the right token count, a few that
+/// leave mid-stream are dropped, and afterwards no KV block is held.
+#[test]
+fn thirty_two_streaming_clients_get_their_answers_and_leak_nothing() {
+    // 256 blocks of 16 positions (tiny_mistral: 4 KiB a block).
+    let s = start_with(&["--parallel", "32", "--kv-memory-mib", "1", "-b", "128"]);
+    let prompts: Vec<String> = (0..32)
+        .map(|i| {
+            let words = ["the", "window", "slides", "over", "keys", "and", "values"];
+            (0..1 + i * i / 4)
+                .map(|j| words[(i + j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let max_tokens = |i: usize| 8 + i % 24;
+    let single: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let r = post(
+                &s,
+                "/v1/completions",
+                serde_json::json!({"prompt": p, "max_tokens": max_tokens(i), "temperature": 0}),
+            );
+            r["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let base = s.base.clone();
+    let results: Vec<Option<(String, u64, String)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let url = format!("{base}/v1/completions");
+                sc.spawn(move || {
+                    let body = serde_json::json!({"prompt": p, "max_tokens": max_tokens(i),
+                        "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+                    let resp = ureq::post(&url).send_json(body).unwrap();
+                    let mut lines = BufReader::new(resp.into_reader()).lines();
+                    let (mut text, mut tokens, mut finish) = (String::new(), 0, String::new());
+                    let mut events = 0;
+                    while let Some(Ok(line)) = lines.next() {
+                        let Some(data) = line.strip_prefix("data: ") else {
+                            continue;
+                        };
+                        if data == "[DONE]" {
+                            return Some((text, tokens, finish));
+                        }
+                        events += 1;
+                        // Every eighth client leaves after two events.
+                        if i % 8 == 5 && events == 2 {
+                            return None;
+                        }
+                        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                        if let Some(c) = v["choices"].get(0) {
+                            text.push_str(c["text"].as_str().unwrap_or(""));
+                            if let Some(r) = c["finish_reason"].as_str() {
+                                finish = r.to_string();
+                            }
+                        }
+                        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                            tokens = n;
+                        }
+                    }
+                    panic!("client {i}: the stream ended without [DONE]");
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            None => assert_eq!(i % 8, 5),
+            Some((text, tokens, finish)) => {
+                assert_eq!(text, &single[i], "client {i}");
+                assert_eq!(*tokens as usize, max_tokens(i), "client {i}");
+                assert_eq!(finish, "length", "client {i}");
+            }
+        }
+    }
+    let text = settled_metrics(&s);
+    assert_eq!(metric(&text, "bora_kv_blocks_used "), 0.0, "blocks leaked:\n{text}");
+    assert_eq!(metric(&text, "bora_running_sequences "), 0.0);
+    assert_eq!(metric(&text, "bora_waiting_sequences "), 0.0);
+    eprintln!(
+        "preemptions: {}, prefix-cache hit rate: {}",
+        metric(&text, "bora_preemptions_total "),
+        metric(&text, "bora_prefix_cache_hit_rate ")
+    );
+    // The single runs warmed the prefix cache for the longer prompts.
+    assert!(metric(&text, "bora_prefix_cache_hit_rate ") > 0.0, "{text}");
 }
 
 #[test]

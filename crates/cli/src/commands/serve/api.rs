@@ -57,10 +57,7 @@ fn bad_param(param: &'static str, msg: impl Into<String>) -> ApiError {
     }
 }
 
-/// Largest request body.
-pub const BODY_LIMIT: usize = 2 << 20;
-
-/// A body that is not the JSON asked for: 400, or 413 past the size limit.
+/// A body that is not the JSON asked for: 400, or 413 past axum's 2 MB limit.
 pub fn rejection(e: JsonRejection) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {

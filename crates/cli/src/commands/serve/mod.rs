@@ -169,7 +169,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .merge(v1)
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(api::BODY_LIMIT))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
