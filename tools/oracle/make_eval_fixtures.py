@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lm_eval_tasks import mmlu_tasks, other_tasks  # noqa: E402
 from make_tiny_models import build_model, init_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,84 +67,12 @@ def make_model() -> None:
         shutil.copy(TOKENIZER / f, MODEL / f)
 
 
-def mmlu_tasks(data: Path) -> list[dict]:
-    tasks = []
-    for test in sorted((data / "test").glob("*_test.csv")):
-        subject = test.name[: -len("_test.csv")]
-        tasks.append({
-            "task": f"mmlu_sample_{subject}",
-            "dataset_path": "csv",
-            "dataset_kwargs": {
-                "data_files": {"dev": str(data / "dev" / f"{subject}_dev.csv"), "test": str(test)},
-                "column_names": ["question", "A", "B", "C", "D", "answer"],
-                "header": None,
-            },
-            "test_split": "test",
-            "fewshot_split": "dev",
-            "fewshot_config": {"sampler": "first_n"},
-            "num_fewshot": MMLU_SHOTS,
-            "output_type": "multiple_choice",
-            "description": "The following are multiple choice questions (with answers) about "
-                           f"{subject.replace('_', ' ')}.\n\n",
-            "doc_to_text": "{{question.strip()}}\nA. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\nAnswer:",
-            "doc_to_choice": ["A", "B", "C", "D"],
-            "doc_to_target": "{{['A', 'B', 'C', 'D'].index(answer.strip())}}",
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        })
-    return tasks
-
-
-def other_tasks() -> list[dict]:
-    js = lambda **files: {"data_files": {k: str(EVAL / v) for k, v in files.items()}}  # noqa: E731
-    return [
-        {
-            "task": "mc_sample",
-            "dataset_path": "json",
-            "dataset_kwargs": js(test="mc.jsonl"),
-            "test_split": "test",
-            "output_type": "multiple_choice",
-            "doc_to_text": "Question: {{question}}\nAnswer:",
-            "doc_to_choice": "{{choices}}",
-            "doc_to_target": "{{answer}}",
-            "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
-        },
-        {
-            "task": "gsm8k_sample",
-            "dataset_path": "json",
-            "dataset_kwargs": js(train="gsm8k_train.jsonl", test="gsm8k_test.jsonl"),
-            "training_split": "train",
-            "fewshot_split": "train",
-            "test_split": "test",
-            "fewshot_config": {"sampler": "first_n"},
-            "num_fewshot": GSM8K_SHOTS,
-            "output_type": "generate_until",
-            "doc_to_text": "Question: {{question}}\nAnswer:",
-            "doc_to_target": "{{answer}}",
-            "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False,
-                                  "temperature": 0.0, "max_gen_toks": GSM8K_TOKENS},
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        },
-        {
-            "task": "humaneval_sample",
-            "dataset_path": "json",
-            "dataset_kwargs": js(test="humaneval.jsonl"),
-            "test_split": "test",
-            "output_type": "generate_until",
-            "doc_to_text": "{{prompt}}",
-            "doc_to_target": "{{canonical_solution}}",
-            "generation_kwargs": {"until": HUMANEVAL_STOP, "do_sample": False,
-                                  "max_gen_toks": HUMANEVAL_TOKENS},
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        },
-    ]
-
-
 def main() -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     make_model()
-    tasks = mmlu_tasks(EVAL / "mmlu/data") + other_tasks()
+    tasks = mmlu_tasks(EVAL / "mmlu/data", MMLU_SHOTS) + other_tasks(EVAL, GSM8K_SHOTS, GSM8K_TOKENS, HUMANEVAL_TOKENS, HUMANEVAL_STOP)
     with tempfile.TemporaryDirectory() as d:
         for t in tasks:
             (Path(d) / f"{t['task']}.yaml").write_text(yaml.safe_dump(t, allow_unicode=True))

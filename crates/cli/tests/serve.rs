@@ -468,6 +468,43 @@ fn the_openai_python_client_works_unchanged() {
     }
 }
 
+/// EleutherAI's lm-evaluation-harness (tools/fetch-lm-eval.sh, run by tools/test.sh), model
+/// `local-completions`, scores the sample MMLU and multiple-choice tasks through the server
+/// (`echo` + `logprobs`) and generates the GSM8K and HumanEval answers (`stop`,
+/// `max_tokens`): every log-likelihood within 1e-3 of lm-eval's HF-backend run on the same
+/// model, the same accuracies and the same greedy text (tests/support/lm_eval_client.py).
+#[test]
+fn lm_eval_scores_through_the_server_as_through_transformers() {
+    let dir = std::env::var_os("BORA_LM_EVAL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/bora/pypi/lm-eval")
+        });
+    assert!(
+        dir.join("lm_eval").is_dir(),
+        "{}: lm-eval is not installed: run tools/fetch-lm-eval.sh (or tools/test.sh), or set BORA_LM_EVAL",
+        dir.display()
+    );
+    let s = start_with(&["-b", "256"]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lm_eval_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .env("PYTHONPATH", &dir)
+        .env("BORA_URL", format!("{}/v1/completions", s.base))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("match"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// On the demo model (slow enough that a 1500-token answer takes half a minute): a full
 /// queue answers 429 with Retry-After; a client that leaves mid-stream frees its place within
 /// seconds, so its sequence was cancelled, not finished; SIGTERM exits 0.

@@ -72,6 +72,8 @@ pub fn rejection(e: JsonRejection) -> ApiError {
 
 /// Most choices one request may ask for (prompts × n).
 pub const MAX_CHOICES: usize = 128;
+/// Most stop strings one request may give.
+pub const MAX_STOPS: usize = 16;
 /// Most alternatives per token in `logprobs` / `top_logprobs`.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -107,7 +109,7 @@ pub struct Sampling {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    /// Up to 4 strings that end the answer (not shown).
+    /// Strings that end the answer (not shown).
     #[serde(default)]
     pub stop: Option<StopParam>,
 }
@@ -132,8 +134,9 @@ impl Sampling {
             Some(StopParam::One(s)) => vec![s.clone()],
             Some(StopParam::Many(v)) => v.clone(),
         };
-        if v.len() > 4 {
-            return Err(bad_param("stop", "at most 4 strings"));
+        // OpenAI allows 4; lm-eval sends HumanEval's 5 and an end-of-text, as vLLM allows.
+        if v.len() > MAX_STOPS {
+            return Err(bad_param("stop", format!("at most {MAX_STOPS} strings")));
         }
         Ok(v)
     }
