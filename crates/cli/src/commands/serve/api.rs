@@ -109,6 +109,9 @@ pub struct Sampling {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's and llama.cpp's extension: generate past the end-of-sequence token (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// Strings that end the answer (not shown).
     #[serde(default)]
     pub stop: Option<StopParam>,

@@ -47,6 +47,7 @@ async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
     let spec = Spec {
         max_tokens: s.max_completion_tokens.or(s.max_tokens),
         logprobs: top,
+        ignore_eos: s.ignore_eos,
         prompt_logprobs: false,
     };
     let subs = submit(&app, jobs, &spec)?;

@@ -78,6 +78,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
     let spec = Spec {
         max_tokens: Some(s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
         logprobs: top,
+        ignore_eos: s.ignore_eos,
         prompt_logprobs: req.echo && top.is_some(),
     };
     let subs = submit(&app, jobs, &spec)?;

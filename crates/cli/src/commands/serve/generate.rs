@@ -30,6 +30,8 @@ pub struct Job {
 /// What every choice of a request shares.
 pub struct Spec {
     pub max_tokens: Option<usize>,
+    /// Go on past the model's stop tokens.
+    pub ignore_eos: bool,
     pub logprobs: Option<usize>,
     pub prompt_logprobs: bool,
 }
@@ -91,7 +93,11 @@ pub fn submit(app: &App, jobs: Vec<Job>, spec: &Spec) -> ApiResult<Vec<Submitted
             prompt: job.prompt.clone(),
             max_tokens,
             sampling: job.params.clone(),
-            stop_tokens: app.stop_tokens.clone(),
+            stop_tokens: if spec.ignore_eos {
+                Vec::new()
+            } else {
+                app.stop_tokens.clone()
+            },
             logprobs: spec.logprobs,
             prompt_logprobs: spec.prompt_logprobs,
             sink: Box::new(move |e| {
