@@ -232,7 +232,14 @@ fn settled_metrics(s: &Server) -> String {
 fn curl_reads_server_sent_events() {
     let s = start();
     let out = Command::new("curl")
-        .args(["-sN", "-D", "-", "-H", "content-type: application/json", "-d"])
+        .args([
+            "-sN",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
         .arg(r#"{"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "stream": true}"#)
         .arg(format!("{}/v1/completions", s.base))
         .output()
@@ -348,7 +355,11 @@ fn thirty_two_streaming_clients_get_their_answers_and_leak_nothing() {
         }
     }
     let text = settled_metrics(&s);
-    assert_eq!(metric(&text, "bora_kv_blocks_used "), 0.0, "blocks leaked:\n{text}");
+    assert_eq!(
+        metric(&text, "bora_kv_blocks_used "),
+        0.0,
+        "blocks leaked:\n{text}"
+    );
     assert_eq!(metric(&text, "bora_running_sequences "), 0.0);
     assert_eq!(metric(&text, "bora_waiting_sequences "), 0.0);
     eprintln!(

@@ -243,7 +243,12 @@ pub struct TokenLogprobs {
 /// Log-softmax of `logits` at `token`, with the `top` most likely tokens.
 pub fn logprobs_of(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| ((x - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
     if top > 0 {
         for (i, &x) in logits.iter().enumerate() {
@@ -257,7 +262,9 @@ pub fn logprobs_of(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     }
     TokenLogprobs {
         token,
-        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&x| x - lse),
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&x| x - lse),
         top: best.into_iter().map(|(i, x)| (i, x - lse)).collect(),
     }
 }
@@ -295,9 +302,16 @@ mod tests {
         };
         let mut s = Sampler::new(p).unwrap();
         // Token 1 was generated twice: 2.0 − 2·0.5 − 0.2 = 0.8 < 1.9.
-        assert_eq!(s.sample_after(&[0.1, 2.0, -1.0, 1.9], &[3, 3, 1, 1], 2).unwrap(), 3);
+        assert_eq!(
+            s.sample_after(&[0.1, 2.0, -1.0, 1.9], &[3, 3, 1, 1], 2)
+                .unwrap(),
+            3
+        );
         // Once: 2.0 − 0.7 = 1.3 < 1.9 still; in the prompt only, no penalty.
-        assert_eq!(s.sample_after(&[0.1, 2.0, -1.0, 1.9], &[1, 1], 2).unwrap(), 1);
+        assert_eq!(
+            s.sample_after(&[0.1, 2.0, -1.0, 1.9], &[1, 1], 2).unwrap(),
+            1
+        );
         assert_eq!(s.sample_after(&[0.1, 2.0, -1.0, 1.9], &[1], 0).unwrap(), 3);
     }
 

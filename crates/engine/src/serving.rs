@@ -118,6 +118,8 @@ struct Seq {
     registered: usize,
     /// Prompt tokens counted in the stats (a recomputed prompt is not counted twice).
     prompt_counted: usize,
+    /// Whether the prompt was looked up in the prefix cache (counted once).
+    queried: bool,
     cached_tokens: usize,
     prompt_lps: Option<Vec<TokenLogprobs>>,
     /// Arrival order: the youngest is preempted first.
@@ -131,7 +133,7 @@ impl Seq {
 
     fn push_token(&mut self, t: u32, block_size: usize) {
         self.tokens.push(t);
-        if self.tokens.len() % block_size == 0 {
+        if self.tokens.len().is_multiple_of(block_size) {
             let parent = self.hashes.last().copied().unwrap_or(0);
             let block = &self.tokens[self.tokens.len() - block_size..];
             self.hashes.push(next_block_hash(parent, block));
@@ -202,6 +204,13 @@ impl Scheduler {
             );
             return fail(req, msg);
         }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return fail(
+                req,
+                format!("prompt token {id} is outside the vocabulary of {vocab}"),
+            );
+        }
         if req.max_tokens == 0 && !req.prompt_logprobs {
             let mut s = req;
             (s.sink)(Event::Done {
@@ -222,6 +231,7 @@ impl Scheduler {
             hashes: Vec::new(),
             registered: 0,
             prompt_counted: 0,
+            queried: false,
             cached_tokens: 0,
             prompt_lps: req.prompt_logprobs.then(Vec::new),
             order: self.arrivals,
@@ -294,10 +304,13 @@ impl Scheduler {
                 self.waiting.push_front(seq);
                 break;
             }
-            if seq.prompt_counted == 0 {
+            if !seq.queried {
+                seq.queried = true;
                 let queried = seq.prompt_len() as u64;
                 self.stats.prefix_queried_tokens.fetch_add(queried, Relaxed);
-                self.stats.prefix_hit_tokens.fetch_add(reused as u64, Relaxed);
+                self.stats
+                    .prefix_hit_tokens
+                    .fetch_add(reused as u64, Relaxed);
                 seq.cached_tokens = reused.min(seq.prompt_len());
                 seq.prompt_counted = seq.cached_tokens;
             }
@@ -357,13 +370,17 @@ impl Scheduler {
             }
             let mut n = (self.running[i].tokens.len() - self.running[i].fed).min(budget);
             while n > 0 {
-                if self.running[i].kv.prepare(&mut self.pool, n, window).is_ok() {
+                if self.running[i]
+                    .kv
+                    .prepare(&mut self.pool, n, window)
+                    .is_ok()
+                {
                     break;
                 }
                 if let Some(v) = self.victim(i, &gone) {
                     self.preempt(v);
                     gone[v] = true;
-                    takes[v] = 0;
+                    budget += std::mem::take(&mut takes[v]);
                     if v == i {
                         n = 0;
                     }
@@ -548,7 +565,8 @@ impl Scheduler {
         st.running.store(self.running.len(), Relaxed);
         st.waiting.store(self.waiting.len(), Relaxed);
         st.kv_blocks_used.store(self.pool.blocks_in_use(), Relaxed);
-        st.kv_blocks_cached.store(self.pool.blocks_cached(), Relaxed);
+        st.kv_blocks_cached
+            .store(self.pool.blocks_cached(), Relaxed);
     }
 }
 

@@ -221,6 +221,28 @@ impl Tokenizer {
         }
     }
 
+    /// The bytes the token stands for (one byte of a character split over byte tokens is
+    /// just that byte); nothing for control tokens.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.backend {
+            Backend::Spm(v) => v.token_bytes(id, &mut out),
+            Backend::Tekken(t) => t.token_bytes(id, &mut out),
+            Backend::Hf { parse, .. } => {
+                let piece = parse.id_to_token(id).unwrap_or_default();
+                let byte = piece
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out = match byte {
+                    Some(b) => vec![b],
+                    None => parse.decode(&[id], true).unwrap_or_default().into_bytes(),
+                };
+            }
+        }
+        out
+    }
+
     /// The token's piece as the vocabulary spells it.
     pub fn piece(&self, id: u32) -> String {
         match &self.backend {

@@ -12,7 +12,9 @@ use bora_engine::{load, LoadOptions, SamplingParams};
 use bora_model::Model;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny")
+        .join(name)
 }
 
 fn model(name: &str) -> Arc<Model> {
@@ -107,7 +109,9 @@ fn serve_all(
 /// Token ids from a fixed seed, avoiding BOS/EOS.
 fn prompt(seed: u64, len: usize) -> Vec<u32> {
     let mut rng = bora_engine::sampler::Rng::new(seed);
-    (0..len).map(|_| 3 + (rng.next_u64() % 250) as u32).collect()
+    (0..len)
+        .map(|_| 3 + (rng.next_u64() % 250) as u32)
+        .collect()
 }
 
 /// Each request alone, one after another.
@@ -146,7 +150,9 @@ fn a_batch_of_32_gives_each_request_its_answer_alone() {
         ("mistral_swa.q4_0.gguf", 1e-5, 0.1),
     ] {
         let m = model(name);
-        let prompts: Vec<Vec<u32>> = (0..32).map(|i| prompt(i, 1 + (i as usize * 7) % 60)).collect();
+        let prompts: Vec<Vec<u32>> = (0..32)
+            .map(|i| prompt(i, 1 + (i as usize * 7) % 60))
+            .collect();
         let o = opts(4096, false);
         let (batched, stats) = serve_all(&m, o, &prompts, 24);
         let single = alone(&m, o, &prompts, 24);
@@ -158,7 +164,12 @@ fn a_batch_of_32_gives_each_request_its_answer_alone() {
         let mut diffs: Vec<f32> = batched
             .iter()
             .zip(&single)
-            .flat_map(|(x, y)| x.logprobs.iter().zip(&y.logprobs).map(|(p, q)| (p - q).abs()))
+            .flat_map(|(x, y)| {
+                x.logprobs
+                    .iter()
+                    .zip(&y.logprobs)
+                    .map(|(p, q)| (p - q).abs())
+            })
             .collect();
         diffs.sort_by(f32::total_cmp);
         let p90 = diffs[diffs.len() * 9 / 10];
@@ -237,7 +248,11 @@ fn the_prefix_cache_skips_shared_blocks_and_changes_no_answer() {
         };
         let cached = run(true);
         let fresh = run(false);
-        assert_eq!(cached.iter().map(|o| o.cached).collect::<Vec<_>>(), [0, 32, 32], "{name}");
+        assert_eq!(
+            cached.iter().map(|o| o.cached).collect::<Vec<_>>(),
+            [0, 32, 32],
+            "{name}"
+        );
         assert!(fresh.iter().all(|o| o.cached == 0));
         let worst = compare(&cached, &fresh);
         assert!(worst <= 1e-5, "{name}: {worst}");
@@ -248,9 +263,15 @@ fn the_prefix_cache_skips_shared_blocks_and_changes_no_answer() {
 /// recomputed, every request still gets its single-request answer, and nothing leaks.
 #[test]
 fn an_exhausted_pool_preempts_and_recomputes_without_changing_answers() {
-    for (name, caching) in [("mistral_nowin", false), ("mistral_nowin", true), ("mistral_swa", true)] {
+    for (name, caching) in [
+        ("mistral_nowin", false),
+        ("mistral_nowin", true),
+        ("mistral_swa", true),
+    ] {
         let m = model(name);
-        let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(100 + i, 20 + i as usize * 3)).collect();
+        let prompts: Vec<Vec<u32>> = (0..12)
+            .map(|i| prompt(100 + i, 20 + i as usize * 3))
+            .collect();
         // Each needs up to 5 blocks of 16 (≤ 53 prompt + 24 answer); 12 of them need ~55.
         let o = opts(14, caching);
         let (batched, stats) = serve_all(&m, o, &prompts, 24);
@@ -258,22 +279,29 @@ fn an_exhausted_pool_preempts_and_recomputes_without_changing_answers() {
         let worst = compare(&batched, &single);
         assert!(worst <= 1e-5, "{name}: {worst}");
         if name == "mistral_nowin" {
-            assert!(stats.preemptions.load(Relaxed) > 0, "no preemption happened");
+            assert!(
+                stats.preemptions.load(Relaxed) > 0,
+                "no preemption happened"
+            );
         }
         assert_eq!(stats.kv_blocks_used.load(Relaxed), 0);
         assert_eq!(stats.running.load(Relaxed), 0);
     }
 }
 
-/// A prompt the pool can never hold is refused with a message; the others are served.
+/// A prompt the pool can never hold, or with a token outside the vocabulary, is refused with
+/// a message; the others are served.
 #[test]
-fn a_prompt_larger_than_the_pool_is_refused() {
+fn bad_prompts_are_refused_alone() {
     let m = model("mistral_nowin");
-    let prompts = [prompt(1, 200), prompt(2, 10)];
+    let prompts = [prompt(1, 200), prompt(2, 10), vec![5, 999, 7]];
     let (out, _) = serve_all(&m, opts(8, true), &prompts, 4);
     let msg = out[0].error.as_deref().unwrap();
     assert!(msg.contains("does not fit the KV cache"), "{msg}");
+    let msg = out[2].error.as_deref().unwrap();
+    assert!(msg.contains("999") && msg.contains("vocabulary"), "{msg}");
     assert_eq!(out[1].tokens.len(), 4);
+    assert_eq!(out[1].error, None);
 }
 
 /// A client that leaves, while its prompt is read or while it generates, frees its blocks
@@ -335,5 +363,9 @@ fn cancelled_requests_free_their_blocks() {
     assert_eq!(stats.kv_blocks_used.load(Relaxed), 0);
     assert_eq!(stats.generated_tokens.load(Relaxed), 3);
     // The long prompt was dropped part-way: not all of its 300 tokens were read.
-    assert!(stats.prompt_tokens.load(Relaxed) < 320, "{:?}", stats.prompt_tokens);
+    assert!(
+        stats.prompt_tokens.load(Relaxed) < 320,
+        "{:?}",
+        stats.prompt_tokens
+    );
 }

@@ -152,7 +152,9 @@ impl Sampling {
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 
     /// The sampling of choice `i`: with a seed, choice i draws from seed + i, so each
@@ -218,10 +220,9 @@ pub struct ChatRequest {
 impl CompletionRequest {
     pub fn top_logprobs(&self) -> ApiResult<Option<usize>> {
         match self.logprobs {
-            Some(k) if k > MAX_TOP_LOGPROBS => Err(bad_param(
-                "logprobs",
-                format!("at most {MAX_TOP_LOGPROBS}"),
-            )),
+            Some(k) if k > MAX_TOP_LOGPROBS => {
+                Err(bad_param("logprobs", format!("at most {MAX_TOP_LOGPROBS}")))
+            }
             k => Ok(k),
         }
     }

@@ -59,7 +59,7 @@ async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
             Box::new(move |u: &Usage| {
                 json!({"id": id2, "object": "chat.completion.chunk", "created": created,
                        "model": model2, "choices": [], "usage": usage_json(u)})
-            }) as Box<dyn Fn(&Usage) -> Value + Send>
+            }) as super::generate::UsageChunk
         });
         return Ok(stream(
             app.clone(),
@@ -98,12 +98,13 @@ async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
 
 /// The chat API's log-probabilities: one entry per token, with its UTF-8 bytes.
 fn chat_logprobs(tokens: &[ShownToken]) -> Value {
-    let entry = |text: &str, lp: f32| json!({"token": text, "logprob": lp, "bytes": text.as_bytes()});
+    let entry =
+        |text: &str, lp: f32, bytes: &[u8]| json!({"token": text, "logprob": lp, "bytes": bytes});
     let content: Vec<Value> = tokens
         .iter()
         .map(|t| {
-            let mut e = entry(&t.text, t.logprob.unwrap_or(0.0));
-            e["top_logprobs"] = t.top.iter().map(|(s, v)| entry(s, *v)).collect();
+            let mut e = entry(&t.text, t.logprob.unwrap_or(0.0), &t.bytes);
+            e["top_logprobs"] = t.top.iter().map(|(s, v, b)| entry(s, *v, b)).collect();
             e
         })
         .collect();

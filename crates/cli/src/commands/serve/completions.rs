@@ -59,7 +59,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
     let s = &req.sampling;
     let (n, stops) = (s.n()?, s.stops()?);
     let prompts = prompts(&app, req.prompt)?;
-    if prompts.len() * n > MAX_CHOICES {
+    if prompts.len().saturating_mul(n) > MAX_CHOICES {
         return Err(bad_request(format!(
             "{} prompts × n = {n} is over {MAX_CHOICES} choices",
             prompts.len()
@@ -90,7 +90,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
             Box::new(move |u: &super::generate::Usage| {
                 json!({"id": id2, "object": "text_completion", "created": created, "model": model2,
                        "choices": [], "usage": usage_json(u)})
-            }) as Box<dyn Fn(&super::generate::Usage) -> Value + Send>
+            }) as super::generate::UsageChunk
         });
         return Ok(stream(
             app.clone(),
@@ -98,7 +98,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
             n,
             stops,
             move |c: &Chunk| {
-                let lp = with_logprobs.then(|| legacy_logprobs(c.tokens));
+                let lp = with_logprobs.then(|| legacy_logprobs(c.tokens, c.offset));
                 json!({"id": id, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"index": c.index, "text": c.text, "logprobs": lp,
                                 "finish_reason": c.finish.map(finish_name)}]})
@@ -112,7 +112,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
         .iter()
         .map(|a| {
             json!({"index": a.index, "text": a.text, "finish_reason": finish_name(a.reason),
-               "logprobs": with_logprobs.then(|| legacy_logprobs(&a.tokens))})
+               "logprobs": with_logprobs.then(|| legacy_logprobs(&a.tokens, 0))})
         })
         .collect();
     Ok(Json(json!({
@@ -129,9 +129,9 @@ pub fn usage_json(u: &super::generate::Usage) -> Value {
 }
 
 /// The completions API's log-probabilities: parallel lists of tokens, their log-probabilities,
-/// the alternatives (with the token itself) and each token's offset in the text.
-fn legacy_logprobs(tokens: &[ShownToken]) -> Value {
-    let mut offset = 0;
+/// the alternatives (with the token itself) and each token's offset in the text (the first
+/// at `offset`).
+fn legacy_logprobs(tokens: &[ShownToken], mut offset: usize) -> Value {
     let mut text_offset = Vec::with_capacity(tokens.len());
     for t in tokens {
         text_offset.push(offset);
@@ -143,7 +143,7 @@ fn legacy_logprobs(tokens: &[ShownToken]) -> Value {
             None => Value::Null,
             Some(lp) => {
                 let mut m = serde_json::Map::new();
-                for (text, v) in &t.top {
+                for (text, v, _) in &t.top {
                     m.entry(text.clone()).or_insert(json!(v));
                 }
                 m.entry(t.text.clone()).or_insert(json!(lp));

@@ -73,6 +73,12 @@ pub fn submit(app: &App, jobs: Vec<Job>, spec: &Spec) -> ApiResult<Vec<Submitted
         }
     }
     let k = jobs.len();
+    if k > app.max_queue {
+        return Err(bad_request(format!(
+            "{k} choices are more than the server queues at once ({})",
+            app.max_queue
+        )));
+    }
     let before = app.in_flight.fetch_add(k, SeqCst);
     if before + k > app.max_queue {
         app.in_flight.fetch_sub(k, SeqCst);
@@ -124,9 +130,12 @@ fn stopped() -> super::api::ApiError {
 #[derive(Clone)]
 pub struct ShownToken {
     pub text: String,
+    /// What the token stands for, which for part of a character is not `text`'s bytes.
+    pub bytes: Vec<u8>,
     /// None for a prompt's first token, which nothing predicts.
     pub logprob: Option<f32>,
-    pub top: Vec<(String, f32)>,
+    /// Alternatives: text, log-probability, bytes.
+    pub top: Vec<(String, f32, Vec<u8>)>,
 }
 
 /// The text `id` adds after `prev`: decoding a pair keeps SentencePiece's leading space.
@@ -143,14 +152,29 @@ fn token_text(tok: &Tokenizer, prev: Option<u32>, id: u32) -> String {
     }
 }
 
+/// A token's bytes: its text's, unless the token is part of a character.
+fn bytes_of(tok: &Tokenizer, text: &str, id: u32) -> Vec<u8> {
+    if text.contains('\u{FFFD}') {
+        tok.token_bytes(id)
+    } else {
+        text.as_bytes().to_vec()
+    }
+}
+
 fn shown(tok: &Tokenizer, prev: Option<u32>, lp: &TokenLogprobs) -> ShownToken {
+    let text = token_text(tok, prev, lp.token);
     ShownToken {
-        text: token_text(tok, prev, lp.token),
+        bytes: bytes_of(tok, &text, lp.token),
+        text,
         logprob: Some(lp.logprob),
         top: lp
             .top
             .iter()
-            .map(|&(id, v)| (token_text(tok, prev, id), v))
+            .map(|&(id, v)| {
+                let text = token_text(tok, prev, id);
+                let bytes = bytes_of(tok, &text, id);
+                (text, v, bytes)
+            })
             .collect(),
     }
 }
@@ -211,8 +235,10 @@ impl ChoiceOut {
         let tok = &app.tokenizer;
         match e {
             Event::Prompt(lps) => {
+                let first = token_text(tok, None, self.prompt[0]);
                 let mut shown_lps = vec![ShownToken {
-                    text: token_text(tok, None, self.prompt[0]),
+                    bytes: bytes_of(tok, &first, self.prompt[0]),
+                    text: first,
                     logprob: None,
                     top: Vec::new(),
                 }];
@@ -318,6 +344,8 @@ pub struct Chunk<'a> {
     pub index: usize,
     pub text: &'a str,
     pub tokens: &'a [ShownToken],
+    /// Where the first of `tokens` starts in the choice's token texts so far.
+    pub offset: usize,
     pub finish: Option<FinishReason>,
 }
 
@@ -334,6 +362,9 @@ pub fn total_usage<'a>(usages: impl IntoIterator<Item = (usize, &'a Usage)>, n: 
     total
 }
 
+/// Renders the last chunk, with the whole request's usage (`stream_options.include_usage`).
+pub type UsageChunk = Box<dyn Fn(&Usage) -> Value + Send>;
+
 /// Server-sent events: every choice's pieces as they come, then (when asked) a usage chunk,
 /// then `[DONE]`. A client that goes away drops the receivers, which cancels the sequences.
 pub fn stream(
@@ -342,7 +373,7 @@ pub fn stream(
     n: usize,
     stops: Vec<String>,
     render: impl Fn(&Chunk) -> Value + Send + Sync + 'static,
-    usage_chunk: Option<Box<dyn Fn(&Usage) -> Value + Send>>,
+    usage_chunk: Option<UsageChunk>,
 ) -> Response {
     let (tx, out) = unbounded_channel::<std::result::Result<SseEvent, Infallible>>();
     let render = Arc::new(render);
@@ -352,27 +383,44 @@ pub fn stream(
         tasks.push(tokio::spawn(async move {
             let send = |v: Value| tx.send(Ok(SseEvent::default().data(v.to_string()))).is_ok();
             let mut c = ChoiceOut::new(&sub.job.prompt, stops);
+            let index = sub.index;
+            let mut offset = 0;
+            let mut piece = |text: &str, tokens: &[ShownToken], finish| {
+                let chunk = Chunk {
+                    index,
+                    text,
+                    tokens,
+                    offset,
+                    finish,
+                };
+                offset += tokens.iter().map(|t| t.text.len()).sum::<usize>();
+                send(render(&chunk))
+            };
             if let Some(echo) = sub.job.echo.take() {
-                let chunk = Chunk { index: sub.index, text: &echo, tokens: &[], finish: None };
-                if !echo.is_empty() && !send(render(&chunk)) {
+                if !echo.is_empty() && !piece(&echo, &[], None) {
                     return None;
                 }
             }
-            while let Some(e) = sub.rx.recv().await {
-                let index = sub.index;
+            loop {
+                // A client that leaves while its request waits or reads its prompt is
+                // noticed here, not only at its first token.
+                let e = tokio::select! {
+                    e = sub.rx.recv() => e,
+                    _ = tx.closed() => return None,
+                };
+                let e = e?;
                 match c.step(&app, e) {
                     Step::Text(t, lps) if t.is_empty() && lps.is_empty() => {}
                     Step::Text(t, lps) => {
-                        let chunk = Chunk { index, text: &t, tokens: &lps, finish: None };
-                        if !send(render(&chunk)) {
+                        if !piece(&t, &lps, None) {
                             return None;
                         }
                     }
                     Step::End(t, lps, reason, usage) => {
                         if !t.is_empty() || !lps.is_empty() {
-                            send(render(&Chunk { index, text: &t, tokens: &lps, finish: None }));
+                            piece(&t, &lps, None);
                         }
-                        send(render(&Chunk { index, text: "", tokens: &[], finish: Some(reason) }));
+                        piece("", &[], Some(reason));
                         return Some((index, usage));
                     }
                     Step::Fail(msg) => {
@@ -381,7 +429,6 @@ pub fn stream(
                     }
                 }
             }
-            None
         }));
     }
     tokio::spawn(async move {
@@ -393,7 +440,8 @@ pub fn stream(
         }
         let total = total_usage(usages.iter().map(|(i, u)| (*i, u)), n);
         if let Some(f) = usage_chunk {
-            tx.send(Ok(SseEvent::default().data(f(&total).to_string()))).ok();
+            tx.send(Ok(SseEvent::default().data(f(&total).to_string())))
+                .ok();
         }
         tx.send(Ok(SseEvent::default().data("[DONE]"))).ok();
     });

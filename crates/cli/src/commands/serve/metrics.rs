@@ -88,12 +88,32 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         }
     }
     let counters = [
-        ("bora_prompt_tokens_total", "Prompt tokens read (cached ones included).", get(&e.prompt_tokens)),
-        ("bora_generated_tokens_total", "Tokens generated.", get(&e.generated_tokens)),
+        (
+            "bora_prompt_tokens_total",
+            "Prompt tokens read (cached ones included).",
+            get(&e.prompt_tokens),
+        ),
+        (
+            "bora_generated_tokens_total",
+            "Tokens generated.",
+            get(&e.generated_tokens),
+        ),
         ("bora_steps_total", "Forward steps run.", get(&e.steps)),
-        ("bora_preemptions_total", "Sequences preempted to free KV blocks (recomputed later).", get(&e.preemptions)),
-        ("bora_prefix_cache_queried_tokens_total", "Prompt tokens looked up in the prefix cache.", get(&e.prefix_queried_tokens)),
-        ("bora_prefix_cache_hit_tokens_total", "Prompt tokens whose KV came from the prefix cache.", get(&e.prefix_hit_tokens)),
+        (
+            "bora_preemptions_total",
+            "Sequences preempted to free KV blocks (recomputed later).",
+            get(&e.preemptions),
+        ),
+        (
+            "bora_prefix_cache_queried_tokens_total",
+            "Prompt tokens looked up in the prefix cache.",
+            get(&e.prefix_queried_tokens),
+        ),
+        (
+            "bora_prefix_cache_hit_tokens_total",
+            "Prompt tokens whose KV came from the prefix cache.",
+            get(&e.prefix_hit_tokens),
+        ),
     ];
     for (name, help, v) in counters {
         scalar(&mut out, name, "counter", help, v);
@@ -110,12 +130,36 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     );
     let cached = e.kv_blocks_cached.load(Relaxed);
     let gauges = [
-        ("bora_running_sequences", "Sequences being processed.", e.running.load(Relaxed) as f64),
-        ("bora_waiting_sequences", "Requests waiting for room.", e.waiting.load(Relaxed) as f64),
-        ("bora_kv_blocks_used", "KV cache blocks held by sequences.", used as f64),
-        ("bora_kv_blocks_cached", "Unheld KV blocks kept for the prefix cache (evictable).", cached as f64),
-        ("bora_kv_blocks_free", "KV cache blocks not held by any sequence (cached ones included).", total.saturating_sub(used) as f64),
-        ("bora_prefix_cache_hit_rate", "Share of prompt tokens found in the prefix cache.", hit_rate),
+        (
+            "bora_running_sequences",
+            "Sequences being processed.",
+            e.running.load(Relaxed) as f64,
+        ),
+        (
+            "bora_waiting_sequences",
+            "Requests waiting for room.",
+            e.waiting.load(Relaxed) as f64,
+        ),
+        (
+            "bora_kv_blocks_used",
+            "KV cache blocks held by sequences.",
+            used as f64,
+        ),
+        (
+            "bora_kv_blocks_cached",
+            "Unheld KV blocks kept for the prefix cache (evictable).",
+            cached as f64,
+        ),
+        (
+            "bora_kv_blocks_free",
+            "KV cache blocks not held by any sequence (cached ones included).",
+            total.saturating_sub(used) as f64,
+        ),
+        (
+            "bora_prefix_cache_hit_rate",
+            "Share of prompt tokens found in the prefix cache.",
+            hit_rate,
+        ),
     ];
     for (name, help, v) in gauges {
         scalar(&mut out, name, "gauge", help, v);

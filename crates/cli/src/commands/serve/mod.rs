@@ -134,7 +134,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let kv_blocks = kv_bytes / block_bytes.max(1);
     let opts = ServeOptions {
         max_seqs: a.parallel.max(1),
-        step_tokens: a.batch.max(1),
+        step_tokens: a.batch.max(a.parallel).max(1),
         block_size: bora_model::DEFAULT_BLOCK_SIZE,
         kv_blocks,
         prefix_caching: !a.no_prefix_caching,
@@ -188,7 +188,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "bora: serving on http://{addr} ({} sequences at once, {} tokens per step, {kv_blocks} KV blocks = {} MiB{})",
             opts.max_seqs,
             opts.step_tokens,
-            kv_blocks * block_bytes >> 20,
+            (kv_blocks * block_bytes) >> 20,
             if opts.prefix_caching { ", prefix caching" } else { "" }
         );
         axum::serve(listener, router)
