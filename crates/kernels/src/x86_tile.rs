@@ -200,6 +200,8 @@ macro_rules! each_token {
     ($t:ident => $body:block) => {{
         if N == 10 {
             unroll!($t, $body, 0 1 2 3 4 5 6 7 8 9)
+        } else if N == 8 {
+            unroll!($t, $body, 0 1 2 3 4 5 6 7)
         } else if N == 4 {
             unroll!($t, $body, 0 1 2 3)
         } else {
@@ -840,6 +842,7 @@ mod tests {
     #[test]
     fn tiles_match_the_scalar_reference() {
         check_tiles::<TOKENS>();
+        check_tiles::<8>();
         check_tiles::<4>();
     }
 
