@@ -219,13 +219,15 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
         // at 4–7 tokens, but the row kernels add in llama.cpp's order, which keeps short
         // prompts' greedy runs on llama.cpp's (tests/smollm2.rs), so they wait for batched
         // decode.
-        // Eight-token tiles where they pad less than ten-token ones: the batched decode steps
-        // of 16 and 32 sequences (Q4_0 7B, 2 threads: 16 tokens 17.0 vs 14.2 tok/s, 32: 20.2
-        // vs 17.6; equal at 40 and 64). Each token's sums are its own, so the tile width
-        // never changes a result.
+        // Eight-token tiles where ten-token ones would pad more than a tenth: the batched
+        // decode steps of 16 and 32 sequences (Q4_0 7B, 2 threads: 16 tokens 17.0 vs 14.2
+        // tok/s, 32: 20.2 vs 17.6; equal at 40 and 64, and longer prompts keep the wider tile,
+        // which unpacks each weight block for more tokens). Each token's sums are its own, so
+        // the tile width never changes a result.
+        let padded = t.div_ceil(TOKENS) * TOKENS;
         let tiled = match t {
             _ if t < TOKENS => None,
-            _ if t.div_ceil(8) * 8 < t.div_ceil(TOKENS) * TOKENS => {
+            _ if (padded - t) * 10 > t && t.div_ceil(8) * 8 < padded => {
                 tiled::<8>(w, xq, &mut s.panels, out_t, isa, chunk)
             }
             _ => tiled::<TOKENS>(w, xq, &mut s.panels, out_t, isa, chunk),
