@@ -463,40 +463,64 @@ fn bad_requests_get_openai_error_objects() {
     assert_eq!(models["data"][0]["id"], "tiny_mistral");
 }
 
-/// The real openai Python client (tools/fetch-openai-client.sh, run by tools/test.sh) against
-/// the server with an API key: chat (plain and streamed), completions, max_tokens, a stop
-/// string, seed reproducibility, an invalid request, a wrong key
-/// (tests/support/openai_client.py).
-#[test]
-fn the_openai_python_client_works_unchanged() {
-    let client_dir = std::env::var_os("BORA_OPENAI_CLIENT")
+/// Runs `tests/support/SCRIPT` with the Python packages a fetch script installed (its folder in
+/// `env_var`, or under ~/.cache/bora/pypi/`sub`, holding `package`) and `envs`; returns its
+/// output, having checked that it succeeded.
+fn run_python_support(
+    script: &str,
+    (env_var, sub, package, fetch): (&str, &str, &str, &str),
+    envs: &[(&str, String)],
+) -> String {
+    let dir = std::env::var_os(env_var)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_default();
-            home.join(".cache/bora/pypi/openai-client")
+            home.join(".cache/bora/pypi").join(sub)
         });
     assert!(
-        client_dir.join("openai").is_dir(),
-        "{}: the openai client is not installed: run tools/fetch-openai-client.sh (or tools/test.sh), or set BORA_OPENAI_CLIENT",
-        client_dir.display()
+        dir.join(package).is_dir(),
+        "{}: {package} is not installed: run tools/{fetch} (or tools/test.sh), or set {env_var}",
+        dir.display()
     );
-    let s = start_with(&["--api-key", "sk-test"]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openai_client.py");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script);
     let out = Command::new("python3")
-        .arg(script)
-        .env("PYTHONPATH", &client_dir)
-        .env("OPENAI_BASE_URL", format!("{}/v1", s.base))
-        .env("OPENAI_API_KEY", "sk-test")
+        .arg(path)
+        .env("PYTHONPATH", &dir)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The real openai Python client (tools/fetch-openai-client.sh, run by tools/test.sh) against
+/// the server with an API key: chat (plain and streamed), completions, max_tokens, a stop
+/// string, seed reproducibility, logprobs, echo, n, penalties, an invalid request, a wrong key
+/// (tests/support/openai_client.py).
+#[test]
+fn the_openai_python_client_works_unchanged() {
+    let s = start_with(&["--api-key", "sk-test"]);
+    run_python_support(
+        "openai_client.py",
+        (
+            "BORA_OPENAI_CLIENT",
+            "openai-client",
+            "openai",
+            "fetch-openai-client.sh",
+        ),
+        &[
+            ("OPENAI_BASE_URL", format!("{}/v1", s.base)),
+            ("OPENAI_API_KEY", "sk-test".into()),
+        ],
     );
     // Without the key, the same server refuses.
     match ureq::get(&format!("{}/v1/models", s.base)).call() {
@@ -512,34 +536,13 @@ fn the_openai_python_client_works_unchanged() {
 /// model, the same accuracies and the same greedy text (tests/support/lm_eval_client.py).
 #[test]
 fn lm_eval_scores_through_the_server_as_through_transformers() {
-    let dir = std::env::var_os("BORA_LM_EVAL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/bora/pypi/lm-eval")
-        });
-    assert!(
-        dir.join("lm_eval").is_dir(),
-        "{}: lm-eval is not installed: run tools/fetch-lm-eval.sh (or tools/test.sh), or set BORA_LM_EVAL",
-        dir.display()
-    );
     let s = start_with(&["-b", "256"]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lm_eval_client.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .env("PYTHONPATH", &dir)
-        .env("BORA_URL", format!("{}/v1/completions", s.base))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("match"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_python_support(
+        "lm_eval_client.py",
+        ("BORA_LM_EVAL", "lm-eval", "lm_eval", "fetch-lm-eval.sh"),
+        &[("BORA_URL", format!("{}/v1/completions", s.base))],
     );
+    assert!(stdout.contains("match"), "{stdout}");
 }
 
 /// On the demo model (slow enough that a 1500-token answer takes half a minute): a full

@@ -45,6 +45,56 @@ fn opts(kv_blocks: usize, prefix_caching: bool) -> ServeOptions {
     }
 }
 
+/// A greedy request for `prompt` whose events go to the returned receiver.
+fn greedy(prompt: &[u32], max_tokens: usize) -> (Request, std::sync::mpsc::Receiver<Event>) {
+    let (tx, rx) = channel();
+    let req = Request {
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: vec![],
+        logprobs: Some(0),
+        prompt_logprobs: false,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+        cancelled: Box::new(|| false),
+    };
+    (req, rx)
+}
+
+/// A request's events up to its end.
+fn outcome(rx: std::sync::mpsc::Receiver<Event>) -> Outcome {
+    let mut o = Outcome {
+        tokens: vec![],
+        logprobs: vec![],
+        reason: None,
+        cached: 0,
+        error: None,
+    };
+    for e in rx {
+        match e {
+            Event::Token { id, logprobs } => {
+                o.tokens.push(id);
+                o.logprobs.push(logprobs.unwrap().logprob);
+            }
+            Event::Done {
+                reason,
+                cached_tokens,
+                ..
+            } => {
+                o.reason = Some(reason);
+                o.cached = cached_tokens;
+                break;
+            }
+            Event::Error(msg) => {
+                o.error = Some(msg);
+                break;
+            }
+            Event::Prompt(_) => {}
+        }
+    }
+    o
+}
+
 /// Submits every prompt at once (so they share steps) and waits for all of them.
 fn serve_all(
     m: &Arc<Model>,
@@ -56,53 +106,12 @@ fn serve_all(
     let engine = spawn(m.clone(), o, stats.clone());
     let mut rxs = Vec::new();
     for p in prompts {
-        let (tx, rx) = channel();
-        engine
-            .send(Request {
-                prompt: p.clone(),
-                max_tokens,
-                sampling: SamplingParams::greedy(),
-                stop_tokens: vec![],
-                logprobs: Some(0),
-                prompt_logprobs: false,
-                sink: Box::new(move |e| tx.send(e).is_ok()),
-                cancelled: Box::new(|| false),
-            })
-            .unwrap();
+        let (req, rx) = greedy(p, max_tokens);
+        engine.send(req).unwrap();
         rxs.push(rx);
     }
     drop(engine);
-    let outcomes = rxs
-        .into_iter()
-        .map(|rx| {
-            let mut o = Outcome {
-                tokens: vec![],
-                logprobs: vec![],
-                reason: None,
-                cached: 0,
-                error: None,
-            };
-            for e in rx {
-                match e {
-                    Event::Token { id, logprobs } => {
-                        o.tokens.push(id);
-                        o.logprobs.push(logprobs.unwrap().logprob);
-                    }
-                    Event::Done {
-                        reason,
-                        cached_tokens,
-                        ..
-                    } => {
-                        o.reason = Some(reason);
-                        o.cached = cached_tokens;
-                    }
-                    Event::Error(msg) => o.error = Some(msg),
-                    Event::Prompt(_) => {}
-                }
-            }
-            o
-        })
-        .collect();
+    let outcomes = rxs.into_iter().map(outcome).collect();
     (outcomes, stats)
 }
 
@@ -199,45 +208,9 @@ fn the_prefix_cache_skips_shared_blocks_and_changes_no_answer() {
             let engine = spawn(m.clone(), o, stats.clone());
             let mut out = Vec::new();
             for p in &prompts {
-                let (tx, rx) = channel();
-                engine
-                    .send(Request {
-                        prompt: p.clone(),
-                        max_tokens: 8,
-                        sampling: SamplingParams::greedy(),
-                        stop_tokens: vec![],
-                        logprobs: Some(0),
-                        prompt_logprobs: false,
-                        sink: Box::new(move |e| tx.send(e).is_ok()),
-                        cancelled: Box::new(|| false),
-                    })
-                    .unwrap();
-                let mut o = Outcome {
-                    tokens: vec![],
-                    logprobs: vec![],
-                    reason: None,
-                    cached: 0,
-                    error: None,
-                };
-                for e in rx {
-                    match e {
-                        Event::Token { id, logprobs } => {
-                            o.tokens.push(id);
-                            o.logprobs.push(logprobs.unwrap().logprob);
-                        }
-                        Event::Done {
-                            reason,
-                            cached_tokens,
-                            ..
-                        } => {
-                            o.reason = Some(reason);
-                            o.cached = cached_tokens;
-                            break;
-                        }
-                        other => panic!("{other:?}"),
-                    }
-                }
-                out.push(o);
+                let (req, rx) = greedy(p, 8);
+                engine.send(req).unwrap();
+                out.push(outcome(rx));
             }
             drop(engine);
             if caching {

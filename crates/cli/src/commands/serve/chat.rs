@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::api::{bad_request, finish_name, now, rejection, ApiResult, ChatRequest, MAX_CHOICES};
-use super::completions::usage_json;
-use super::generate::{collect, stream, submit, total_usage, Chunk, Job, ShownToken, Spec, Usage};
+use super::api::{bad_request, finish_name, rejection, ApiResult, ChatRequest, MAX_CHOICES};
+use super::generate::{
+    collect, stream, submit, total_usage, Chunk, Envelope, Job, ShownToken, Spec,
+};
 use super::App;
 
 pub async fn chat_completions(
@@ -51,32 +52,25 @@ async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
         prompt_logprobs: false,
     };
     let subs = submit(&app, jobs, &spec)?;
-    let (id, created, model) = (format!("chatcmpl-{}", now()), now(), app.model_name.clone());
+    let env = Envelope::new(&app, "chatcmpl", "chat.completion");
     let with_logprobs = top.is_some();
     if s.stream {
-        let (id2, model2) = (id.clone(), model.clone());
-        let usage_chunk = s.include_usage().then(|| {
-            Box::new(move |u: &Usage| {
-                json!({"id": id2, "object": "chat.completion.chunk", "created": created,
-                       "model": model2, "choices": [], "usage": usage_json(u)})
-            }) as super::generate::UsageChunk
-        });
         return Ok(stream(
             app.clone(),
             subs,
             n,
             stops,
+            env.as_object("chat.completion.chunk"),
+            s.include_usage(),
             move |c: &Chunk| {
                 let delta = match c.finish {
                     None => json!({"role": "assistant", "content": c.text}),
                     Some(_) => json!({}),
                 };
                 let lp = with_logprobs.then(|| chat_logprobs(c.tokens));
-                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": c.index, "delta": delta, "logprobs": lp,
-                                "finish_reason": c.finish.map(finish_name)}]})
+                json!({"index": c.index, "delta": delta, "logprobs": lp,
+                       "finish_reason": c.finish.map(finish_name)})
             },
-            usage_chunk,
         ));
     }
     let answers = collect(&app, subs, &stops).await?;
@@ -89,11 +83,7 @@ async fn handle(app: Arc<App>, req: ChatRequest) -> ApiResult<Response> {
                    "finish_reason": finish_name(a.reason)})
         })
         .collect();
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": choices, "usage": usage_json(&usage),
-    }))
-    .into_response())
+    Ok(Json(env.wrap(choices, Some(&usage))).into_response())
 }
 
 /// The chat API's log-probabilities: one entry per token, with its UTF-8 bytes.

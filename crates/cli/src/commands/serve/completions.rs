@@ -10,10 +10,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::api::{
-    bad_request, finish_name, now, rejection, ApiResult, CompletionRequest, PromptInput,
-    MAX_CHOICES,
+    bad_request, finish_name, rejection, ApiResult, CompletionRequest, PromptInput, MAX_CHOICES,
 };
-use super::generate::{collect, stream, submit, total_usage, Chunk, Job, ShownToken, Spec};
+use super::generate::{
+    collect, stream, submit, total_usage, Chunk, Envelope, Job, ShownToken, Spec,
+};
 use super::App;
 
 /// OpenAI's default for completions.
@@ -82,28 +83,21 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
         prompt_logprobs: req.echo && top.is_some(),
     };
     let subs = submit(&app, jobs, &spec)?;
-    let (id, created, model) = (format!("cmpl-{}", now()), now(), app.model_name.clone());
+    let env = Envelope::new(&app, "cmpl", "text_completion");
     let with_logprobs = top.is_some();
     if s.stream {
-        let (id2, model2) = (id.clone(), model.clone());
-        let usage_chunk = s.include_usage().then(|| {
-            Box::new(move |u: &super::generate::Usage| {
-                json!({"id": id2, "object": "text_completion", "created": created, "model": model2,
-                       "choices": [], "usage": usage_json(u)})
-            }) as super::generate::UsageChunk
-        });
         return Ok(stream(
             app.clone(),
             subs,
             n,
             stops,
+            env,
+            s.include_usage(),
             move |c: &Chunk| {
                 let lp = with_logprobs.then(|| legacy_logprobs(c.tokens, c.offset));
-                json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": c.index, "text": c.text, "logprobs": lp,
-                                "finish_reason": c.finish.map(finish_name)}]})
+                json!({"index": c.index, "text": c.text, "logprobs": lp,
+                       "finish_reason": c.finish.map(finish_name)})
             },
-            usage_chunk,
         ));
     }
     let answers = collect(&app, subs, &stops).await?;
@@ -115,17 +109,7 @@ async fn handle(app: Arc<App>, req: CompletionRequest) -> ApiResult<Response> {
                "logprobs": with_logprobs.then(|| legacy_logprobs(&a.tokens, 0))})
         })
         .collect();
-    Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": choices, "usage": usage_json(&usage),
-    }))
-    .into_response())
-}
-
-pub fn usage_json(u: &super::generate::Usage) -> Value {
-    json!({"prompt_tokens": u.prompt, "completion_tokens": u.completion,
-           "total_tokens": u.prompt + u.completion,
-           "prompt_tokens_details": {"cached_tokens": u.cached}})
+    Ok(Json(env.wrap(choices, Some(&usage))).into_response())
 }
 
 /// The completions API's log-probabilities: parallel lists of tokens, their log-probabilities,

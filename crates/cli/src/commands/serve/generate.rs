@@ -362,19 +362,64 @@ pub fn total_usage<'a>(usages: impl IntoIterator<Item = (usize, &'a Usage)>, n: 
     total
 }
 
-/// Renders the last chunk, with the whole request's usage (`stream_options.include_usage`).
-pub type UsageChunk = Box<dyn Fn(&Usage) -> Value + Send>;
+pub fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt, "completion_tokens": u.completion,
+           "total_tokens": u.prompt + u.completion,
+           "prompt_tokens_details": {"cached_tokens": u.cached}})
+}
 
-/// Server-sent events: every choice's pieces as they come, then (when asked) a usage chunk,
-/// then `[DONE]`. A client that goes away drops the receivers, which cancels the sequences.
+/// The fields around an answer's or a chunk's choices.
+#[derive(Clone)]
+pub struct Envelope {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Envelope {
+    pub fn new(app: &App, id_prefix: &str, object: &'static str) -> Self {
+        let created = super::api::now();
+        Self {
+            id: format!("{id_prefix}-{created}"),
+            object,
+            created,
+            model: app.model_name.clone(),
+        }
+    }
+
+    /// The same answer as another kind of object (chat: a chunk, or the whole answer).
+    pub fn as_object(&self, object: &'static str) -> Self {
+        Self {
+            object,
+            ..self.clone()
+        }
+    }
+
+    pub fn wrap(&self, choices: Vec<Value>, usage: Option<&Usage>) -> Value {
+        let mut v = json!({"id": self.id, "object": self.object, "created": self.created,
+                           "model": self.model, "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = usage_json(u);
+        }
+        v
+    }
+}
+
+/// Server-sent events: every choice's pieces as they come (`choice` renders one), then,
+/// when asked, a chunk with the whole request's usage, then `[DONE]`. A client that goes
+/// away drops the receivers, which cancels the sequences.
 pub fn stream(
     app: Arc<App>,
     subs: Vec<Submitted>,
     n: usize,
     stops: Vec<String>,
-    render: impl Fn(&Chunk) -> Value + Send + Sync + 'static,
-    usage_chunk: Option<UsageChunk>,
+    envelope: Envelope,
+    include_usage: bool,
+    choice: impl Fn(&Chunk) -> Value + Send + Sync + 'static,
 ) -> Response {
+    let env = envelope.clone();
+    let render = move |c: &Chunk| env.wrap(vec![choice(c)], None);
     let (tx, out) = unbounded_channel::<std::result::Result<SseEvent, Infallible>>();
     let render = Arc::new(render);
     let mut tasks = Vec::new();
@@ -439,9 +484,9 @@ pub fn stream(
             }
         }
         let total = total_usage(usages.iter().map(|(i, u)| (*i, u)), n);
-        if let Some(f) = usage_chunk {
-            tx.send(Ok(SseEvent::default().data(f(&total).to_string())))
-                .ok();
+        if include_usage {
+            let last = envelope.wrap(Vec::new(), Some(&total));
+            tx.send(Ok(SseEvent::default().data(last.to_string()))).ok();
         }
         tx.send(Ok(SseEvent::default().data("[DONE]"))).ok();
     });
