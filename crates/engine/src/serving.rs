@@ -286,11 +286,19 @@ impl Scheduler {
     /// Moves waiting sequences to running, in order, while their known tokens fit.
     fn admit(&mut self) {
         let b = self.opts.block_size;
+        // Requests whose next block another running prompt is computing now: they wait for it
+        // to be cached rather than compute it again (`n` choices, or users sharing a system
+        // prompt, arriving together).
+        let mut deferred = Vec::new();
         while self.running.len() < self.opts.max_seqs {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
             let (hit, first) = self.cached_prefix(&seq);
+            if self.being_computed(&seq, hit) {
+                deferred.push(seq);
+                continue;
+            }
             if hit > 0 && !seq.kv.adopt(&mut self.pool, &seq.hashes[..hit], first) {
                 seq.kv = SeqKv::new();
             }
@@ -317,6 +325,25 @@ impl Scheduler {
             seq.fed = reused;
             self.running.push(seq);
         }
+        for seq in deferred.into_iter().rev() {
+            self.waiting.push_front(seq);
+        }
+    }
+
+    /// Whether a running sequence is reading the block `seq` needs after its `hit` cached
+    /// ones (so it will be cached within a few steps).
+    fn being_computed(&self, seq: &Seq, hit: usize) -> bool {
+        let b = self.opts.block_size;
+        let Some(next) = seq.hashes.get(hit) else {
+            return false;
+        };
+        if !self.opts.prefix_caching || seq.req.prompt_logprobs || (hit + 1) * b >= seq.tokens.len()
+        {
+            return false;
+        }
+        self.running.iter().any(|r| {
+            r.fed < (hit + 1) * b && r.hashes.get(hit) == Some(next) && r.fed < r.tokens.len()
+        })
     }
 
     /// Drops every sequence whose client has gone.

@@ -232,6 +232,27 @@ fn the_prefix_cache_skips_shared_blocks_and_changes_no_answer() {
     }
 }
 
+/// Identical prompts arriving together (`n` choices, a shared system prompt) read the prompt
+/// once: the others wait for its blocks and take them from the cache, with the same answers.
+#[test]
+fn identical_prompts_arriving_together_read_the_prompt_once() {
+    let m = model("mistral_nowin");
+    let p = prompt(21, 70);
+    let prompts = vec![p.clone(), p.clone(), p.clone(), p];
+    let (together, stats) = serve_all(&m, opts(256, true), &prompts, 6);
+    let single = alone(&m, opts(256, false), &prompts[..1], 6);
+    for o in &together {
+        assert_eq!(o.tokens, single[0].tokens);
+    }
+    // 70 tokens: 4 full blocks usable (at least one token is always computed); the first
+    // request reads them, the three others take them.
+    assert_eq!(stats.prefix_hit_tokens.load(Relaxed), 3 * 64);
+    assert_eq!(
+        together.iter().map(|o| o.cached).collect::<Vec<_>>(),
+        [0, 64, 64, 64]
+    );
+}
+
 /// A pool too small for everyone at once: the youngest sequences are preempted and
 /// recomputed, every request still gets its single-request answer, and nothing leaks.
 #[test]
