@@ -227,6 +227,9 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
         let padded = t.div_ceil(TOKENS) * TOKENS;
         let tiled = match t {
             _ if t < TOKENS => None,
+            _ if crate::x86_amx::amx().is_some() && crate::x86_amx::supports(w.dtype) => {
+                amx_tiled(w, xq, &mut s.panels, out_t, isa, chunk)
+            }
             _ if (padded - t) * 10 > t && t.div_ceil(8) * 8 < padded => {
                 tiled::<8>(w, xq, &mut s.panels, out_t, isa, chunk)
             }
@@ -304,16 +307,7 @@ fn tiled<const N: usize>(
 ) -> Option<usize> {
     let tile = crate::x86_tile::tile_kernel::<N>(isa, w.dtype)?;
     let t = xq.len();
-    panels.resize_with(t.div_ceil(N), Default::default);
-    let fill = |(pi, panel): (usize, &mut crate::x86_tile::Panel)| {
-        let xs: [&QuantizedRow; N] = std::array::from_fn(|k| &xq[(pi * N + k).min(t - 1)]);
-        panel.fill(w.dtype, &xs);
-    };
-    if panels.len() == 1 {
-        fill((0, &mut panels[0]));
-    } else {
-        panels.par_iter_mut().enumerate().for_each(fill);
-    }
+    fill_panels::<N>(w.dtype, xq, panels);
     let panels = &panels[..];
     let row_dot = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
     // At most 128 rows a task, so its weights stay in L2 while the panels pass (5–12% faster
@@ -323,6 +317,72 @@ fn tiled<const N: usize>(
         .par_chunks_mut(chunk * t)
         .enumerate()
         .for_each(|(ci, o)| tiled_rows::<N>(w, ci * chunk, xq, panels, o, tile, row_dot));
+    Some(chunk)
+}
+
+/// `xq` packed N tokens to a panel for `dtype`'s tiled kernels, the last panel padded with
+/// repeats of the last token.
+#[cfg(target_arch = "x86_64")]
+fn fill_panels<const N: usize>(
+    dtype: DType,
+    xq: &[QuantizedRow],
+    panels: &mut Vec<crate::x86_tile::Panel>,
+) {
+    let t = xq.len();
+    panels.resize_with(t.div_ceil(N), Default::default);
+    let fill = |(pi, panel): (usize, &mut crate::x86_tile::Panel)| {
+        let xs: [&QuantizedRow; N] = std::array::from_fn(|k| &xq[(pi * N + k).min(t - 1)]);
+        panel.fill(dtype, &xs);
+    };
+    if panels.len() == 1 {
+        fill((0, &mut panels[0]));
+    } else {
+        panels.par_iter_mut().enumerate().for_each(fill);
+    }
+}
+
+/// [`tiled`] on AMX tiles: tasks of whole 16-row groups (the rest of a task's rows on the row
+/// kernel) write `out_t` in blocks of [T, the task's rows]. Returns the rows per task.
+#[cfg(target_arch = "x86_64")]
+fn amx_tiled(
+    w: &MatRef<'_>,
+    xq: &[QuantizedRow],
+    panels: &mut Vec<crate::x86_tile::Panel>,
+    out_t: &mut [f32],
+    isa: crate::dispatch::Isa,
+    chunk: usize,
+) -> Option<usize> {
+    use crate::x86_amx::{self, TOKENS};
+    use crate::x86_tile::ROWS;
+    let amx = x86_amx::amx()?;
+    let t = xq.len();
+    fill_panels::<TOKENS>(w.dtype, xq, panels);
+    let panels = &panels[..];
+    let row_dot = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
+    let chunk = chunk.next_multiple_of(ROWS);
+    let rb = w.row_bytes;
+    out_t
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, out)| {
+            let first = ci * chunk;
+            let n = out.len() / t;
+            let whole = n / ROWS * ROWS;
+            if whole > 0 {
+                let rows = &w.data[first * rb..(first + whole) * rb];
+                x86_amx::rows(amx, w.dtype, rows, rb, panels, t, out, n);
+            }
+            for j in whole..n {
+                let row = w.row(first + j);
+                for (ti, xr) in xq.iter().enumerate() {
+                    out[ti * n + j] = match row_dot {
+                        // SAFETY: `row_dots` gave the kernel for features `isa()` detected.
+                        Some(one) => unsafe { one(row, xr) },
+                        None => xr.dot(w.dtype, row),
+                    };
+                }
+            }
+        });
     Some(chunk)
 }
 

@@ -59,18 +59,18 @@ pub(crate) fn tile_kernel<const N: usize>(isa: Isa, dtype: DType) -> Option<Tile
 #[derive(Default)]
 pub(crate) struct Panel {
     /// Activation rows packed.
-    tokens: usize,
+    pub(crate) tokens: usize,
     /// Per block, the tokens' quants: 32 each back to back; for the k-quants, per 32-group of
     /// the block, each token's 32 back to back.
-    qs: Vec<i8>,
+    pub(crate) qs: Vec<i8>,
     /// Per block, each token's activation scale.
-    d: Vec<f32>,
+    pub(crate) d: Vec<f32>,
     /// Per block, each token's `s` (what Q4_1/Q5_1's min meets); empty for other types.
     s: Vec<f32>,
     /// Per block, [`ints_per_block`] i32 per token: the integer sums' starting values
     /// (−offset · Σ q) for the 32-weight types and Q6_K's 16-groups, or for Q4_K/Q5_K the
     /// 32-group quant sums as i16 pairs.
-    ints: Vec<i32>,
+    pub(crate) ints: Vec<i32>,
 }
 
 /// How many i32 a [`Panel`] keeps per token and block for `dtype`.
@@ -181,7 +181,11 @@ impl Panel {
         }
     }
 
-    fn blocks(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    pub(crate) fn blocks(&self) -> usize {
         self.d.len() / self.tokens.max(1)
     }
 }
@@ -234,7 +238,7 @@ fn tile_blocks(w: &[u8], row_bytes: usize, block: usize, p: &Panel) -> usize {
 /// The rows' byte offsets, as gather indices.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn row_offsets(row_bytes: usize) -> __m512i {
+pub(crate) fn row_offsets(row_bytes: usize) -> __m512i {
     _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(row_bytes as i32),
@@ -257,7 +261,7 @@ unsafe fn gather(w: &[u8], rows: __m512i, at: usize) -> __m512i {
 /// The f16 in the low (`HIGH = false`) or high half of each dword, as f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn f16_half<const HIGH: bool>(v: __m512i) -> __m512 {
+pub(crate) fn f16_half<const HIGH: bool>(v: __m512i) -> __m512 {
     let v = if HIGH { _mm512_srli_epi32(v, 16) } else { v };
     _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
 }
@@ -376,7 +380,7 @@ fn store<const N: usize>(out: &mut [[f32; ROWS]; N], acc: [__m512; N]) {
 
 /// How a 32-weight type's blocks are laid out and unpacked (constants, so each type's kernel
 /// is compiled for its own layout).
-trait Legacy {
+pub(crate) trait Legacy {
     /// Block size in bytes.
     const SIZE: usize;
     /// Byte offset of the quants.
@@ -403,6 +407,60 @@ fn fifth_bits(w: &[u8], row_bytes: usize, at: usize, k: usize, half: usize) -> _
     _mm512_maskz_mov_epi8(mask, _mm512_set1_epi8(0x10))
 }
 
+/// Block `at` (a byte offset) of the tile's rows, unpacked and transposed: vector j holds
+/// dword j of the 32 unsigned values (u, before any offset) of every row, row r in lane r; and
+/// the first dword of each row's block (its f16 scale, then Q4_1/Q5_1's min).
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for; `w` holds [`ROWS`] rows of
+/// `row_bytes` bytes and the block at `at` lies inside each row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn legacy_block<L: Legacy>(
+    w: &[u8],
+    row_bytes: usize,
+    offsets: __m512i,
+    at: usize,
+) -> ([__m512i; 8], __m512i) {
+    let nib = _mm512_set1_epi8(0x0F);
+    prefetch_rows!(w, row_bytes, at, L::SIZE);
+    // SAFETY (all loads below): the block is inside every row (the caller's contract), and
+    // each read stays inside it: bytes 0..4, and quants at `qs..qs + 16 (32)`.
+    let scales = unsafe { gather(w, offsets, at) };
+    let wt = if L::BYTES {
+        let flip = _mm512_set1_epi8(-128);
+        let (lo, hi) = unsafe {
+            (
+                rows16!(w, row_bytes, at + L::QS),
+                rows16!(w, row_bytes, at + L::QS + 16),
+            )
+        };
+        transpose8(
+            lo.map(|z| _mm512_xor_si512(z, flip)),
+            hi.map(|z| _mm512_xor_si512(z, flip)),
+        )
+    } else {
+        let raw: [__m512i; 4] = unsafe { rows16!(w, row_bytes, at + L::QS) };
+        if let Some(qh) = L::QH {
+            let mut lo = raw.map(|z| _mm512_and_si512(z, nib));
+            let mut hi = raw.map(|z| _mm512_and_si512(_mm512_srli_epi16(z, 4), nib));
+            for k in 0..4 {
+                lo[k] = _mm512_or_si512(lo[k], fifth_bits(w, row_bytes, at + qh, k, 0));
+                hi[k] = _mm512_or_si512(hi[k], fifth_bits(w, row_bytes, at + qh, k, 1));
+            }
+            transpose8(lo, hi)
+        } else {
+            // Nibbles taken after the transpose (bytewise operations commute with moving
+            // dwords): one 4-vector transpose for both halves of the block.
+            let t = transpose4(raw);
+            let lo = t.map(|v| _mm512_and_si512(v, nib));
+            let hi = t.map(|v| _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+        }
+    };
+    (wt, scales)
+}
+
 /// The 32-weight types: per block, d (f16 at byte 0), 32 unsigned values u and either the
 /// offset folded into the panel's starting sums (w = d·(u − o)) or a min m (w = d·u + m).
 ///
@@ -419,47 +477,13 @@ unsafe fn legacy<L: Legacy, const N: usize>(
 ) {
     let n = tile_blocks(w, row_bytes, L::SIZE, p);
     let offsets = row_offsets(row_bytes);
-    let nib = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     // The min terms, summed apart and added at the end, as llama.cpp does.
     let mut acc_m = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * L::SIZE;
-        prefetch_rows!(w, row_bytes, at, L::SIZE);
-        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`), and
-        // each read stays inside its block: bytes 0..4, and quants at `qs..qs + 16 (32)`.
-        let scales = unsafe { gather(w, offsets, at) };
-        let wt = if L::BYTES {
-            let flip = _mm512_set1_epi8(-128);
-            let (lo, hi) = unsafe {
-                (
-                    rows16!(w, row_bytes, at + L::QS),
-                    rows16!(w, row_bytes, at + L::QS + 16),
-                )
-            };
-            transpose8(
-                lo.map(|z| _mm512_xor_si512(z, flip)),
-                hi.map(|z| _mm512_xor_si512(z, flip)),
-            )
-        } else {
-            let raw: [__m512i; 4] = unsafe { rows16!(w, row_bytes, at + L::QS) };
-            if let Some(qh) = L::QH {
-                let mut lo = raw.map(|z| _mm512_and_si512(z, nib));
-                let mut hi = raw.map(|z| _mm512_and_si512(_mm512_srli_epi16(z, 4), nib));
-                for k in 0..4 {
-                    lo[k] = _mm512_or_si512(lo[k], fifth_bits(w, row_bytes, at + qh, k, 0));
-                    hi[k] = _mm512_or_si512(hi[k], fifth_bits(w, row_bytes, at + qh, k, 1));
-                }
-                transpose8(lo, hi)
-            } else {
-                // Nibbles taken after the transpose (bytewise operations commute with moving
-                // dwords): one 4-vector transpose for both halves of the block.
-                let t = transpose4(raw);
-                let lo = t.map(|v| _mm512_and_si512(v, nib));
-                let hi = t.map(|v| _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-                [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
-            }
-        };
+        // SAFETY: block i of every row is inside `w` (`tile_blocks`).
+        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, at) };
         let dw = f16_half::<false>(scales);
         let mw = f16_half::<true>(scales);
         let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
@@ -488,7 +512,7 @@ unsafe fn legacy<L: Legacy, const N: usize>(
 macro_rules! legacy_kernel {
     ($name:ident, $layout:ident, $doc:literal, $size:expr, $qs:expr, $min:expr, $qh:expr, $bytes:expr) => {
         #[doc = concat!($doc, " layout.")]
-        struct $layout;
+        pub(crate) struct $layout;
         impl Legacy for $layout {
             const SIZE: usize = $size;
             const QS: usize = $qs;
@@ -555,6 +579,100 @@ impl K4Scales {
     }
 }
 
+/// A Q4_K/Q5_K block's scales, per row (lane): `d·sc_j` for the eight 32-groups, the mins
+/// as i16 pairs (group 2p low, 2p + 1 high), and dmin.
+pub(crate) struct K4Block {
+    pub(crate) ds: [__m512; 8],
+    pub(crate) pairs: [__m512i; 4],
+    pub(crate) dmin: __m512,
+}
+
+/// The scales of the Q4_K/Q5_K block at byte `at` of every row.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for; `w` holds [`ROWS`] rows at
+/// `offsets` and bytes `at..at + 16` lie inside each row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn k4_scales(w: &[u8], offsets: __m512i, at: usize) -> K4Block {
+    // SAFETY: the reads are bytes 0..16 of the block (d, dmin, scales), inside every row.
+    let (dd, sc) = unsafe {
+        (
+            gather(w, offsets, at),
+            K4Scales {
+                d0: gather(w, offsets, at + 4),
+                d1: gather(w, offsets, at + 8),
+                d2: gather(w, offsets, at + 12),
+            },
+        )
+    };
+    let d = f16_half::<false>(dd);
+    K4Block {
+        ds: std::array::from_fn(|j| _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d)),
+        pairs: std::array::from_fn(|pr| {
+            let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
+            _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
+        }),
+        dmin: f16_half::<true>(dd),
+    }
+}
+
+/// Calls `each(j, wt)` for the eight 32-groups of the Q4_K/Q5_K block at byte `at` of every
+/// row, in order: `wt[k]` holds dword k of the group's unsigned values u (0..16, or 0..32 with
+/// Q5_K's fifth bits at `FIFTH`), row r in lane r.
+///
+/// # Safety
+/// As [`k4_scales`], for the whole block (`QS..QS + 128` and `FIFTH..FIFTH + 32`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn k4_groups<const QS: usize, const FIFTH: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    at: usize,
+    mut each: impl FnMut(usize, &[__m512i; 8]),
+) {
+    let (nib, one) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x01));
+    // SAFETY (all loads below): `QS..QS + 128` and `FIFTH..FIFTH + 32` of the block, inside
+    // every row (the caller's contract).
+    // Q5_K's fifth-bit bytes, transposed once for the block.
+    let fifth = if FIFTH > 0 {
+        unsafe {
+            transpose8(
+                rows16!(w, row_bytes, at + FIFTH),
+                rows16!(w, row_bytes, at + FIFTH + 16),
+            )
+        }
+    } else {
+        [_mm512_setzero_si512(); 8]
+    };
+    for pair in 0..4 {
+        let (lo, hi) = unsafe {
+            (
+                rows16!(w, row_bytes, at + QS + 32 * pair),
+                rows16!(w, row_bytes, at + QS + 32 * pair + 16),
+            )
+        };
+        // The pair's bytes transposed once; each group's nibbles are taken after (bytewise
+        // operations commute with moving dwords).
+        let raw = transpose8(lo, hi);
+        for nibble in 0..2 {
+            let j = 2 * pair + nibble;
+            let shift = _mm_cvtsi32_si128(4 * nibble as i32);
+            let jshift = _mm_cvtsi32_si128(j as i32);
+            let wt: [__m512i; 8] = std::array::from_fn(|k| {
+                let u = _mm512_and_si512(_mm512_srl_epi16(raw[k], shift), nib);
+                if FIFTH > 0 {
+                    let b = _mm512_and_si512(_mm512_srl_epi16(fifth[k], jshift), one);
+                    _mm512_or_si512(u, _mm512_slli_epi16::<4>(b))
+                } else {
+                    u
+                }
+            });
+            each(j, &wt);
+        }
+    }
+}
+
 /// Q4_K and Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`, blocks of `SIZE` bytes with
 /// d/dmin at 0, scales at 4 and quants at `QS`; for Q5_K (`FIFTH > 0`) bit j of the 32 bytes
 /// at `FIFTH` is group j's fifth bit.
@@ -571,76 +689,25 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
 ) {
     let n = tile_blocks(w, row_bytes, SIZE, p);
     let offsets = row_offsets(row_bytes);
-    let (nib, one) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x01));
     let mut acc = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * SIZE;
         prefetch_rows!(w, row_bytes, at, SIZE);
-        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`); the
-        // reads are bytes 0..16 (d, dmin, scales), `QS..QS + 128` and `FIFTH..FIFTH + 32`.
-        let (dd, sc) = unsafe {
-            (
-                gather(w, offsets, at),
-                K4Scales {
-                    d0: gather(w, offsets, at + 4),
-                    d1: gather(w, offsets, at + 8),
-                    d2: gather(w, offsets, at + 12),
-                },
-            )
-        };
-        let d = f16_half::<false>(dd);
-        // All the block's scales up front, so `sc` is not held across the chunks.
-        let ds: [__m512; 8] =
-            std::array::from_fn(|j| _mm512_mul_ps(_mm512_cvtepi32_ps(sc.get::<false>(j)), d));
-        let pairs: [__m512i; 4] = std::array::from_fn(|pr| {
-            let (a, b) = (sc.get::<true>(2 * pr), sc.get::<true>(2 * pr + 1));
-            _mm512_or_si512(a, _mm512_slli_epi32::<16>(b))
-        });
+        // SAFETY: block i of every row is inside `w` (`tile_blocks`).
+        let K4Block { ds, pairs, dmin } = unsafe { k4_scales(w, offsets, at) };
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
-        // Q5_K's fifth-bit bytes, transposed once for the block.
-        let fifth = if FIFTH > 0 {
-            unsafe {
-                transpose8(
-                    rows16!(w, row_bytes, at + FIFTH),
-                    rows16!(w, row_bytes, at + FIFTH + 16),
-                )
-            }
-        } else {
-            [_mm512_setzero_si512(); 8]
-        };
-        for pair in 0..4 {
-            let (lo, hi) = unsafe {
-                (
-                    rows16!(w, row_bytes, at + QS + 32 * pair),
-                    rows16!(w, row_bytes, at + QS + 32 * pair + 16),
-                )
-            };
-            // The pair's bytes transposed once; each chunk's nibbles are taken after (bytewise
-            // operations commute with moving dwords).
-            let raw = transpose8(lo, hi);
-            for nibble in 0..2 {
-                let j = 2 * pair + nibble;
-                let shift = _mm_cvtsi32_si128(4 * nibble as i32);
-                let jshift = _mm_cvtsi32_si128(j as i32);
-                let wt: [__m512i; 8] = std::array::from_fn(|k| {
-                    let u = _mm512_and_si512(_mm512_srl_epi16(raw[k], shift), nib);
-                    if FIFTH > 0 {
-                        let b = _mm512_and_si512(_mm512_srl_epi16(fifth[k], jshift), one);
-                        _mm512_or_si512(u, _mm512_slli_epi16::<4>(b))
-                    } else {
-                        u
-                    }
-                });
+        // SAFETY: as above.
+        unsafe {
+            k4_groups::<QS, FIFTH>(w, row_bytes, at, |j, wt| {
                 let zero = [_mm512_setzero_si512(); N];
-                let sums = dots!(zero, &wt, 0..8, q, 32, 32 * N * j);
+                let sums = dots!(zero, wt, 0..8, q, 32, 32 * N * j);
                 each_token!(t => {
                     block_acc[t] =
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds[j], block_acc[t]);
                 });
-            }
-        }
-        let dmin = f16_half::<true>(dd);
+            })
+        };
         let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
         let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
         each_token!(t => {
@@ -676,6 +743,78 @@ unsafe fn q5_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
     unsafe { k4::<176, 48, 16, N>(w, row_bytes, p, out) }
 }
 
+/// `d · sc_g` of the Q6_K block at byte `at` of every row, for its sixteen 16-groups.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for; `w` holds [`ROWS`] rows at
+/// `offsets` and the block (210 bytes at `at`) lies inside each row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn q6k_scales(w: &[u8], offsets: __m512i, at: usize) -> [__m512; 16] {
+    // SAFETY: the reads are the scales (192..208) and bytes 206..210 of the block.
+    let d = f16_half::<true>(unsafe { gather(w, offsets, at + 206) });
+    let scale_words: [__m512i; 4] =
+        std::array::from_fn(|k| unsafe { gather(w, offsets, at + 192 + 4 * k) });
+    std::array::from_fn(|g| {
+        let v = _mm512_sll_epi32(
+            scale_words[g / 4],
+            _mm_cvtsi32_si128((24 - 8 * (g % 4)) as i32),
+        );
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), d)
+    })
+}
+
+/// Calls `each(c, wt)` for the eight 32-element chunks c of the Q6_K block at byte `at` of
+/// every row, in the order the kernels add them (0, 2, 1, 3, 4, 6, 5, 7): `wt[k]` holds dword
+/// k of the chunk's unsigned 6-bit values q, row r in lane r. Chunk c holds 16-groups 2c and
+/// 2c + 1 (dwords 0..4 and 4..8).
+///
+/// # Safety
+/// As [`q6k_scales`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn q6k_chunks(
+    w: &[u8],
+    row_bytes: usize,
+    at: usize,
+    mut each: impl FnMut(usize, &[__m512i; 8]),
+) {
+    let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+    for half in 0..2 {
+        // SAFETY (all loads below): ql (0..128) and qh (128..192) of the block, inside every
+        // row (the caller's contract).
+        // The high bits of all four parts of this half, loaded and transposed once; the bit
+        // fields are taken after (bytewise operations commute with moving dwords).
+        let hb = unsafe {
+            transpose8(
+                rows16!(w, row_bytes, at + 128 + 32 * half),
+                rows16!(w, row_bytes, at + 128 + 32 * half + 16),
+            )
+        };
+        for seg in 0..2 {
+            // Parts seg and seg + 2 share their low-bit bytes (low and high nibbles).
+            let l = unsafe {
+                transpose8(
+                    rows16!(w, row_bytes, at + 64 * half + 32 * seg),
+                    rows16!(w, row_bytes, at + 64 * half + 32 * seg + 16),
+                )
+            };
+            for part in [seg, seg + 2] {
+                // Chunk (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
+                // bits 2·part of qh[32·half..].
+                let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
+                let hshift = _mm_cvtsi32_si128(2 * part as i32);
+                let wt: [__m512i; 8] = std::array::from_fn(|k| {
+                    let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[k], lshift), nib);
+                    let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[k], hshift), two);
+                    _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2))
+                });
+                each(4 * half + part, &wt);
+            }
+        }
+    }
+}
+
 /// Q6_K tiles: per 16-group g, `w = d·sc_g·(q − 32)`, q = 4 bits of `ql` and 2 of `qh`.
 ///
 /// # Safety
@@ -685,72 +824,32 @@ unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
     const SIZE: usize = 210;
     let n = tile_blocks(w, row_bytes, SIZE, p);
     let offsets = row_offsets(row_bytes);
-    let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
     let mut acc = [_mm512_setzero_ps(); N];
     for i in 0..n {
         let at = i * SIZE;
         prefetch_rows!(w, row_bytes, at, SIZE);
-        // SAFETY (all loads below): block i of every row is inside `w` (`tile_blocks`); the
-        // reads are ql (0..128), qh (128..192), the scales (192..208) and bytes 206..210.
-        let d = f16_half::<true>(unsafe { gather(w, offsets, at + 206) });
-        let scale_words: [__m512i; 4] =
-            std::array::from_fn(|k| unsafe { gather(w, offsets, at + 192 + 4 * k) });
-        // d · (i8 scale of 16-group g), per row, all up front (not held as words).
-        let ds: [__m512; 16] = std::array::from_fn(|g| {
-            let v = _mm512_sll_epi32(
-                scale_words[g / 4],
-                _mm_cvtsi32_si128((24 - 8 * (g % 4)) as i32),
-            );
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), d)
-        });
-
+        // SAFETY: block i of every row is inside `w` (`tile_blocks`).
+        let ds = unsafe { q6k_scales(w, offsets, at) };
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let init: &[i32] = &p.ints[i * 16 * N..][..16 * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
-        for half in 0..2 {
-            // The high bits of all four parts of this half, loaded once.
-            // Transposed once; the bit fields are taken after (bytewise operations commute
-            // with moving dwords).
-            let hb = unsafe {
-                transpose8(
-                    rows16!(w, row_bytes, at + 128 + 32 * half),
-                    rows16!(w, row_bytes, at + 128 + 32 * half + 16),
-                )
-            };
-            for seg in 0..2 {
-                // Parts seg and seg + 2 share their low-bit bytes (low and high nibbles).
-                let l = unsafe {
-                    transpose8(
-                        rows16!(w, row_bytes, at + 64 * half + 32 * seg),
-                        rows16!(w, row_bytes, at + 64 * half + 32 * seg + 16),
-                    )
-                };
-                for part in [seg, seg + 2] {
-                    // Group (half, part): ql bytes 64·half + 32·(part % 2), nibble part / 2; high
-                    // bits 2·part of qh[32·half..].
-                    let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
-                    let hshift = _mm_cvtsi32_si128(2 * part as i32);
-                    let wt: [__m512i; 8] = std::array::from_fn(|k| {
-                        let lo4 = _mm512_and_si512(_mm512_srl_epi16(l[k], lshift), nib);
-                        let hi2 = _mm512_and_si512(_mm512_srl_epi16(hb[k], hshift), two);
-                        _mm512_or_si512(lo4, _mm512_slli_epi16::<4>(hi2))
-                    });
-                    let g = 8 * half + 2 * part;
-                    let (da, db) = (ds[g], ds[g + 1]);
-                    let at_q = 32 * N * (4 * half + part);
-                    let start =
-                        |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
-                    let sa = dots!(start(g), &wt, 0..4, q, 32, at_q, transparent);
-                    each_token!(t => {
-                        block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
-                    });
-                    let sb = dots!(start(g + 1), &wt, 4..8, q, 32, at_q, transparent);
-                    each_token!(t => {
-                        block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
-                    });
-                }
-            }
-        }
+        // SAFETY: as above.
+        unsafe {
+            q6k_chunks(w, row_bytes, at, |c, wt| {
+                let g = 2 * c;
+                let (da, db) = (ds[g], ds[g + 1]);
+                let at_q = 32 * N * c;
+                let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
+                let sa = dots!(start(g), wt, 0..4, q, 32, at_q, transparent);
+                each_token!(t => {
+                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
+                });
+                let sb = dots!(start(g + 1), wt, 4..8, q, 32, at_q, transparent);
+                each_token!(t => {
+                    block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
+                });
+            })
+        };
         let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
         each_token!(t => {
             acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
@@ -760,12 +859,12 @@ unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::blocks::f16_bytes;
 
     /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
-    fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+    pub(crate) fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
         let bytes = dtype.block_bytes();
         let mut w: Vec<u8> = (0..ROWS * blocks * bytes)
             .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)

@@ -1,0 +1,658 @@
+//! Matrix × matrix products on AMX tiles (Intel Advanced Matrix Extensions, INT8), for prefill
+//! and batched decode.
+//!
+//! One `tdpbssd` multiplies a 16 × 32 tile of sixteen tokens' 8-bit activation quants (one
+//! block each, read straight from a [`Panel`] of sixteen tokens) by a 32 × 16 tile of sixteen
+//! weight rows' values, in i32: 8192 multiply-adds in one instruction, where the VNNI tiles
+//! ([`crate::x86_tile`]) need 128 `vpdpbusd`. What remains on the vector units is getting the
+//! weights into tile form and scaling each block's i32 sums into f32.
+//!
+//! The weight side is unpacked once per sixteen rows into a [`Prepared`] buffer (signed values,
+//! the same transposition the VNNI tiles do in registers) and then met by every panel, so its
+//! cost is shared by all the tokens of a prompt. The f32 side follows the VNNI tiles' order of
+//! operations exactly (per block `acc += f32(sum) · (d_w · d_x)`, the same products, the same
+//! additions), so the two give bit-identical results: the tests check that, and the VNNI tiles
+//! against the scalar reference.
+//!
+//! The tile registers are set up per task (`ldtilecfg`) and released after (`tilerelease`); the
+//! process asks Linux for the tile state once (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), as the
+//! kernel requires before a thread may use it.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use crate::blocks::QK_K;
+use crate::x86_tile::{
+    k4_groups, k4_scales, legacy_block, q6k_chunks, q6k_scales, row_offsets, K4Block, Legacy,
+    Panel, Q4_0Layout, Q5_0Layout, Q8_0Layout, ROWS,
+};
+use crate::DType;
+
+/// Tokens per tile: the sixteen rows of an activation tile.
+pub(crate) const TOKENS: usize = 16;
+
+/// Proof that this CPU and OS run the AMX kernels (made only by [`amx`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Amx(());
+
+/// `Some` when the CPU has AMX-INT8 with AVX-512 VNNI, Linux granted the tile state, and
+/// neither `BORA_AMX=0` nor `BORA_TILED=0` turned the kernels off.
+pub(crate) fn amx() -> Option<Amx> {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        std::env::var("BORA_AMX").as_deref() != Ok("0")
+            && crate::dispatch::tiles_enabled()
+            && crate::dispatch::isa().level() >= crate::dispatch::Level::Avx512
+            && crate::dispatch::has_vnni()
+            && cpu_has_amx_int8()
+            && request_tile_state()
+    });
+    ready.then_some(Amx(()))
+}
+
+/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
+fn cpu_has_amx_int8() -> bool {
+    // Leaf 7 reads as zeros where unsupported.
+    let leaf = __cpuid_count(7, 0);
+    leaf.edx & (1 << 24) != 0 && leaf.edx & (1 << 25) != 0
+}
+
+/// Asks Linux to enable the AMX tile data state for this process (every thread).
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: isize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) takes two integers, touches
+    // no memory of this process and returns 0 or an error number; `syscall` clobbers rcx, r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// Whether `dtype` has an AMX kernel (the min types Q4_1/Q5_1 stay on the VNNI tiles).
+pub(crate) fn supports(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K
+    )
+}
+
+/// The tile palette: A (activations, 16 × 32 bytes) in tmm0 and tmm2, B (weights, 8 × 64
+/// bytes) in tmm1 and tmm3, and four C (i32 sums, 16 × 64 bytes) in tmm4..tmm8, so a batch of
+/// four products runs while the previous batch's sums are scaled.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette 1
+        let (a, b, sums) = ((16, 32), (8, 64), (16, 64));
+        let tiles: [(u8, u16); 8] = [a, b, a, b, sums, sums, sums, sums];
+        for (i, (rows, colsb)) in tiles.into_iter().enumerate() {
+            c[16 + 2 * i..18 + 2 * i].copy_from_slice(&colsb.to_le_bytes());
+            c[48 + i] = rows;
+        }
+        Self(c)
+    }
+}
+
+/// Products per batch.
+const BATCH: usize = 4;
+
+/// One product's i32 sums: row t = token t, lane r = weight row r.
+#[repr(C, align(64))]
+struct Sums([[i32; ROWS]; TOKENS]);
+
+/// A batch's sums.
+type BatchSums = [Sums; BATCH];
+
+/// Runs C_j = A_j · B_j for j < 4 (A: 16 × 32 bytes, stride 32; B: 8 × 64 bytes, stride 64).
+///
+/// # Safety
+/// The [`TileConfig`] is loaded on this thread; every pointer is readable for 512 bytes.
+#[inline(always)]
+unsafe fn start_batch(a: [*const i8; BATCH], b: [*const __m512i; BATCH]) {
+    // SAFETY: the caller's contract: each load reads 16 rows of 32 bytes or 8 rows of 64.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{a0} + {sa} * 1]",
+            "tileloadd tmm1, [{b0} + {sb} * 1]",
+            "tilezero tmm4",
+            "tdpbssd tmm4, tmm0, tmm1",
+            "tileloadd tmm2, [{a1} + {sa} * 1]",
+            "tileloadd tmm3, [{b1} + {sb} * 1]",
+            "tilezero tmm5",
+            "tdpbssd tmm5, tmm2, tmm3",
+            "tileloadd tmm0, [{a2} + {sa} * 1]",
+            "tileloadd tmm1, [{b2} + {sb} * 1]",
+            "tilezero tmm6",
+            "tdpbssd tmm6, tmm0, tmm1",
+            "tileloadd tmm2, [{a3} + {sa} * 1]",
+            "tileloadd tmm3, [{b3} + {sb} * 1]",
+            "tilezero tmm7",
+            "tdpbssd tmm7, tmm2, tmm3",
+            a0 = in(reg) a[0], a1 = in(reg) a[1], a2 = in(reg) a[2], a3 = in(reg) a[3],
+            b0 = in(reg) b[0], b1 = in(reg) b[1], b2 = in(reg) b[2], b3 = in(reg) b[3],
+            sa = in(reg) 32usize, sb = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+}
+
+/// Stores the four C tiles of a batch into `out`.
+///
+/// # Safety
+/// As [`start_batch`], after one.
+#[inline(always)]
+unsafe fn finish_batch(out: &mut BatchSums) {
+    let p = out.as_mut_ptr().cast::<u8>();
+    // SAFETY: `out` is four runs of 16 rows of 64 writable bytes, 1 KiB apart.
+    unsafe {
+        asm!(
+            "tilestored [{p} + {s} * 1], tmm4",
+            "tilestored [{p} + {s} * 1 + 1024], tmm5",
+            "tilestored [{p} + {s} * 1 + 2048], tmm6",
+            "tilestored [{p} + {s} * 1 + 3072], tmm7",
+            p = in(reg) p, s = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
+/// Runs `count` tile products, `operands(k)` giving product k's A and B, and hands each one's
+/// sums to `consume(k, sums)` in order. Products run in batches of four, a batch while the
+/// previous one's sums are used; past the end, a batch repeats its last product (ignored).
+///
+/// # Safety
+/// As [`start_batch`], for every pointer pair `operands` returns.
+#[inline(always)]
+unsafe fn products(
+    count: usize,
+    operands: impl Fn(usize) -> (*const i8, *const __m512i),
+    mut consume: impl FnMut(usize, &Sums),
+) {
+    if count == 0 {
+        return;
+    }
+    let batches = count.div_ceil(BATCH);
+    let launch = |batch: usize| {
+        let ops: [(*const i8, *const __m512i); BATCH] =
+            std::array::from_fn(|j| operands((batch * BATCH + j).min(count - 1)));
+        // SAFETY (here and below): the caller's contract, for the operands it gives.
+        unsafe { start_batch(ops.map(|o| o.0), ops.map(|o| o.1)) };
+    };
+    let mut sums: [BatchSums; 2] =
+        std::array::from_fn(|_| std::array::from_fn(|_| Sums([[0; ROWS]; TOKENS])));
+    launch(0);
+    unsafe { finish_batch(&mut sums[0]) };
+    for batch in 0..batches {
+        if batch + 1 < batches {
+            launch(batch + 1);
+        }
+        let done = &sums[batch % 2];
+        for (j, s) in done.iter().enumerate() {
+            let k = batch * BATCH + j;
+            if k < count {
+                consume(k, s);
+            }
+        }
+        if batch + 1 < batches {
+            unsafe { finish_batch(&mut sums[(batch + 1) % 2]) };
+        }
+    }
+}
+
+/// Sixteen weight rows in tile form: per product, B (8 vectors: dword j of the 32 signed
+/// values, row r in lane r) and the per-row f32 factor its sums are scaled by.
+#[derive(Default)]
+struct Prepared {
+    b: Vec<__m512i>,
+    scale: Vec<__m512>,
+    /// Q4_K/Q5_K, per block: dmin per row.
+    dmin: Vec<__m512>,
+    /// Q4_K/Q5_K, per block: the mins as i16 pairs (four vectors).
+    pairs: Vec<__m512i>,
+}
+
+impl Prepared {
+    fn clear(&mut self) {
+        self.b.clear();
+        self.scale.clear();
+        self.dmin.clear();
+        self.pairs.clear();
+    }
+}
+
+thread_local! {
+    static PREPARED: RefCell<Prepared> = RefCell::default();
+}
+
+/// Q6_K's chunks in the order [`q6k_chunks`] gives them (and the kernels add them).
+const Q6_ORDER: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+/// `out[k · stride + r] = row r · token k` for the `n = w.len() / row_bytes` rows in `w` (a
+/// whole number of 16-row groups) and the `t` tokens packed sixteen to a panel in `panels`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows(
+    _amx: Amx,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    panels: &[Panel],
+    t: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let n = w.len() / row_bytes;
+    assert!(supports(dtype), "no AMX kernel for {dtype}");
+    assert_eq!(n % ROWS, 0, "whole 16-row groups");
+    assert!(
+        n <= stride && out.len() >= (t - 1) * stride + n,
+        "out holds [T, stride]"
+    );
+    assert!(panels.len() * TOKENS >= t, "a panel slot per token");
+    assert!(
+        row_bytes * ROWS < i32::MAX as usize,
+        "row offsets fit the gathers' i32 indices"
+    );
+    let block = dtype.block_bytes();
+    assert_eq!(row_bytes % block, 0, "rows hold whole blocks");
+    let blocks = row_bytes / block;
+    for p in panels {
+        assert_eq!(
+            p.blocks(),
+            blocks,
+            "activations and weights have the same length"
+        );
+        assert_eq!(p.tokens(), TOKENS, "panels of sixteen tokens");
+    }
+    let config = TileConfig::new();
+    PREPARED.with(|cell| {
+        let mut prep = cell.borrow_mut();
+        // SAFETY: `Amx` proves the CPU has AMX-INT8 and AVX-512 VNNI and Linux granted the tile
+        // state; the configuration is a valid palette-1 layout; the bounds were checked above.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+            for g in (0..n).step_by(ROWS) {
+                let tile = &w[g * row_bytes..(g + ROWS) * row_bytes];
+                prep.clear();
+                prepare(dtype, tile, row_bytes, blocks, &mut prep);
+                for (pi, panel) in panels.iter().enumerate() {
+                    let mut res = [[0f32; ROWS]; TOKENS];
+                    compute(dtype, &prep, panel, blocks, &mut res);
+                    for (k, res_k) in res.iter().enumerate().take(t.saturating_sub(pi * TOKENS)) {
+                        out[(pi * TOKENS + k) * stride + g..][..ROWS].copy_from_slice(res_k);
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    });
+}
+
+/// Unpacks a 16-row group into `prep`.
+///
+/// # Safety
+/// The CPU has AVX-512 VNNI; `w` is 16 rows of `blocks` blocks of `dtype`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn prepare(dtype: DType, w: &[u8], row_bytes: usize, blocks: usize, prep: &mut Prepared) {
+    let offsets = row_offsets(row_bytes);
+    // SAFETY (every call below): block i of every row is inside `w`.
+    unsafe {
+        match dtype {
+            DType::Q4_0 => prepare_legacy::<Q4_0Layout>(w, row_bytes, offsets, blocks, 8, prep),
+            DType::Q5_0 => prepare_legacy::<Q5_0Layout>(w, row_bytes, offsets, blocks, 16, prep),
+            DType::Q8_0 => prepare_legacy::<Q8_0Layout>(w, row_bytes, offsets, blocks, 128, prep),
+            DType::Q4_K => prepare_k4::<144, 16, 0>(w, row_bytes, offsets, blocks, prep),
+            DType::Q5_K => prepare_k4::<176, 48, 16>(w, row_bytes, offsets, blocks, prep),
+            DType::Q6_K => {
+                let sub32 = _mm512_set1_epi8(32);
+                for i in 0..blocks {
+                    let at = i * 210;
+                    let ds = q6k_scales(w, offsets, at);
+                    let mut m = 0;
+                    q6k_chunks(w, row_bytes, at, |c, wt| {
+                        debug_assert_eq!(c, Q6_ORDER[m]);
+                        m += 1;
+                        // One product per 16-group: B holds the chunk's half, zeros elsewhere.
+                        for half in 0..2 {
+                            prep.b.extend((0..8).map(|k| {
+                                if k / 4 == half {
+                                    _mm512_sub_epi8(wt[k], sub32)
+                                } else {
+                                    _mm512_setzero_si512()
+                                }
+                            }));
+                            prep.scale.push(ds[2 * c + half]);
+                        }
+                    });
+                }
+            }
+            _ => unreachable!("checked by `supports`"),
+        }
+    }
+}
+
+/// The 32-weight types without a min: signed values `u − offset`, scale d per row.
+///
+/// # Safety
+/// As [`prepare`], for layout `L`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn prepare_legacy<L: Legacy>(
+    w: &[u8],
+    row_bytes: usize,
+    offsets: __m512i,
+    blocks: usize,
+    offset: i32,
+    prep: &mut Prepared,
+) {
+    let off = _mm512_set1_epi8(offset as u8 as i8);
+    for i in 0..blocks {
+        // SAFETY: the caller's contract.
+        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, i * L::SIZE) };
+        prep.b.extend(wt.map(|v| _mm512_sub_epi8(v, off)));
+        prep.scale.push(crate::x86_tile::f16_half::<false>(scales));
+    }
+}
+
+/// Q4_K/Q5_K: values u as they are (0..32 fits i8), `d·sc_j` per group, mins kept per block.
+///
+/// # Safety
+/// As [`prepare`], for this layout.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn prepare_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    offsets: __m512i,
+    blocks: usize,
+    prep: &mut Prepared,
+) {
+    for i in 0..blocks {
+        let at = i * SIZE;
+        // SAFETY: the caller's contract.
+        let K4Block { ds, pairs, dmin } = unsafe { k4_scales(w, offsets, at) };
+        prep.scale.extend(ds);
+        prep.pairs.extend(pairs);
+        prep.dmin.push(dmin);
+        // SAFETY: as above.
+        unsafe { k4_groups::<QS, FIFTH>(w, row_bytes, at, |_, wt| prep.b.extend(wt)) };
+    }
+}
+
+/// `res[t][r] = row r · token t` for a prepared 16-row group and one panel.
+///
+/// # Safety
+/// The CPU has AVX-512 VNNI and AMX-INT8 and the [`TileConfig`] is loaded on this thread;
+/// `prep` was prepared for `dtype` from rows of `blocks` blocks, the panel filled for `dtype`
+/// with sixteen tokens of as many.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // t indexes the accumulators, sums and scales alike
+unsafe fn compute(
+    dtype: DType,
+    prep: &Prepared,
+    p: &Panel,
+    blocks: usize,
+    res: &mut [[f32; ROWS]; TOKENS],
+) {
+    const N: usize = TOKENS;
+    let a_at = |at: usize| p.qs[at..][..32 * N].as_ptr();
+    let b_at = |k: usize| prep.b[8 * k..][..8].as_ptr();
+    let cvt = |sums: &Sums, t: usize| {
+        // SAFETY: row t of `sums` is 16 aligned i32.
+        _mm512_cvtepi32_ps(unsafe { _mm512_load_si512(sums.0[t].as_ptr().cast()) })
+    };
+    let mut acc = [_mm512_setzero_ps(); N];
+    // SAFETY (the `products` calls): every A is 512 bytes of the panel, every B 8 vectors of
+    // `prep`, by the slicing above; the caller's contract covers the tile state.
+    match dtype {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => unsafe {
+            products(
+                blocks,
+                |i| (a_at(i * 32 * N), b_at(i)),
+                |i, sums| {
+                    let dw = prep.scale[i];
+                    let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+                    for t in 0..N {
+                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
+                        acc[t] = _mm512_fmadd_ps(cvt(sums, t), scale, acc[t]);
+                    }
+                },
+            )
+        },
+        DType::Q4_K | DType::Q5_K => unsafe {
+            let mut block_acc = [_mm512_setzero_ps(); N];
+            products(
+                8 * blocks,
+                |k| (a_at((k / 8) * QK_K * N + 32 * N * (k % 8)), b_at(k)),
+                |k, sums| {
+                    let ds = prep.scale[k];
+                    for t in 0..N {
+                        block_acc[t] = _mm512_fmadd_ps(cvt(sums, t), ds, block_acc[t]);
+                    }
+                    if k % 8 == 7 {
+                        let i = k / 8;
+                        let dmin = prep.dmin[i];
+                        let pairs = &prep.pairs[4 * i..][..4];
+                        let dy: &[f32; N] =
+                            p.d[i * N..][..N].try_into().expect("a scale per token");
+                        let s: &[i32] = &p.ints[i * 4 * N..][..4 * N];
+                        for t in 0..N {
+                            let y = _mm512_set1_ps(dy[t]);
+                            let mut mins = _mm512_setzero_si512();
+                            for (pr, &mp) in pairs.iter().enumerate() {
+                                mins =
+                                    _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(s[4 * t + pr]));
+                            }
+                            acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
+                            acc[t] = _mm512_fnmadd_ps(
+                                _mm512_cvtepi32_ps(mins),
+                                _mm512_mul_ps(dmin, y),
+                                acc[t],
+                            );
+                            block_acc[t] = _mm512_setzero_ps();
+                        }
+                    }
+                },
+            )
+        },
+        DType::Q6_K => unsafe {
+            let mut block_acc = [_mm512_setzero_ps(); N];
+            products(
+                16 * blocks,
+                |k| {
+                    let c = Q6_ORDER[(k % 16) / 2];
+                    (a_at((k / 16) * QK_K * N + 32 * N * c), b_at(k))
+                },
+                |k, sums| {
+                    let ds = prep.scale[k];
+                    for t in 0..N {
+                        block_acc[t] = _mm512_fmadd_ps(cvt(sums, t), ds, block_acc[t]);
+                    }
+                    if k % 16 == 15 {
+                        let i = k / 16;
+                        let dy: &[f32; N] =
+                            p.d[i * N..][..N].try_into().expect("a scale per token");
+                        for t in 0..N {
+                            acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
+                            block_acc[t] = _mm512_setzero_ps();
+                        }
+                    }
+                },
+            )
+        },
+        _ => unreachable!("checked by `supports`"),
+    }
+    for (t, a) in acc.iter().enumerate() {
+        // SAFETY: `res[t]` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(res[t].as_mut_ptr(), *a) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act_quant::QuantizedRow;
+    use crate::x86_tile::tests::random_rows;
+
+    /// Every AMX kernel against the VNNI tiles (bit for bit: the same integer sums, the same
+    /// f32 operations in the same order) and the scalar reference dots (within rounding), for
+    /// two 16-row groups and 16 or 21 tokens (a padded second panel), blocks with outliers
+    /// and an all-zero activation block.
+    #[test]
+    fn amx_tiles_match_the_vnni_tiles_and_the_reference() {
+        let Some(amx) = amx() else {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        };
+        let isa = crate::dispatch::isa();
+        for dtype in DType::ALL.into_iter().filter(|&d| supports(d)) {
+            let vnni = crate::x86_tile::tile_kernel::<TOKENS>(isa, dtype).expect("VNNI tiles");
+            for blocks in [1usize, 2, 3, 9] {
+                let w: Vec<u8> =
+                    [random_rows(dtype, blocks, 1), random_rows(dtype, blocks, 2)].concat();
+                let row_bytes = w.len() / (2 * ROWS);
+                let cols = blocks * dtype.block_elems();
+                for t in [16usize, 21] {
+                    let xs: Vec<QuantizedRow> = (0..t)
+                        .map(|k| {
+                            let mut x: Vec<f32> = (0..cols)
+                                .map(|i| {
+                                    (((i as u32 * 7919 + k as u32 * 31) % 2001) as f32 / 1000.0
+                                        - 1.0)
+                                        * (1.0 + (i % 13) as f32)
+                                })
+                                .collect();
+                            if k == 1 {
+                                x[..dtype.block_elems()].iter_mut().for_each(|v| *v = 0.0);
+                            }
+                            QuantizedRow::for_weight(dtype, &x).unwrap()
+                        })
+                        .collect();
+                    let panels: Vec<Panel> = xs
+                        .chunks(TOKENS)
+                        .map(|c| {
+                            let refs: Vec<&QuantizedRow> =
+                                (0..TOKENS).map(|k| &c[k.min(c.len() - 1)]).collect();
+                            let mut p = Panel::default();
+                            p.fill(dtype, &refs);
+                            p
+                        })
+                        .collect();
+                    let n = 2 * ROWS;
+                    let mut out = vec![f32::NAN; t * n];
+                    rows(amx, dtype, &w, row_bytes, &panels, t, &mut out, n);
+                    for (g, tile) in w.chunks_exact(ROWS * row_bytes).enumerate() {
+                        for (pi, panel) in panels.iter().enumerate() {
+                            let mut want = [[0f32; ROWS]; TOKENS];
+                            // SAFETY: `tile_kernel` checked the CPU; rows and panel match `dtype`.
+                            unsafe { vnni(tile, row_bytes, panel, &mut want) };
+                            for (k, want_k) in want.iter().enumerate().take(t - pi * TOKENS) {
+                                let got = &out[(pi * TOKENS + k) * n + g * ROWS..][..ROWS];
+                                assert_eq!(
+                                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    want_k.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{dtype} blocks={blocks} token {} group {g}",
+                                    pi * TOKENS + k
+                                );
+                            }
+                        }
+                    }
+                    for (k, x) in xs.iter().enumerate() {
+                        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                            let want = x.dot(dtype, row);
+                            let got = out[k * n + r];
+                            let mut wf = vec![0f32; cols];
+                            crate::dot::dequantize_row(dtype, row, &mut wf);
+                            let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
+                            let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{dtype} blocks={blocks} token {k} row {r}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::act_quant::QuantizedRow;
+    use crate::x86_tile::tests::random_rows;
+
+    /// One 16-row group against one panel, in cache, on one thread:
+    /// `cargo test --release -p bora-kernels amx_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn amx_speed() {
+        let Some(_) = amx() else { return };
+        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            let cols = 4096;
+            let blocks = cols / dtype.block_elems();
+            let w = random_rows(dtype, blocks, 3);
+            let row_bytes = w.len() / ROWS;
+            let xs: Vec<QuantizedRow> = (0..TOKENS)
+                .map(|t| {
+                    let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
+                    QuantizedRow::for_weight(dtype, &x).unwrap()
+                })
+                .collect();
+            let mut panel = Panel::default();
+            panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+            let mut prep = Prepared::default();
+            let config = TileConfig::new();
+            let mut res = [[0f32; ROWS]; TOKENS];
+            let iters = 20_000;
+            // SAFETY: `amx()` checked the CPU and OS; the buffers match `dtype`.
+            let (tp, tc) = unsafe {
+                asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+                let t0 = std::time::Instant::now();
+                for _ in 0..iters / 10 {
+                    prep.clear();
+                    prepare(dtype, &w, row_bytes, blocks, &mut prep);
+                }
+                let tp = t0.elapsed().as_secs_f64() / (iters / 10) as f64;
+                let t0 = std::time::Instant::now();
+                for _ in 0..iters {
+                    compute(dtype, &prep, &panel, blocks, &mut res);
+                    std::hint::black_box(&res);
+                }
+                let tc = t0.elapsed().as_secs_f64() / iters as f64;
+                asm!("tilerelease", options(nostack, nomem));
+                (tp, tc)
+            };
+            let macs = (ROWS * TOKENS * cols) as f64;
+            println!(
+                "{dtype}: compute {:.1} GMAC/s ({:.1} ns per 32-column product), prepare {:.2} µs per group ({:.1} compute-equivalents)",
+                macs / tc / 1e9,
+                tc / (cols / 32) as f64 * 1e9,
+                tp * 1e6,
+                tp / tc
+            );
+        }
+    }
+}
