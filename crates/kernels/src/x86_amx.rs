@@ -95,9 +95,8 @@ pub(crate) fn supports(dtype: DType) -> bool {
     )
 }
 
-/// The tile palette: A (activations, 16 × 32 bytes) in tmm0 and tmm2, B (weights, 8 × 64
-/// bytes) in tmm1 and tmm3, and four C (i32 sums, 16 × 64 bytes) in tmm4..tmm8, so a batch of
-/// four products runs while the previous batch's sums are scaled.
+/// The tile palette: two sets of A (activations, 16 × 32 bytes), B (weights, 8 × 64 bytes)
+/// and C (i32 sums, 16 × 64 bytes), so one product runs while the other's sums are scaled.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
@@ -106,7 +105,7 @@ impl TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1; // palette 1
         let (a, b, sums) = ((16, 32), (8, 64), (16, 64));
-        let tiles: [(u8, u16); 8] = [a, b, a, b, sums, sums, sums, sums];
+        let tiles: [(u8, u16); 6] = [a, b, sums, a, b, sums];
         for (i, (rows, colsb)) in tiles.into_iter().enumerate() {
             c[16 + 2 * i..18 + 2 * i].copy_from_slice(&colsb.to_le_bytes());
             c[48 + i] = rows;
@@ -115,75 +114,63 @@ impl TileConfig {
     }
 }
 
-/// Products per batch.
-const BATCH: usize = 4;
-
 /// One product's i32 sums: row t = token t, lane r = weight row r.
 #[repr(C, align(64))]
 struct Sums([[i32; ROWS]; TOKENS]);
 
-/// A batch's sums.
-type BatchSums = [Sums; BATCH];
-
-/// Runs C_j = A_j · B_j for j < 4 (A: 16 × 32 bytes, stride 32; B: 8 × 64 bytes, stride 64).
+/// Starts `C(set) = A · B` with A = 16 × 32 bytes at `a` (stride 32) and B = 8 × 64 bytes at
+/// `b` (stride 64).
 ///
 /// # Safety
-/// The [`TileConfig`] is loaded on this thread; every pointer is readable for 512 bytes.
+/// The [`TileConfig`] is loaded on this thread; `a` and `b` are readable for 512 bytes each.
 #[inline(always)]
-unsafe fn start_batch(a: [*const i8; BATCH], b: [*const __m512i; BATCH]) {
-    // SAFETY: the caller's contract: each load reads 16 rows of 32 bytes or 8 rows of 64.
+unsafe fn start<const SET: usize>(a: *const i8, b: *const __m512i) {
+    // SAFETY: the caller's contract: the loads read 16 rows of 32 bytes and 8 rows of 64.
     unsafe {
-        asm!(
-            "tileloadd tmm0, [{a0} + {sa} * 1]",
-            "tileloadd tmm1, [{b0} + {sb} * 1]",
-            "tilezero tmm4",
-            "tdpbssd tmm4, tmm0, tmm1",
-            "tileloadd tmm2, [{a1} + {sa} * 1]",
-            "tileloadd tmm3, [{b1} + {sb} * 1]",
-            "tilezero tmm5",
-            "tdpbssd tmm5, tmm2, tmm3",
-            "tileloadd tmm0, [{a2} + {sa} * 1]",
-            "tileloadd tmm1, [{b2} + {sb} * 1]",
-            "tilezero tmm6",
-            "tdpbssd tmm6, tmm0, tmm1",
-            "tileloadd tmm2, [{a3} + {sa} * 1]",
-            "tileloadd tmm3, [{b3} + {sb} * 1]",
-            "tilezero tmm7",
-            "tdpbssd tmm7, tmm2, tmm3",
-            a0 = in(reg) a[0], a1 = in(reg) a[1], a2 = in(reg) a[2], a3 = in(reg) a[3],
-            b0 = in(reg) b[0], b1 = in(reg) b[1], b2 = in(reg) b[2], b3 = in(reg) b[3],
-            sa = in(reg) 32usize, sb = in(reg) 64usize,
-            options(nostack, readonly),
-        );
+        if SET == 0 {
+            asm!(
+                "tileloadd tmm0, [{a} + {sa} * 1]",
+                "tileloadd tmm1, [{b} + {sb} * 1]",
+                "tilezero tmm2",
+                "tdpbssd tmm2, tmm0, tmm1",
+                a = in(reg) a, b = in(reg) b, sa = in(reg) 32usize, sb = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tileloadd tmm3, [{a} + {sa} * 1]",
+                "tileloadd tmm4, [{b} + {sb} * 1]",
+                "tilezero tmm5",
+                "tdpbssd tmm5, tmm3, tmm4",
+                a = in(reg) a, b = in(reg) b, sa = in(reg) 32usize, sb = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
     }
 }
 
-/// Stores the four C tiles of a batch into `out`.
+/// Stores C(set) into `out`.
 ///
 /// # Safety
-/// As [`start_batch`], after one.
+/// As [`start`], after a `start::<SET>`.
 #[inline(always)]
-unsafe fn finish_batch(out: &mut BatchSums) {
-    let p = out.as_mut_ptr().cast::<u8>();
-    // SAFETY: `out` is four runs of 16 rows of 64 writable bytes, 1 KiB apart.
+unsafe fn finish<const SET: usize>(out: &mut Sums) {
+    let p = out.0.as_mut_ptr();
+    // SAFETY: `out` is 16 rows of 64 writable bytes.
     unsafe {
-        asm!(
-            "tilestored [{p} + {s} * 1], tmm4",
-            "tilestored [{p} + {s} * 1 + 1024], tmm5",
-            "tilestored [{p} + {s} * 1 + 2048], tmm6",
-            "tilestored [{p} + {s} * 1 + 3072], tmm7",
-            p = in(reg) p, s = in(reg) 64usize,
-            options(nostack),
-        );
+        if SET == 0 {
+            asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack));
+        } else {
+            asm!("tilestored [{p} + {s} * 1], tmm5", p = in(reg) p, s = in(reg) 64usize, options(nostack));
+        }
     }
 }
 
 /// Runs `count` tile products, `operands(k)` giving product k's A and B, and hands each one's
-/// sums to `consume(k, sums)` in order. Products run in batches of four, a batch while the
-/// previous one's sums are used; past the end, a batch repeats its last product (ignored).
+/// sums to `consume(k, sums)` in order; product k + 1 runs while product k's sums are used.
 ///
 /// # Safety
-/// As [`start_batch`], for every pointer pair `operands` returns.
+/// As [`start`], for every pointer pair `operands` returns.
 #[inline(always)]
 unsafe fn products(
     count: usize,
@@ -193,31 +180,29 @@ unsafe fn products(
     if count == 0 {
         return;
     }
-    let batches = count.div_ceil(BATCH);
-    let launch = |batch: usize| {
-        let ops: [(*const i8, *const __m512i); BATCH] =
-            std::array::from_fn(|j| operands((batch * BATCH + j).min(count - 1)));
-        // SAFETY (here and below): the caller's contract, for the operands it gives.
-        unsafe { start_batch(ops.map(|o| o.0), ops.map(|o| o.1)) };
-    };
-    let mut sums: [BatchSums; 2] =
-        std::array::from_fn(|_| std::array::from_fn(|_| Sums([[0; ROWS]; TOKENS])));
-    launch(0);
-    unsafe { finish_batch(&mut sums[0]) };
-    for batch in 0..batches {
-        if batch + 1 < batches {
-            launch(batch + 1);
-        }
-        let done = &sums[batch % 2];
-        for (j, s) in done.iter().enumerate() {
-            let k = batch * BATCH + j;
-            if k < count {
-                consume(k, s);
+    let mut sums = Sums([[0; ROWS]; TOKENS]);
+    let (a, b) = operands(0);
+    // SAFETY (here and below): the caller's contract, for the operands it gives.
+    unsafe { start::<0>(a, b) };
+    for k in 0..count {
+        if k + 1 < count {
+            let (a, b) = operands(k + 1);
+            unsafe {
+                if k % 2 == 0 {
+                    start::<1>(a, b)
+                } else {
+                    start::<0>(a, b)
+                }
             }
         }
-        if batch + 1 < batches {
-            unsafe { finish_batch(&mut sums[(batch + 1) % 2]) };
+        unsafe {
+            if k % 2 == 0 {
+                finish::<0>(&mut sums)
+            } else {
+                finish::<1>(&mut sums)
+            }
         }
+        consume(k, &sums);
     }
 }
 
@@ -263,6 +248,9 @@ pub(crate) fn rows(
     stride: usize,
 ) {
     let n = w.len() / row_bytes;
+    if t == 0 || n == 0 {
+        return;
+    }
     assert!(supports(dtype), "no AMX kernel for {dtype}");
     assert_eq!(n % ROWS, 0, "whole 16-row groups");
     assert!(
@@ -287,7 +275,13 @@ pub(crate) fn rows(
     }
     let config = TileConfig::new();
     PREPARED.with(|cell| {
-        let mut prep = cell.borrow_mut();
+        // Nothing here yields to rayon, so the buffer is free; a fresh one if it ever is not.
+        let mut own = Prepared::default();
+        let mut held = cell.try_borrow_mut();
+        let prep: &mut Prepared = match held.as_deref_mut() {
+            Ok(p) => p,
+            Err(_) => &mut own,
+        };
         // SAFETY: `Amx` proves the CPU has AMX-INT8 and AVX-512 VNNI and Linux granted the tile
         // state; the configuration is a valid palette-1 layout; the bounds were checked above.
         unsafe {
@@ -295,10 +289,10 @@ pub(crate) fn rows(
             for g in (0..n).step_by(ROWS) {
                 let tile = &w[g * row_bytes..(g + ROWS) * row_bytes];
                 prep.clear();
-                prepare(dtype, tile, row_bytes, blocks, &mut prep);
+                prepare(dtype, tile, row_bytes, blocks, prep);
                 for (pi, panel) in panels.iter().enumerate() {
                     let mut res = [[0f32; ROWS]; TOKENS];
-                    compute(dtype, &prep, panel, blocks, &mut res);
+                    compute(dtype, prep, panel, blocks, &mut res);
                     for (k, res_k) in res.iter().enumerate().take(t.saturating_sub(pi * TOKENS)) {
                         out[(pi * TOKENS + k) * stride + g..][..ROWS].copy_from_slice(res_k);
                     }
