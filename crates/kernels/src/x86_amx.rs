@@ -168,6 +168,8 @@ unsafe fn finish<const SET: usize>(out: &mut Sums) {
 
 /// Runs `count` tile products, `operands(k)` giving product k's A and B, and hands each one's
 /// sums to `consume(k, sums)` in order; product k + 1 runs while product k's sums are used.
+/// Meanwhile `warm` (the next rows to unpack) is prefetched into L2, a share per product, so
+/// their unpacking reads from cache while this work hides the memory latency.
 ///
 /// # Safety
 /// As [`start`], for every pointer pair `operands` returns.
@@ -176,7 +178,9 @@ unsafe fn products(
     count: usize,
     operands: impl Fn(usize) -> (*const i8, *const __m512i),
     mut consume: impl FnMut(usize, &Sums),
+    warm: &[u8],
 ) {
+    let lines = warm.len().div_ceil(64);
     if count == 0 {
         return;
     }
@@ -201,6 +205,10 @@ unsafe fn products(
             } else {
                 finish::<1>(&mut sums)
             }
+        }
+        for line in k * lines / count..(k + 1) * lines / count {
+            // A prefetch is a hint: it never faults.
+            _mm_prefetch::<_MM_HINT_T1>(warm.as_ptr().wrapping_add(64 * line) as *const i8);
         }
         consume(k, &sums);
     }
@@ -292,7 +300,12 @@ pub(crate) fn rows(
                 prepare(dtype, tile, row_bytes, blocks, prep);
                 for (pi, panel) in panels.iter().enumerate() {
                     let mut res = [[0f32; ROWS]; TOKENS];
-                    compute(dtype, prep, panel, blocks, &mut res);
+                    // While the first panel is met, the next group comes into L2.
+                    let warm = match w.get((g + ROWS) * row_bytes..(g + 2 * ROWS) * row_bytes) {
+                        Some(next) if pi == 0 => next,
+                        _ => &[],
+                    };
+                    compute(dtype, prep, panel, blocks, &mut res, warm);
                     for (k, res_k) in res.iter().enumerate().take(t.saturating_sub(pi * TOKENS)) {
                         out[(pi * TOKENS + k) * stride + g..][..ROWS].copy_from_slice(res_k);
                     }
@@ -408,6 +421,7 @@ unsafe fn compute(
     p: &Panel,
     blocks: usize,
     res: &mut [[f32; ROWS]; TOKENS],
+    warm: &[u8],
 ) {
     const N: usize = TOKENS;
     let a_at = |at: usize| p.qs[at..][..32 * N].as_ptr();
@@ -432,6 +446,7 @@ unsafe fn compute(
                         acc[t] = _mm512_fmadd_ps(cvt(sums, t), scale, acc[t]);
                     }
                 },
+                warm,
             )
         },
         DType::Q4_K | DType::Q5_K => unsafe {
@@ -468,6 +483,7 @@ unsafe fn compute(
                         }
                     }
                 },
+                warm,
             )
         },
         DType::Q6_K => unsafe {
@@ -493,6 +509,7 @@ unsafe fn compute(
                         }
                     }
                 },
+                warm,
             )
         },
         _ => unreachable!("checked by `supports`"),
@@ -632,7 +649,7 @@ mod speed {
                 let tp = t0.elapsed().as_secs_f64() / (iters / 10) as f64;
                 let t0 = std::time::Instant::now();
                 for _ in 0..iters {
-                    compute(dtype, &prep, &panel, blocks, &mut res);
+                    compute(dtype, &prep, &panel, blocks, &mut res, &[]);
                     std::hint::black_box(&res);
                 }
                 let tc = t0.elapsed().as_secs_f64() / iters as f64;
