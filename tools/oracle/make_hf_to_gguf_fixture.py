@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """llama.cpp on a GGUF that `bora quantize` wrote from a safetensors folder: the oracle for
-writing checkpoints (with their tokenizer) as GGUF (tests/fixtures/eval/hf_to_gguf.json and
-hf_to_gguf.{f32,q8_0}.logits.f32.bin).
+writing checkpoints (with their tokenizer) as GGUF.
 
 Usage:  python tools/oracle/make_hf_to_gguf_fixture.py   (after cargo build --release)
 
-Input: tests/fixtures/eval/tiny_mistral (transformers' tiny Mistral, BF16, tied embeddings)
-plus the Mistral v1 tokenizer.model. `bora quantize DIR OUT.gguf --type f32` and `--type q8_0`
-write the files
-(deterministic: the test rewrites it and checks the SHA-256 recorded here); llama.cpp
-(llama-cpp-python, F32 KV cache, plain kernels) tokenizes a prompt with the file's own
-vocabulary and computes its logits: the argmax of every position and the full rows of the last 4.
+Inputs, each with the Mistral v1 tokenizer.model:
+- tests/fixtures/eval/tiny_mistral (transformers' tiny Mistral, BF16, tied embeddings), giving
+  tests/fixtures/eval/hf_to_gguf.json and hf_to_gguf.{f32,q8_0}.logits.f32.bin;
+- tests/fixtures/eval/tiny_mixtral (a tiny Mixtral, 4 experts, top 2, BF16, tied embeddings,
+  made here from a fixed seed), giving hf_to_gguf_mixtral.json and
+  hf_to_gguf_mixtral.{f32,q8_0}.logits.f32.bin.
+`bora quantize DIR OUT.gguf --type f32` and `--type q8_0` write the files (deterministic: the
+test rewrites them and checks the SHA-256 recorded here); llama.cpp (llama-cpp-python, F32 KV
+cache, plain kernels) tokenizes a prompt with the file's own vocabulary and computes its
+logits: the argmax of every position and the full rows of the last 4.
 """
 
 from __future__ import annotations
@@ -29,18 +32,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_gguf_llamacpp import llama_logits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SRC = ROOT / "tests/fixtures/eval/tiny_mistral"
-OUT = ROOT / "tests/fixtures/eval/hf_to_gguf.json"
+EVAL = ROOT / "tests/fixtures/eval"
 LAST = 4  # positions whose full logits are kept
 PROMPT = "The sliding window attention of Mistral 7B, explained: Ünïcode too."
+MIXTRAL_SEED = 5151
+
+
+def make_tiny_mixtral(folder: Path) -> None:
+    import torch
+    from make_tiny_models import build_model, init_weights
+
+    cfg = dict(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+               num_experts_per_tok=2, max_position_embeddings=2048, sliding_window=None,
+               rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1,
+               eos_token_id=2, router_jitter_noise=0.0, output_router_logits=False)
+    torch.manual_seed(MIXTRAL_SEED)
+    model = build_model("MixtralConfig", cfg)
+    init_weights(model, MIXTRAL_SEED)
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.to(torch.bfloat16).save_pretrained(folder)
 
 
 def main() -> None:
+    make_tiny_mixtral(EVAL / "tiny_mixtral")
+    for src, name in [(EVAL / "tiny_mistral", "hf_to_gguf"), (EVAL / "tiny_mixtral", "hf_to_gguf_mixtral")]:
+        write_fixture(src, name)
+
+
+def write_fixture(src: Path, name: str) -> None:
     from llama_cpp import Llama
     out: dict = {"prompt": PROMPT, "logits_of_last": LAST, "files": {}}
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "model"
-        shutil.copytree(SRC, folder)
+        shutil.copytree(src, folder)
         shutil.copy(ROOT / "tests/fixtures/tokenizer_v1/tokenizer.model", folder / "tokenizer.model")
         for ftype in ["f32", "q8_0"]:
             gguf = Path(d) / f"out.{ftype}.gguf"
@@ -50,15 +76,15 @@ def main() -> None:
             ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
             del llm
             logits = llama_logits(gguf, ids)
-            name = f"hf_to_gguf.{ftype}.logits.f32.bin"
-            logits[-LAST:].astype("<f4").tofile(OUT.parent / name)
+            logits_name = f"{name}.{ftype}.logits.f32.bin"
+            logits[-LAST:].astype("<f4").tofile(EVAL / logits_name)
             out["ids"] = ids
             out["files"][ftype] = {
                 "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest(),
                 "argmax": [int(x) for x in logits.argmax(axis=1)],
-                "logits_file": name,
+                "logits_file": logits_name,
             }
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
+    (EVAL / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v["sha256"] for k, v in out["files"].items()}))
 
 

@@ -138,13 +138,24 @@ fn quantizing_at_load_gives_the_rounded_weights_logits() {
 /// measured on logits within ±7; this random model's 32-wide rows are one block each).
 #[test]
 fn safetensors_folder_to_gguf_with_its_tokenizer_runs_in_llama_cpp_as_in_bora() {
+    hf_folder_to_gguf_matches_llama_cpp("tiny_mistral", "hf_to_gguf");
+}
+
+/// The same for a Mixtral folder (4 experts, top 2): its per-expert tensors written stacked as
+/// `ffn_{gate,up,down}_exps`, with `expert_count`/`expert_used_count`, as llama.cpp reads them.
+#[test]
+fn mixtral_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
+    hf_folder_to_gguf_matches_llama_cpp("tiny_mixtral", "hf_to_gguf_mixtral");
+}
+
+fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
     use sha2::Digest;
-    let fx = read_json(&fixtures().join("eval/hf_to_gguf.json"));
-    let dir = std::env::temp_dir().join(format!("bora-hf2gguf-{}", std::process::id()));
+    let fx = read_json(&fixtures().join(format!("eval/{fixture}.json")));
+    let dir = std::env::temp_dir().join(format!("bora-{fixture}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let folder = dir.join("model");
     std::fs::create_dir_all(&folder).unwrap();
-    for e in std::fs::read_dir(fixtures().join("eval/tiny_mistral")).unwrap() {
+    for e in std::fs::read_dir(fixtures().join("eval").join(model)).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
     }
@@ -212,6 +223,7 @@ fn safetensors_folder_to_gguf_with_its_tokenizer_runs_in_llama_cpp_as_in_bora() 
         );
         let got: Vec<f32> = rows[rows.len() - last..].concat();
         let d = max_abs_diff(&got, &ref_rows);
+        eprintln!("{fixture} {ftype}: max |Δlogit| vs llama.cpp {d}");
         assert!(d < tol, "{ftype}: max |Δlogit| vs llama.cpp {d}");
     }
     std::fs::remove_dir_all(&dir).ok();

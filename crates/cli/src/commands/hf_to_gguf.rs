@@ -1,7 +1,8 @@
 //! A Hugging Face (or Mistral native) checkpoint as GGUF sees it: llama.cpp's `llama`
 //! architecture metadata, its tensor names, Q/K rows in the interleaved RoPE order, and the
 //! SentencePiece vocabulary from the folder's `tokenizer.model` — what llama.cpp's
-//! convert_hf_to_gguf.py writes for a dense Mistral or Llama model.
+//! convert_hf_to_gguf.py writes for a Mistral, Mixtral or Llama model (Mixtral's experts
+//! stacked as `ffn_{gate,up,down}_exps`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,22 +11,35 @@ use anyhow::{bail, Context, Result};
 use bora_engine::spm_model::SpmModel;
 use bora_kernels::ops::RopeLayout;
 use bora_model::gguf::Value;
-use bora_model::names::{Format, Role};
+use bora_model::names::{gguf_stacked_experts, Format, Role};
 use bora_model::tensor::TensorRef;
 use bora_model::Checkpoint;
 
-/// One tensor to write: its GGUF name and shape, where its rows come from, and for Q/K of a
-/// split-halves checkpoint the head count whose rows are interleaved.
+/// One tensor to write: its GGUF name and shape, the input tensors its rows come from (one,
+/// or one per expert for GGUF's stacked `[n_expert, rows, cols]` expert tensors, each giving
+/// an equal share of the rows in order), and for Q/K of a split-halves checkpoint the head
+/// count whose rows are interleaved.
 pub struct SourceTensor {
     pub name: String,
     pub shape: Vec<usize>,
-    pub tensor: TensorRef,
+    pub parts: Vec<TensorRef>,
     pub interleave_heads: Option<usize>,
 }
 
 impl SourceTensor {
-    /// The input row that output row `r` takes: within each head, rows `i` and `hd/2 + i`
-    /// become neighbours (transformers' permute undone, as llama.cpp's converter does).
+    /// One input tensor written under `name` with its own shape.
+    pub fn whole(name: String, tensor: TensorRef) -> Self {
+        Self {
+            name,
+            shape: tensor.shape.clone(),
+            parts: vec![tensor],
+            interleave_heads: None,
+        }
+    }
+
+    /// The input row that output row `r` of a part takes: within each head, rows `i` and
+    /// `hd/2 + i` become neighbours (transformers' permute undone, as llama.cpp's converter
+    /// does).
     pub fn source_row(&self, r: usize) -> usize {
         match self.interleave_heads {
             None => r,
@@ -55,15 +69,9 @@ fn spm_file(dir: &Path) -> Option<PathBuf> {
 pub fn from_folder(dir: &Path) -> Result<Source> {
     let ckpt = Checkpoint::open(dir)?;
     let c = ckpt.config.clone();
-    if c.moe.is_some() {
-        bail!(
-            "{}: writing a mixture-of-experts checkpoint as GGUF is not supported yet (quantize it as it loads with --quant)",
-            dir.display()
-        );
-    }
     let spm = spm_file(dir).with_context(|| {
         format!(
-            "{}: no SentencePiece tokenizer.model to write into the GGUF (a tokenizer.json-only or Tekken vocabulary cannot be written yet; quantize as it loads with --quant)",
+            "{}: no SentencePiece tokenizer.model to write into the GGUF (a vocabulary that is only a tokenizer.json or a Tekken file cannot be written yet; quantize as it loads with --quant)",
             dir.display()
         )
     })?;
@@ -103,6 +111,10 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
     );
     put("llama.rope.freq_base", Value::F32(c.rope_theta as f32));
     put("llama.vocab_size", u32v(c.vocab_size));
+    if let Some(m) = c.moe {
+        put("llama.expert_count", u32v(m.n_experts));
+        put("llama.expert_used_count", u32v(m.top_k));
+    }
     if c.head_dim * c.n_heads != c.hidden_size {
         put("llama.attention.key_length", u32v(c.head_dim));
         put("llama.attention.value_length", u32v(c.head_dim));
@@ -147,38 +159,61 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
     }
 
     let interleave = ckpt.format == Format::Hf && c.rope_layout == RopeLayout::SplitHalves;
-    let mut roles = vec![Role::Embed];
+    let tensor =
+        |role: Role| -> Result<TensorRef> { Ok(ckpt.tensor(&role.name(ckpt.format))?.clone()) };
+    let one = |role: Role, heads: Option<usize>| -> Result<SourceTensor> {
+        Ok(SourceTensor {
+            interleave_heads: heads.filter(|_| interleave),
+            ..SourceTensor::whole(role.name(Format::Gguf), tensor(role)?)
+        })
+    };
+    let mut tensors = Vec::new();
+    tensors.push(one(Role::Embed, None)?);
     for l in 0..c.n_layers {
-        roles.extend([
-            Role::AttnNorm(l),
-            Role::Wq(l),
-            Role::Wk(l),
-            Role::Wv(l),
-            Role::Wo(l),
-            Role::FfnNorm(l),
-            Role::Gate(l),
-            Role::Up(l),
-            Role::Down(l),
-        ]);
+        tensors.push(one(Role::AttnNorm(l), None)?);
+        tensors.push(one(Role::Wq(l), Some(c.n_heads))?);
+        tensors.push(one(Role::Wk(l), Some(c.n_kv_heads))?);
+        tensors.push(one(Role::Wv(l), None)?);
+        tensors.push(one(Role::Wo(l), None)?);
+        tensors.push(one(Role::FfnNorm(l), None)?);
+        match c.moe {
+            None => {
+                tensors.push(one(Role::Gate(l), None)?);
+                tensors.push(one(Role::Up(l), None)?);
+                tensors.push(one(Role::Down(l), None)?);
+            }
+            Some(m) => {
+                tensors.push(one(Role::Router(l), None)?);
+                // GGUF stacks the experts: [n_expert, rows, cols], as llama.cpp reads Mixtral.
+                let names = gguf_stacked_experts(l);
+                type ExpertRole = fn(usize, usize) -> Role;
+                let roles: [ExpertRole; 3] = [Role::ExpertGate, Role::ExpertUp, Role::ExpertDown];
+                for (name, role) in names.into_iter().zip(roles) {
+                    let parts = (0..m.n_experts)
+                        .map(|e| tensor(role(l, e)))
+                        .collect::<Result<Vec<_>>>()?;
+                    let each = parts[0].shape.clone();
+                    if let Some(p) = parts.iter().find(|p| p.shape != each) {
+                        bail!(
+                            "{}: expert tensor '{}' is {:?}, unlike expert 0's {each:?}",
+                            dir.display(),
+                            p.name,
+                            p.shape
+                        );
+                    }
+                    tensors.push(SourceTensor {
+                        name,
+                        shape: [&[m.n_experts][..], &each].concat(),
+                        parts,
+                        interleave_heads: None,
+                    });
+                }
+            }
+        }
     }
-    roles.push(Role::FinalNorm);
+    tensors.push(one(Role::FinalNorm, None)?);
     if !c.tie_embeddings {
-        roles.push(Role::LmHead);
-    }
-    let mut tensors = Vec::with_capacity(roles.len());
-    for role in roles {
-        let t = ckpt.tensor(&role.name(ckpt.format))?.clone();
-        let heads = match role {
-            Role::Wq(_) if interleave => Some(c.n_heads),
-            Role::Wk(_) if interleave => Some(c.n_kv_heads),
-            _ => None,
-        };
-        tensors.push(SourceTensor {
-            name: role.name(Format::Gguf),
-            shape: t.shape.clone(),
-            tensor: t,
-            interleave_heads: heads,
-        });
+        tensors.push(one(Role::LmHead, None)?);
     }
     Ok(Source {
         metadata: md,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bora_kernels::quantize::quantize_row;
 use bora_kernels::{DType, MatRef};
 use bora_model::gguf::{GgufFile, Value};
@@ -126,15 +126,26 @@ fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
         .unwrap_or(DType::F32)
 }
 
-/// One tensor's rows, expanded to f32 and stored as `to`.
-/// Output row `i` takes input row `row_of(i)`.
-fn convert(src: &MatRef<'_>, to: DType, row_of: impl Fn(usize) -> usize + Sync) -> Result<Vec<u8>> {
-    let rb = to.row_bytes(src.cols)?;
-    let mut out = vec![0u8; rb * src.rows];
+/// One tensor's rows, expanded to f32 and stored as `to`: the rows of each of `parts` in
+/// turn (all of one shape), row `i` of a part taking its input row `row_of(i)`.
+fn convert(
+    parts: &[MatRef<'_>],
+    to: DType,
+    row_of: impl Fn(usize) -> usize + Sync,
+) -> Result<Vec<u8>> {
+    let Some(first) = parts.first() else {
+        return Ok(Vec::new());
+    };
+    let (rows, cols) = (first.rows, first.cols);
+    if parts.iter().any(|p| (p.rows, p.cols) != (rows, cols)) {
+        bail!("the parts of a stacked tensor differ in shape");
+    }
+    let rb = to.row_bytes(cols)?;
+    let mut out = vec![0u8; rb * rows * parts.len()];
     out.par_chunks_mut(rb).enumerate().try_for_each_init(
-        || vec![0f32; src.cols],
+        || vec![0f32; cols],
         |row, (i, o)| -> Result<()> {
-            src.dequantize_row_into(row_of(i), row);
+            parts[i / rows].dequantize_row_into(row_of(i % rows), row);
             match to {
                 DType::F32 => {
                     for (b, v) in o.chunks_exact_mut(4).zip(row.iter()) {
@@ -180,21 +191,18 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         tensors.sort_by_key(|t| t.start);
         let sources = tensors
             .into_iter()
-            .map(|t| SourceTensor {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                tensor: t.clone(),
-                interleave_heads: None,
-            })
+            .map(|t| SourceTensor::whole(t.name.clone(), t.clone()))
             .collect();
         (g.metadata.clone(), sources, n_layers)
     };
     let mut specs = Vec::with_capacity(sources.len());
     let mut requantized = BTreeMap::<String, usize>::new();
     for t in &sources {
-        let dtype = t.tensor.dtype()?;
-        if dtype.is_quantized() {
-            *requantized.entry(dtype.to_string()).or_default() += 1;
+        for part in &t.parts {
+            let dtype = part.dtype()?;
+            if dtype.is_quantized() {
+                *requantized.entry(dtype.to_string()).or_default() += 1;
+            }
         }
         specs.push(TensorSpec {
             name: t.name.clone(),
@@ -220,17 +228,22 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     write_gguf(&a.output, &metadata, &specs, |i| {
         bar.update(i + 1, specs.len());
         let s = &sources[i];
-        let t = &s.tensor;
-        let cols = *t.shape.last().unwrap_or(&1);
-        let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
-        let src = MatRef::new(t.dtype()?, rows, cols, t.bytes())
-            .with_context(|| format!("tensor '{}': size does not match its shape", t.name))
-            .map_err(|e| bora_model::ModelError::Tensor {
-                path: a.input.clone(),
-                name: t.name.clone(),
-                msg: e.to_string(),
-            })?;
-        convert(&src, specs[i].dtype, |r| s.source_row(r)).map_err(|e| {
+        let parts = s
+            .parts
+            .iter()
+            .map(|t| {
+                let cols = *t.shape.last().unwrap_or(&1);
+                let rows: usize = t.shape[..t.shape.len().saturating_sub(1)].iter().product();
+                MatRef::new(t.dtype()?, rows, cols, t.bytes()).ok_or_else(|| {
+                    bora_model::ModelError::Tensor {
+                        path: a.input.clone(),
+                        name: t.name.clone(),
+                        msg: "size does not match its shape".into(),
+                    }
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        convert(&parts, specs[i].dtype, |r| s.source_row(r)).map_err(|e| {
             bora_model::ModelError::Tensor {
                 path: a.output.clone(),
                 name: s.name.clone(),
@@ -244,7 +257,18 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         *counts.entry(s.dtype.to_string()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    // A folder's size is its files'.
+    let size = |p: &std::path::Path| -> u64 {
+        match std::fs::read_dir(p) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum(),
+            Err(_) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        }
+    };
     eprintln!(
         "bora: wrote {}: {} tensors ({}), {:.1} MB -> {:.1} MB in {:.1} s",
         a.output.display(),
