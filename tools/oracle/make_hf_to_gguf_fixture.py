@@ -9,7 +9,12 @@ Inputs, each with the Mistral v1 tokenizer.model:
   tests/fixtures/eval/hf_to_gguf.json and hf_to_gguf.{f32,q8_0}.logits.f32.bin;
 - tests/fixtures/eval/tiny_mixtral (a tiny Mixtral, 4 experts, top 2, BF16, tied embeddings,
   made here from a fixed seed), giving hf_to_gguf_mixtral.json and
-  hf_to_gguf_mixtral.{f32,q8_0}.logits.f32.bin.
+  hf_to_gguf_mixtral.{f32,q8_0}.logits.f32.bin;
+- tests/fixtures/eval/tiny_tekken (a tiny Mistral made here, vocabulary 2000, with a tekken.json
+  cut from mistral-common's tekken_240911.json to its 1000 special tokens and first 1000
+  ranks, instead of the v1 tokenizer.model), giving hf_to_gguf_tekken.json and
+  hf_to_gguf_tekken.{f32,q8_0}.logits.f32.bin; mistral-common's Tekkenizer on that file must
+  give the prompt the ids llama.cpp gives it from the GGUF vocabulary.
 `bora quantize DIR OUT.gguf --type f32` and `--type q8_0` write the files (deterministic: the
 test rewrites them and checks the SHA-256 recorded here); llama.cpp (llama-cpp-python, F32 KV
 cache, plain kernels) tokenizes a prompt with the file's own vocabulary and computes its
@@ -55,19 +60,51 @@ def make_tiny_mixtral(folder: Path) -> None:
     model.to(torch.bfloat16).save_pretrained(folder)
 
 
+TEKKEN_SEED = 6161
+TEKKEN_RANKS = 1000
+
+
+def make_tiny_tekken(folder: Path) -> None:
+    import mistral_common
+    import torch
+    from make_tiny_models import build_model, init_weights
+
+    full = json.loads((Path(mistral_common.__file__).parent / "data/tekken_240911.json").read_text())
+    n_special = full["config"]["default_num_special_tokens"]
+    cut = {"config": dict(full["config"], num_vocab_tokens=TEKKEN_RANKS,
+                          default_vocab_size=n_special + TEKKEN_RANKS),
+           "vocab": full["vocab"][:TEKKEN_RANKS]}
+    cfg = dict(vocab_size=n_special + TEKKEN_RANKS, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=2048, sliding_window=None, rope_theta=1e6,
+               tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(TEKKEN_SEED)
+    model = build_model("MistralConfig", cfg)
+    init_weights(model, TEKKEN_SEED)
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    (folder / "tekken.json").write_text(json.dumps(cut, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     make_tiny_mixtral(EVAL / "tiny_mixtral")
-    for src, name in [(EVAL / "tiny_mistral", "hf_to_gguf"), (EVAL / "tiny_mixtral", "hf_to_gguf_mixtral")]:
-        write_fixture(src, name)
+    make_tiny_tekken(EVAL / "tiny_tekken")
+    v1 = ROOT / "tests/fixtures/tokenizer_v1/tokenizer.model"
+    for src, name, spm in [(EVAL / "tiny_mistral", "hf_to_gguf", v1),
+                           (EVAL / "tiny_mixtral", "hf_to_gguf_mixtral", v1),
+                           (EVAL / "tiny_tekken", "hf_to_gguf_tekken", None)]:
+        write_fixture(src, name, spm)
 
 
-def write_fixture(src: Path, name: str) -> None:
+def write_fixture(src: Path, name: str, spm: Path | None) -> None:
     from llama_cpp import Llama
     out: dict = {"prompt": PROMPT, "logits_of_last": LAST, "files": {}}
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "model"
         shutil.copytree(src, folder)
-        shutil.copy(ROOT / "tests/fixtures/tokenizer_v1/tokenizer.model", folder / "tokenizer.model")
+        if spm is not None:
+            shutil.copy(spm, folder / "tokenizer.model")
         for ftype in ["f32", "q8_0"]:
             gguf = Path(d) / f"out.{ftype}.gguf"
             subprocess.run([str(ROOT / "target/release/bora"), "quantize", str(folder), str(gguf),
@@ -75,6 +112,10 @@ def write_fixture(src: Path, name: str) -> None:
             llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
             ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
             del llm
+            if spm is None:
+                from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+                want = Tekkenizer.from_file(folder / "tekken.json").encode(PROMPT, bos=True, eos=False)
+                assert ids == want, f"llama.cpp {ids} vs mistral-common {want}"
             logits = llama_logits(gguf, ids)
             logits_name = f"{name}.{ftype}.logits.f32.bin"
             logits[-LAST:].astype("<f4").tofile(EVAL / logits_name)

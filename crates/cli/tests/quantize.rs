@@ -148,6 +148,14 @@ fn mixtral_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
     hf_folder_to_gguf_matches_llama_cpp("tiny_mixtral", "hf_to_gguf_mixtral");
 }
 
+/// The same for a folder whose vocabulary is a tekken.json (cut to 1000 special tokens and 1000
+/// ranks): written as llama.cpp's byte-level BPE (`gpt2`, pre-tokenizer `tekken`) with merges
+/// recovered from the ranks; llama.cpp's ids from it equal mistral-common's from the tekken.json.
+#[test]
+fn tekken_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
+    hf_folder_to_gguf_matches_llama_cpp("tiny_tekken", "hf_to_gguf_tekken");
+}
+
 fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
     use sha2::Digest;
     let fx = read_json(&fixtures().join(format!("eval/{fixture}.json")));
@@ -159,11 +167,13 @@ fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
         let p = e.unwrap().path();
         std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
     }
-    std::fs::copy(
-        fixtures().join("tokenizer_v1/tokenizer.model"),
-        folder.join("tokenizer.model"),
-    )
-    .unwrap();
+    if !folder.join("tekken.json").is_file() {
+        std::fs::copy(
+            fixtures().join("tokenizer_v1/tokenizer.model"),
+            folder.join("tokenizer.model"),
+        )
+        .unwrap();
+    }
     let bora = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_bora"))
             .args(args)

@@ -156,6 +156,26 @@ impl Tekken {
         self.specials.len()
     }
 
+    /// The special tokens' texts, in id order (ids 0..n_special).
+    pub fn specials(&self) -> &[String] {
+        &self.specials
+    }
+
+    /// Each rank's bytes, in rank order (token id = n_special + rank).
+    pub fn pieces(&self) -> &[Vec<u8>] {
+        &self.pieces
+    }
+
+    /// The rank of a byte string, if it is a token.
+    pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
+        self.ranks.get(bytes).copied()
+    }
+
+    /// The split pattern (what GGUF's `tokenizer.ggml.pre = "tekken"` stands for).
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.specials.len() + self.pieces.len()
     }

@@ -411,6 +411,12 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
         "llama3" | "llama-bpe" | "llama-v3" => vec![
             r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
         ],
+        // Tekken's own pattern (tekken.json's config.pattern, as mistral-common splits);
+        // llama.cpp runs an ASCII approximation of its letter classes, which splits mixed-case
+        // non-ASCII words differently.
+        "tekken" => vec![
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
         _ => return None,
     })
 }
@@ -439,8 +445,12 @@ fn byte_level_bpe(
         .collect::<std::result::Result<_, _>>()?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        // Llama-3 vocabularies take a word that is itself a token whole (llama.cpp and HF agree).
-        .ignore_merges(matches!(pre, "llama3" | "llama-bpe" | "llama-v3"))
+        // Llama-3 and Tekken vocabularies take a word that is itself a token whole (llama.cpp
+        // and HF agree; tiktoken does the same).
+        .ignore_merges(matches!(
+            pre,
+            "llama3" | "llama-bpe" | "llama-v3" | "tekken"
+        ))
         .build()
         .map_err(|e| format!("cannot build BPE: {e}"))?;
     let mut tk = tokenizers::Tokenizer::new(bpe);

@@ -66,25 +66,133 @@ fn spm_file(dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// A SentencePiece vocabulary as llama.cpp's `llama` tokenizer model reads it.
+fn spm_vocab(spm: &Path, vocab_size: usize, md: &mut BTreeMap<String, Value>) -> Result<()> {
+    let vocab = SpmModel::open(spm)?;
+    if vocab.pieces.len() != vocab_size {
+        bail!(
+            "{}: {} pieces, but the model has a vocabulary of {vocab_size}",
+            spm.display(),
+            vocab.pieces.len(),
+        );
+    }
+    let mut put = |k: &str, v: Value| {
+        md.insert(k.to_string(), v);
+    };
+    put("tokenizer.ggml.model", Value::Str("llama".into()));
+    put(
+        "tokenizer.ggml.tokens",
+        Value::Array(vocab.pieces.iter().map(|p| Value::Str(p.clone())).collect()),
+    );
+    put(
+        "tokenizer.ggml.scores",
+        Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect()),
+    );
+    put(
+        "tokenizer.ggml.token_type",
+        Value::Array(vocab.types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    for (k, id) in [
+        ("tokenizer.ggml.bos_token_id", vocab.bos),
+        ("tokenizer.ggml.eos_token_id", vocab.eos),
+        ("tokenizer.ggml.unknown_token_id", vocab.unk),
+    ] {
+        if let Some(id) = id {
+            put(k, Value::U32(id));
+        }
+    }
+    put("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
+    put(
+        "tokenizer.ggml.add_space_prefix",
+        Value::Bool(vocab.add_dummy_prefix),
+    );
+    Ok(())
+}
+
+/// A Tekken vocabulary as llama.cpp's byte-level BPE (`gpt2`, pre-tokenizer `tekken`) reads
+/// it: the special tokens first (control tokens, by their text), then each rank's bytes in
+/// GPT-2's byte-to-character spelling, and the merges recovered from the ranks as
+/// transformers' TikTokenConverter does (every split of a token into two tokens, ordered by
+/// the token's rank, then the halves' ranks).
+fn tekken_vocab(path: &Path, vocab_size: usize, md: &mut BTreeMap<String, Value>) -> Result<()> {
+    let tk = bora_engine::tekken::Tekken::open(path)?;
+    if tk.vocab_size() != vocab_size {
+        bail!(
+            "{}: {} tokens ({} special), but the model has a vocabulary of {vocab_size}",
+            path.display(),
+            tk.vocab_size(),
+            tk.n_special()
+        );
+    }
+    let spell = |bytes: &[u8]| -> String { bytes.iter().map(|&b| gpt2_char(b)).collect() };
+    let mut tokens: Vec<Value> = tk
+        .specials()
+        .iter()
+        .map(|s| Value::Str(s.clone()))
+        .collect();
+    tokens.extend(tk.pieces().iter().map(|p| Value::Str(spell(p))));
+    let mut types = vec![Value::I32(3); tk.n_special()];
+    types.extend(std::iter::repeat_n(Value::I32(1), tk.pieces().len()));
+    let mut merges = Vec::new();
+    for piece in tk.pieces() {
+        let mut local: Vec<(u32, u32, usize)> = (1..piece.len())
+            .filter_map(|k| Some((tk.rank(&piece[..k])?, tk.rank(&piece[k..])?, k)))
+            .collect();
+        local.sort_unstable();
+        merges.extend(
+            local.into_iter().map(|(_, _, k)| {
+                Value::Str(format!("{} {}", spell(&piece[..k]), spell(&piece[k..])))
+            }),
+        );
+    }
+    let special = |text: &str| tk.special_id(text).map(Value::U32);
+    for (k, v) in [
+        ("tokenizer.ggml.model", Some(Value::Str("gpt2".into()))),
+        ("tokenizer.ggml.pre", Some(Value::Str("tekken".into()))),
+        ("tokenizer.ggml.tokens", Some(Value::Array(tokens))),
+        ("tokenizer.ggml.token_type", Some(Value::Array(types))),
+        ("tokenizer.ggml.merges", Some(Value::Array(merges))),
+        ("tokenizer.ggml.bos_token_id", special("<s>")),
+        ("tokenizer.ggml.eos_token_id", special("</s>")),
+        ("tokenizer.ggml.unknown_token_id", special("<unk>")),
+        ("tokenizer.ggml.add_bos_token", Some(Value::Bool(true))),
+        ("tokenizer.ggml.add_eos_token", Some(Value::Bool(false))),
+    ] {
+        if let Some(v) = v {
+            md.insert(k.to_string(), v);
+        }
+    }
+    Ok(())
+}
+
+/// GPT-2's spelling of a byte as a printable character: the printable Latin-1 bytes stand for
+/// themselves, the others (controls, space, 127–160, 173) for U+0100 onwards in byte order.
+fn gpt2_char(b: u8) -> char {
+    let printable = |x: u8| matches!(x, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(b) {
+        return b as char;
+    }
+    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + shifted).expect("U+0100..U+0143 are characters")
+}
+
 pub fn from_folder(dir: &Path) -> Result<Source> {
     let ckpt = Checkpoint::open(dir)?;
     let c = ckpt.config.clone();
-    let spm = spm_file(dir).with_context(|| {
-        format!(
-            "{}: no SentencePiece tokenizer.model to write into the GGUF (a vocabulary that is only a tokenizer.json or a Tekken file cannot be written yet; quantize as it loads with --quant)",
-            dir.display()
-        )
-    })?;
-    let vocab = SpmModel::open(&spm)?;
-    if vocab.pieces.len() != c.vocab_size {
-        bail!(
-            "{}: {} pieces, but the model has a vocabulary of {}",
-            spm.display(),
-            vocab.pieces.len(),
-            c.vocab_size
-        );
-    }
     let mut md: BTreeMap<String, Value> = BTreeMap::new();
+    let tekken = dir.join("tekken.json");
+    if tekken.is_file() {
+        tekken_vocab(&tekken, c.vocab_size, &mut md)?;
+    } else {
+        let spm = spm_file(dir).with_context(|| {
+            format!(
+                "{}: no SentencePiece tokenizer.model or tekken.json to write into the GGUF (a vocabulary that is only a tokenizer.json cannot be written yet; quantize as it loads with --quant)",
+                dir.display()
+            )
+        })?;
+        spm_vocab(&spm, c.vocab_size, &mut md)?;
+    }
     let mut put = |k: &str, v: Value| {
         md.insert(k.to_string(), v);
     };
@@ -123,34 +231,6 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
         // llama.cpp's llama architecture ignores it; bora reads it.
         put("llama.attention.sliding_window", u32v(w));
     }
-    put("tokenizer.ggml.model", Value::Str("llama".into()));
-    put(
-        "tokenizer.ggml.tokens",
-        Value::Array(vocab.pieces.iter().map(|p| Value::Str(p.clone())).collect()),
-    );
-    put(
-        "tokenizer.ggml.scores",
-        Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect()),
-    );
-    put(
-        "tokenizer.ggml.token_type",
-        Value::Array(vocab.types.iter().map(|&t| Value::I32(t)).collect()),
-    );
-    for (k, id) in [
-        ("tokenizer.ggml.bos_token_id", vocab.bos),
-        ("tokenizer.ggml.eos_token_id", vocab.eos),
-        ("tokenizer.ggml.unknown_token_id", vocab.unk),
-    ] {
-        if let Some(id) = id {
-            put(k, Value::U32(id));
-        }
-    }
-    put("tokenizer.ggml.add_bos_token", Value::Bool(true));
-    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
-    put(
-        "tokenizer.ggml.add_space_prefix",
-        Value::Bool(vocab.add_dummy_prefix),
-    );
     if let Some(t) = bora_engine::load_tokenizer(dir)
         .ok()
         .and_then(|t| t.chat_template)
@@ -220,4 +300,24 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
         tensors,
         n_layers: c.n_layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpt2_char;
+
+    /// GPT-2's byte spelling: a bijection of the 256 bytes, printable Latin-1 kept, and the
+    /// characters GPT-2 vocabularies show for space, newline and tab (Ġ, Ċ, ĉ).
+    #[test]
+    fn bytes_are_spelled_as_gpt2_spells_them() {
+        let chars: std::collections::BTreeSet<char> = (0..=255u8).map(gpt2_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(gpt2_char(b'a'), 'a');
+        assert_eq!(gpt2_char(0xE9), 'é');
+        assert_eq!(gpt2_char(b' '), 'Ġ');
+        assert_eq!(gpt2_char(b'\n'), 'Ċ');
+        assert_eq!(gpt2_char(b'\t'), 'ĉ');
+        assert_eq!(gpt2_char(0x00), 'Ā');
+        assert_eq!(gpt2_char(0xAD), 'Ń');
+    }
 }
