@@ -230,6 +230,100 @@ fn settled_metrics(s: &Server) -> String {
 
 /// curl sees exactly SSE: `data: {json}` events separated by blank lines, one per piece,
 /// then `data: [DONE]`, with the event-stream content type and no buffering of the whole.
+/// `usage.prompt_tokens_details.cached_tokens` counts the prefix-cache hit also when a stop
+/// string ends the answer (the server stops reading the engine's events there).
+#[test]
+fn cached_tokens_are_reported_when_a_stop_string_ends_the_answer() {
+    let s = start();
+    let prompt = "The sliding window attention of Mistral 7B keeps a rolling buffer of keys and \
+                  values, so a long conversation costs the same memory per step as a short one.";
+    let ask = |stop: Option<&str>| {
+        let mut body = serde_json::json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+        if let Some(stop) = stop {
+            body["stop"] = serde_json::json!([stop]);
+        }
+        post(&s, "/v1/completions", body)
+    };
+    let first = ask(None);
+    let text = first["choices"][0]["text"].as_str().unwrap().to_string();
+    let stop: String = text.chars().skip(3).take(2).collect();
+    assert_eq!(stop.chars().count(), 2, "answer too short: {text:?}");
+    let stopped = ask(Some(&stop));
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
+    let again = ask(None);
+    let cached = |r: &serde_json::Value| {
+        r["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(cached(&again) > 0, "{again}");
+    assert_eq!(cached(&stopped), cached(&again), "{stopped}");
+}
+
+/// vLLM's `/tokenize` and `/detokenize` give sentencepiece's ids and text for the model's
+/// tokenizer (tokenizer_v1/cases.json, made with sentencepiece on Mistral's v1 model): with
+/// BOS by default, without it when `add_special_tokens` is false; bad requests get 400.
+#[test]
+fn tokenize_and_detokenize_match_sentencepiece() {
+    let s = start();
+    let cases = read_json(&fixtures().join("tokenizer_v1/cases.json"));
+    let cases: Vec<&serde_json::Value> = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["ids"].as_array().unwrap().len() >= 4 && c.get("contains_special_literal").is_none()
+        })
+        .take(12)
+        .collect();
+    assert_eq!(cases.len(), 12);
+    for c in cases {
+        let ids: Vec<u64> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let plain = post(
+            &s,
+            "/tokenize",
+            serde_json::json!({"prompt": c["text"], "add_special_tokens": false, "return_token_strs": true}),
+        );
+        assert_eq!(plain["tokens"], serde_json::json!(ids), "{c}");
+        assert_eq!(plain["count"], ids.len());
+        assert_eq!(plain["token_strs"].as_array().unwrap().len(), ids.len());
+        assert_eq!(plain["max_model_len"], 2048);
+        let with_bos = post(&s, "/tokenize", serde_json::json!({"prompt": c["text"]}));
+        assert_eq!(with_bos["tokens"][0], 1);
+        assert_eq!(
+            with_bos["tokens"].as_array().unwrap()[1..],
+            plain["tokens"].as_array().unwrap()[..]
+        );
+        let text = post(&s, "/detokenize", serde_json::json!({"tokens": ids}));
+        assert_eq!(text["prompt"], c["decoded"], "{c}");
+    }
+    let status =
+        |path: &str, body: serde_json::Value| match ureq::post(&format!("{}{path}", s.base))
+            .send_json(body)
+        {
+            Err(ureq::Error::Status(code, r)) => {
+                (code, r.into_json::<serde_json::Value>().unwrap())
+            }
+            other => panic!("{path}: expected an error status, got {other:?}"),
+        };
+    let (code, e) = status("/detokenize", serde_json::json!({"tokens": [5, 32000]}));
+    assert_eq!(code, 400);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("32000"),
+        "{e}"
+    );
+    let (code, _) = status(
+        "/tokenize",
+        serde_json::json!({"prompt": "a", "messages": [{"role": "user", "content": "a"}]}),
+    );
+    assert_eq!(code, 400);
+}
+
 #[test]
 fn curl_reads_server_sent_events() {
     let s = start();

@@ -33,9 +33,13 @@ pub enum FinishReason {
 /// What a request's sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// The log-probabilities of prompt tokens 1.. (token 0 has none), once the prompt is read;
-    /// only when the request asked for them.
-    Prompt(Vec<TokenLogprobs>),
+    /// The prompt is read (sent once, before the first token): how many of its tokens came
+    /// from the prefix cache, and, when the request asked for them, the log-probabilities of
+    /// prompt tokens 1.. (token 0 has none).
+    Prompt {
+        cached_tokens: usize,
+        logprobs: Option<Vec<TokenLogprobs>>,
+    },
     /// A generated token, with its log-probability when the request asked for them.
     Token {
         id: u32,
@@ -122,6 +126,8 @@ struct Seq {
     queried: bool,
     cached_tokens: usize,
     prompt_lps: Option<Vec<TokenLogprobs>>,
+    /// Whether `Event::Prompt` went out (a recomputed prompt is not announced again).
+    announced: bool,
     /// Arrival order: the youngest is preempted first.
     order: u64,
 }
@@ -234,6 +240,7 @@ impl Scheduler {
             queried: false,
             cached_tokens: 0,
             prompt_lps: req.prompt_logprobs.then(Vec::new),
+            announced: false,
             order: self.arrivals,
             req,
         };
@@ -549,11 +556,18 @@ impl Scheduler {
         if s.fed < s.tokens.len() {
             return true;
         }
-        if let Some(lps) = s.prompt_lps.take() {
-            if !(s.req.sink)(Event::Prompt(lps)) {
+        if !s.announced {
+            s.announced = true;
+            let logprobs = s.prompt_lps.take();
+            let scoring = logprobs.is_some();
+            let cached_tokens = s.cached_tokens;
+            if !(s.req.sink)(Event::Prompt {
+                cached_tokens,
+                logprobs,
+            }) {
                 return false;
             }
-            if s.req.max_tokens == 0 {
+            if scoring && s.req.max_tokens == 0 {
                 s.finish(FinishReason::Length);
                 return false;
             }

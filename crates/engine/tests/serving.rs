@@ -89,7 +89,7 @@ fn outcome(rx: std::sync::mpsc::Receiver<Event>) -> Outcome {
                 o.error = Some(msg);
                 break;
             }
-            Event::Prompt(_) => {}
+            Event::Prompt { .. } => {}
         }
     }
     o

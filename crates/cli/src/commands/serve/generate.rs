@@ -205,6 +205,8 @@ pub struct ChoiceOut {
     tokens: usize,
     /// Log-probabilities not yet sent with text.
     pending: Vec<ShownToken>,
+    /// Prompt tokens the prefix cache supplied.
+    cached: usize,
     start: Instant,
     last: Option<Instant>,
 }
@@ -218,6 +220,7 @@ impl ChoiceOut {
             prev: prompt.last().copied(),
             tokens: 0,
             pending: Vec::new(),
+            cached: 0,
             start: Instant::now(),
             last: None,
         }
@@ -234,7 +237,14 @@ impl ChoiceOut {
     pub fn step(&mut self, app: &App, e: Event) -> Step {
         let tok = &app.tokenizer;
         match e {
-            Event::Prompt(lps) => {
+            Event::Prompt {
+                cached_tokens,
+                logprobs,
+            } => {
+                self.cached = cached_tokens;
+                let Some(lps) = logprobs else {
+                    return Step::Text(String::new(), Vec::new());
+                };
                 let first = token_text(tok, None, self.prompt[0]);
                 let mut shown_lps = vec![ShownToken {
                     bytes: bytes_of(tok, &first, self.prompt[0]),
@@ -266,7 +276,7 @@ impl ChoiceOut {
                         text,
                         std::mem::take(&mut self.pending),
                         FinishReason::Stop,
-                        self.usage(self.tokens, 0),
+                        self.usage(self.tokens, self.cached),
                     ),
                     (text, false) if text.is_empty() => Step::Text(text, Vec::new()),
                     (text, false) => Step::Text(text, std::mem::take(&mut self.pending)),

@@ -7,6 +7,7 @@ mod chat;
 mod completions;
 mod generate;
 mod metrics;
+mod tokenize;
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -164,6 +165,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
     let router = Router::new()
         .merge(v1)
