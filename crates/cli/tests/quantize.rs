@@ -235,6 +235,29 @@ fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
         let d = max_abs_diff(&got, &ref_rows);
         eprintln!("{fixture} {ftype}: max |Δlogit| vs llama.cpp {d}");
         assert!(d < tol, "{ftype}: max |Δlogit| vs llama.cpp {d}");
+        let tekken = folder.join("tekken.json");
+        if tekken.is_file() {
+            // The file's version (v3 here) still picks the chat format: a system prompt goes
+            // into the last user turn, not into v7's [SYSTEM_PROMPT].
+            let conv = dir.join("conversation.json");
+            std::fs::write(
+                &conv,
+                r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]"#,
+            )
+            .unwrap();
+            let chat = |args: &[&str]| -> serde_json::Value {
+                let mut all = vec!["tokenize"];
+                all.extend(args);
+                all.extend(["--chat", conv.to_str().unwrap(), "--json"]);
+                serde_json::from_slice(&bora(&all)).unwrap()
+            };
+            let from_gguf = chat(&[o]);
+            let from_file = chat(&["--tokenizer", tekken.to_str().unwrap()]);
+            assert_eq!(
+                from_gguf["ids"], from_file["ids"],
+                "{ftype}: chat format changed"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -114,7 +114,7 @@ impl ChatFormat {
     /// tokenizer.model.vN) get Mistral's format; otherwise the model's Jinja template when it
     /// has one; otherwise the Mistral format its control tokens allow.
     pub fn for_tokenizer(tok: &Tokenizer) -> Self {
-        let native = matches!(tok.kind(), "tekken") || Tokenizer::is_mistral_file(tok.source());
+        let native = tok.tekken_version().is_some() || Tokenizer::is_mistral_file(tok.source());
         match &tok.chat_template {
             Some(t) if !native => Self::Jinja(t.clone()),
             _ => Self::Mistral(MistralFormat::for_tokenizer(tok)),

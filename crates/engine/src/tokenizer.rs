@@ -48,7 +48,14 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// The model's Jinja chat template, when its files carry one.
     pub chat_template: Option<String>,
+    /// A GGUF vocabulary converted from a tekken.json: the version the file declared
+    /// (`tokenizer.tekken.version`, which bora writes), so the chat format survives the
+    /// conversion.
+    declared_tekken_version: Option<String>,
 }
+
+/// The GGUF key under which bora keeps a Tekken file's version (llama.cpp ignores it).
+pub const GGUF_TEKKEN_VERSION: &str = "tokenizer.tekken.version";
 
 impl Tokenizer {
     /// A `tokenizer.json`; BOS/EOS come from the model config (`bos`, `eos`) and
@@ -97,6 +104,7 @@ impl Tokenizer {
             eos,
             add_bos: add_bos && bos.is_some(),
             chat_template,
+            declared_tekken_version: None,
         })
     }
 
@@ -160,6 +168,10 @@ impl Tokenizer {
             add_bos,
             chat_template: g
                 .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            declared_tekken_version: g
+                .get(GGUF_TEKKEN_VERSION)
                 .and_then(Value::as_str)
                 .map(str::to_string),
         }))
@@ -261,11 +273,12 @@ impl Tokenizer {
         }
     }
 
-    /// The format version a Tekken file declares (`v3`, `v7`, …); None for other kinds.
+    /// The format version a Tekken file declares (`v3`, `v7`, …), also when its vocabulary
+    /// came through a GGUF bora wrote; None for other kinds.
     pub fn tekken_version(&self) -> Option<&str> {
         match &self.backend {
             Backend::Tekken(t) => Some(&t.version),
-            _ => None,
+            _ => self.declared_tekken_version.as_deref(),
         }
     }
 
@@ -293,6 +306,7 @@ impl Tokenizer {
             eos: m.eos.into_iter().collect(),
             add_bos: m.bos.is_some(),
             chat_template: None,
+            declared_tekken_version: None,
         })
     }
 
@@ -307,6 +321,7 @@ impl Tokenizer {
             eos: eos.into_iter().collect(),
             add_bos: bos.is_some(),
             chat_template: None,
+            declared_tekken_version: None,
         })
     }
 

@@ -54,7 +54,7 @@ pub(crate) fn amx() -> Option<Amx> {
 
 /// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
 fn cpu_has_amx_int8() -> bool {
-    // Leaf 7 reads as zeros where unsupported.
+    // `amx()` asks only after the AVX-512 checks, so the CPU has leaf 7.
     let leaf = __cpuid_count(7, 0);
     leaf.edx & (1 << 24) != 0 && leaf.edx & (1 << 25) != 0
 }
@@ -120,6 +120,11 @@ struct Sums([[i32; ROWS]; TOKENS]);
 
 /// Starts `C(set) = A · B` with A = 16 × 32 bytes at `a` (stride 32) and B = 8 × 64 bytes at
 /// `b` (stride 64).
+///
+/// The tile registers carry values from one `asm!` block to the next (this one to
+/// [`finish`], `ldtilecfg` to both) without being declared: Rust and LLVM never allocate them
+/// (nothing here enables the `amx-tile` target feature), so no generated code touches them in
+/// between.
 ///
 /// # Safety
 /// The [`TileConfig`] is loaded on this thread; `a` and `b` are readable for 512 bytes each.

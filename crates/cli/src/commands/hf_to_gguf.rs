@@ -158,6 +158,11 @@ fn tekken_vocab(path: &Path, vocab_size: usize, md: &mut BTreeMap<String, Value>
         ("tokenizer.ggml.unknown_token_id", special("<unk>")),
         ("tokenizer.ggml.add_bos_token", Some(Value::Bool(true))),
         ("tokenizer.ggml.add_eos_token", Some(Value::Bool(false))),
+        // The chat format follows the version (mistral-common's rule); llama.cpp ignores it.
+        (
+            bora_engine::tokenizer::GGUF_TEKKEN_VERSION,
+            Some(Value::Str(tk.version.clone())),
+        ),
     ] {
         if let Some(v) = v {
             md.insert(k.to_string(), v);
