@@ -385,18 +385,33 @@ fn amx_tiled(
                 let rows = &w.data[first * rb..(first + whole) * rb];
                 x86_amx::rows(amx, w.dtype, rows, rb, panels, t, out, n);
             }
-            for j in whole..n {
-                let row = w.row(first + j);
-                for (ti, xr) in xq.iter().enumerate() {
-                    out[ti * n + j] = match row_dot {
-                        // SAFETY: `row_dots` gave the kernel for features `isa()` detected.
-                        Some(one) => unsafe { one(row, xr) },
-                        None => xr.dot(w.dtype, row),
-                    };
-                }
-            }
+            rest_on_row_kernel(w, first, whole, xq, out, row_dot);
         });
     Some(chunk)
+}
+
+/// Rows `first + whole..` of a task (those short of a whole tile) against every token on the
+/// single-row kernel: `out` = [T, rows of this task].
+#[cfg(target_arch = "x86_64")]
+fn rest_on_row_kernel(
+    w: &MatRef<'_>,
+    first: usize,
+    whole: usize,
+    xq: &[QuantizedRow],
+    out: &mut [f32],
+    row_dot: Option<crate::x86::RowDot>,
+) {
+    let n = out.len() / xq.len();
+    for j in whole..n {
+        let row = w.row(first + j);
+        for (ti, xr) in xq.iter().enumerate() {
+            out[ti * n + j] = match row_dot {
+                // SAFETY: `row_dots` gave the kernel for features `isa()` detected on this CPU.
+                Some(one) => unsafe { one(row, xr) },
+                None => xr.dot(w.dtype, row),
+            };
+        }
+    }
 }
 
 /// Rows `first..` against every token with the tiled kernel, token panels outermost (a
@@ -431,16 +446,7 @@ fn tiled_rows<const N: usize>(
             }
         }
     }
-    for j in whole..n {
-        let row = w.row(first + j);
-        for (ti, xr) in xq.iter().enumerate() {
-            out[ti * n + j] = match row_dot {
-                // SAFETY: as above, for the single-row kernel of the same type.
-                Some(one) => unsafe { one(row, xr) },
-                None => xr.dot(w.dtype, row),
-            };
-        }
-    }
+    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
 }
 
 #[cfg(test)]

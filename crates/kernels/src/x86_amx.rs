@@ -617,8 +617,7 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use super::*;
-    use crate::act_quant::QuantizedRow;
-    use crate::x86_tile::tests::random_rows;
+    use crate::x86_tile::tests::{random_rows, speed_panel};
 
     /// One 16-row group against one panel, in cache, on one thread:
     /// `cargo test --release -p bora-kernels amx_speed -- --ignored --nocapture`.
@@ -631,14 +630,7 @@ mod speed {
             let blocks = cols / dtype.block_elems();
             let w = random_rows(dtype, blocks, 3);
             let row_bytes = w.len() / ROWS;
-            let xs: Vec<QuantizedRow> = (0..TOKENS)
-                .map(|t| {
-                    let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
-                    QuantizedRow::for_weight(dtype, &x).unwrap()
-                })
-                .collect();
-            let mut panel = Panel::default();
-            panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+            let panel = speed_panel(dtype, cols, TOKENS);
             let mut prep = Prepared::default();
             let config = TileConfig::new();
             let mut res = [[0f32; ROWS]; TOKENS];

@@ -863,6 +863,19 @@ pub(crate) mod tests {
     use super::*;
     use crate::blocks::f16_bytes;
 
+    /// A panel of `tokens` simple activation rows of `cols` values, for the speed tests.
+    pub(crate) fn speed_panel(dtype: DType, cols: usize, tokens: usize) -> Panel {
+        let xs: Vec<QuantizedRow> = (0..tokens)
+            .map(|t| {
+                let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
+                QuantizedRow::for_weight(dtype, &x).unwrap()
+            })
+            .collect();
+        let mut panel = Panel::default();
+        panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+        panel
+    }
+
     /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
     pub(crate) fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
         let bytes = dtype.block_bytes();
@@ -958,14 +971,7 @@ pub(crate) mod tests {
             let ws: Vec<Vec<u8>> = (0..tiles)
                 .map(|k| random_rows(dtype, cols / dtype.block_elems(), k as u32))
                 .collect();
-            let xs: Vec<QuantizedRow> = (0..TOKENS)
-                .map(|t| {
-                    let x: Vec<f32> = (0..cols).map(|i| ((i + t) % 7) as f32 - 3.0).collect();
-                    QuantizedRow::for_weight(dtype, &x).unwrap()
-                })
-                .collect();
-            let mut panel = Panel::default();
-            panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+            let panel = speed_panel(dtype, cols, TOKENS);
             let mut out = [[0f32; ROWS]; TOKENS];
             let iters = 4_000_000 / cols;
             let t0 = std::time::Instant::now();
