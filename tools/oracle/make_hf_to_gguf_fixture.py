@@ -43,21 +43,30 @@ PROMPT = "The sliding window attention of Mistral 7B, explained: Ünïcode too."
 MIXTRAL_SEED = 5151
 
 
-def make_tiny_mixtral(folder: Path) -> None:
+# The tiny models' common shape: 2 layers, hidden 32, GQA 4/2, tied embeddings.
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, sliding_window=None,
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+
+
+def save_tiny(folder: Path, cfg_cls: str, cfg: dict, seed: int) -> None:
+    """A random model from a fixed seed, saved in BF16 (exactly: init_weights rounds to it)."""
     import torch
     from make_tiny_models import build_model, init_weights
 
-    cfg = dict(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-               num_experts_per_tok=2, max_position_embeddings=2048, sliding_window=None,
-               rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1,
-               eos_token_id=2, router_jitter_noise=0.0, output_router_logits=False)
-    torch.manual_seed(MIXTRAL_SEED)
-    model = build_model("MixtralConfig", cfg)
-    init_weights(model, MIXTRAL_SEED)
+    torch.manual_seed(seed)
+    model = build_model(cfg_cls, dict(TINY, **cfg))
+    init_weights(model, seed)
     if folder.exists():
         shutil.rmtree(folder)
     model.to(torch.bfloat16).save_pretrained(folder)
+
+
+def make_tiny_mixtral(folder: Path) -> None:
+    save_tiny(folder, "MixtralConfig",
+              dict(vocab_size=32000, num_local_experts=4, num_experts_per_tok=2, rope_theta=1e6,
+                   rms_norm_eps=1e-5, router_jitter_noise=0.0, output_router_logits=False),
+              MIXTRAL_SEED)
 
 
 TEKKEN_SEED = 6161
@@ -66,24 +75,14 @@ TEKKEN_RANKS = 1000
 
 def make_tiny_tekken(folder: Path) -> None:
     import mistral_common
-    import torch
-    from make_tiny_models import build_model, init_weights
 
     full = json.loads((Path(mistral_common.__file__).parent / "data/tekken_240911.json").read_text())
     n_special = full["config"]["default_num_special_tokens"]
     cut = {"config": dict(full["config"], num_vocab_tokens=TEKKEN_RANKS,
                           default_vocab_size=n_special + TEKKEN_RANKS),
            "vocab": full["vocab"][:TEKKEN_RANKS]}
-    cfg = dict(vocab_size=n_special + TEKKEN_RANKS, hidden_size=32, intermediate_size=64,
-               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-               max_position_embeddings=2048, sliding_window=None, rope_theta=1e6,
-               tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(TEKKEN_SEED)
-    model = build_model("MistralConfig", cfg)
-    init_weights(model, TEKKEN_SEED)
-    if folder.exists():
-        shutil.rmtree(folder)
-    model.to(torch.bfloat16).save_pretrained(folder)
+    save_tiny(folder, "MistralConfig", dict(vocab_size=n_special + TEKKEN_RANKS, rope_theta=1e6),
+              TEKKEN_SEED)
     (folder / "tekken.json").write_text(json.dumps(cut, ensure_ascii=False) + "\n")
 
 
