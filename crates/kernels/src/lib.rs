@@ -33,6 +33,8 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_amx;
 #[cfg(target_arch = "x86_64")]
+mod x86_decode;
+#[cfg(target_arch = "x86_64")]
 mod x86_tile;
 
 pub use dot::{dequantize_row, dot_f32, dot_row};

@@ -121,7 +121,7 @@ macro_rules! row_kernels {
             /// 16 bytes of nibbles → 32 bytes: low nibbles first (elements 0..16), then high.
             #[target_feature(enable = $features)]
             #[inline]
-            fn nibbles(qs: &[u8; 16]) -> __m256i {
+            pub(crate) fn nibbles(qs: &[u8; 16]) -> __m256i {
                 // SAFETY: `qs` is 16 readable bytes; the load is unaligned.
                 let lo = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
                 let hi = _mm_srli_epi16(lo, 4);
@@ -130,7 +130,7 @@ macro_rules! row_kernels {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn load32(q: &[i8; 32]) -> __m256i {
+            pub(crate) fn load32(q: &[i8; 32]) -> __m256i {
                 // SAFETY: `q` is 32 readable bytes; the load is unaligned.
                 unsafe { _mm256_loadu_si256(q.as_ptr() as *const __m256i) }
             }
@@ -140,7 +140,7 @@ macro_rules! row_kernels {
             /// accumulator, chaining every block's conversion behind the previous block's FMA
             /// (measured: 10 ns per Q4_0 block instead of 2).
             #[inline(always)]
-            fn h(b: [u8; 2]) -> f32 {
+            pub(crate) fn h(b: [u8; 2]) -> f32 {
                 crate::blocks::f16_le(b)
             }
 
@@ -154,7 +154,7 @@ macro_rules! row_kernels {
                 // One hint per cache line the block spans (k-quant blocks span several).
                 for line in (0..std::mem::size_of::<T>()).step_by(64) {
                     // A prefetch is a hint: it never faults, whatever the address.
-                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line));
+                    _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line));
                 }
             }
 
@@ -470,20 +470,24 @@ macro_rules! row_kernels {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn hsum(v: __m256) -> f32 {
+            pub(crate) fn hsum(v: __m256) -> f32 {
                 let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
             }
 
-            fn q8_0_rows<const N: usize>(xs: &[QuantizedRow]) -> [&Q8Blocks<BlockQ8_0>; N] {
+            pub(crate) fn q8_0_rows<const N: usize>(
+                xs: &[QuantizedRow],
+            ) -> [&Q8Blocks<BlockQ8_0>; N] {
                 std::array::from_fn(|r| match &xs[r] {
                     QuantizedRow::Q8_0(b) => b,
                     _ => unreachable!("Q8_0 activations expected"),
                 })
             }
 
-            fn q8_1_rows<const N: usize>(xs: &[QuantizedRow]) -> [&Q8Blocks<BlockQ8_1>; N] {
+            pub(crate) fn q8_1_rows<const N: usize>(
+                xs: &[QuantizedRow],
+            ) -> [&Q8Blocks<BlockQ8_1>; N] {
                 std::array::from_fn(|r| match &xs[r] {
                     QuantizedRow::Q8_1(b) => b,
                     _ => unreachable!("Q8_1 activations expected"),
@@ -520,7 +524,7 @@ macro_rules! row_kernels {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn load8_ps(v: &[f32]) -> __m256 {
+            pub(crate) fn load8_ps(v: &[f32]) -> __m256 {
                 let v: &[f32; 8] = v.try_into().expect("8 values");
                 // SAFETY: `v` is 8 readable f32; the load is unaligned.
                 unsafe { _mm256_loadu_ps(v.as_ptr()) }
@@ -744,11 +748,11 @@ row_kernels!(avx2, "avx2,fma,f16c", sum_us_avx2);
 row_kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", sum_us_vnni);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::blocks::f16_bytes;
 
-    fn random_row(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+    pub(crate) fn random_row(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
         let bytes = dtype.block_bytes();
         let mut row: Vec<u8> = (0..blocks * bytes)
             .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
