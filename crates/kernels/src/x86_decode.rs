@@ -129,6 +129,51 @@ impl<A> OffsetRow for Q8Blocks<A> {
     }
 }
 
+/// The loop the kernels share, over the whole groups of eight blocks: `scales(r, group, i0)`
+/// gives row r's eight per-block factors for the group starting at block i0 (doing any other
+/// per-group work of the type); then, block by block in order, `acc[r] += factor ·
+/// product(quants, x)`, with `product` the block's i32 lane sums from a pointer to its quants.
+/// Each group is prefetched four rows on, where the next call reads.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn whole_groups(
+    l: &Layout,
+    rows: &[u8],
+    row_bytes: usize,
+    xq: &[[i8; 32]],
+    acc: &mut [__m256; ROWS],
+    mut scales: impl FnMut(usize, &[u8], usize) -> __m256,
+    product: impl Fn(*const u8, __m256i) -> __m256i,
+) {
+    let n = row_bytes / l.size;
+    assert!(n * l.size == row_bytes && rows.len() >= ROWS * row_bytes && xq.len() >= n);
+    let base = rows.as_ptr();
+    for i0 in (0..n / 8 * 8).step_by(8) {
+        let f: [__m256; ROWS] = std::array::from_fn(|r| {
+            let group = &rows[r * row_bytes + i0 * l.size..][..8 * l.size];
+            let ahead = group.as_ptr().wrapping_add(ROWS * row_bytes) as *const i8;
+            for line in (0..8 * l.size).step_by(64).chain([8 * l.size - 1]) {
+                // A hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line));
+            }
+            scales(r, group, i0)
+        });
+        for k in 0..8 {
+            let lane = _mm256_set1_epi32(k as i32);
+            let x = load32(&xq[i0 + k]);
+            let at = (i0 + k) * l.size + l.qs;
+            for r in 0..ROWS {
+                // Block i0 + k < n of row r < ROWS: its quants lie inside `rows` (asserted
+                // above: ROWS rows of n blocks). A raw pointer, as bounds checks here were
+                // most of the one-row kernel's instructions; `product` loads from it.
+                let q = base.wrapping_add(r * row_bytes + at);
+                let p = _mm256_cvtepi32_ps(product(q, x));
+                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(f[r], lane), p, acc[r]);
+            }
+        }
+    }
+}
+
 /// Four rows of an offset type (Q4_0: `offset = Some(8)`, Q4_1: `None`, `m` from the block)
 /// against one 8-bit row: per row, the one-row kernel's `offset_n` to the operation.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -155,55 +200,34 @@ fn offset_rows(
     let mut acc = [_mm256_setzero_ps(); ROWS];
     let mut acc_c = [_mm256_setzero_ps(); ROWS];
     let mut tail_c = [0f32; ROWS];
+    let scales = |r: usize, group: &[u8], i0: usize| {
+        let (lo, hi) = (&group[..64], &group[l.window..l.window + 64]);
+        // SAFETY: `lo` and `hi` are 64 readable bytes each; the loads are unaligned.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_loadu_si512(lo.as_ptr() as *const __m512i),
+                _mm512_loadu_si512(hi.as_ptr() as *const __m512i),
+            )
+        };
+        let halves = _mm512_permutex2var_epi8(lo, idx, hi);
+        let dw = _mm256_cvtph_ps(_mm512_castsi512_si128(halves));
+        let cw = match offset {
+            Some(o) => _mm256_mul_ps(dw, _mm256_set1_ps(-o)),
+            None => _mm256_cvtph_ps(_mm512_extracti32x4_epi32::<1>(halves)),
+        };
+        acc_c[r] = _mm256_fmadd_ps(cw, load8_ps(&s[i0..i0 + 8]), acc_c[r]);
+        _mm256_mul_ps(dw, load8_ps(&d[i0..i0 + 8]))
+    };
+    let product = |q: *const u8, x| {
+        // SAFETY: `whole_groups` passes a pointer to a block's 16 quant bytes inside `rows`;
+        // the load is unaligned.
+        let q = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(q as *const __m128i)) };
+        // Low nibbles in the low half, high nibbles in the high half: `nibbles`.
+        let u = _mm256_and_si256(_mm256_srlv_epi16(q, high), nib);
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+    };
+    whole_groups(l, rows, row_bytes, xq, &mut acc, scales, product);
     let whole = n / 8 * 8;
-    let base = rows.as_ptr();
-    for i0 in (0..whole).step_by(8) {
-        let mut f = [_mm256_setzero_ps(); ROWS];
-        for r in 0..ROWS {
-            let group = &rows[r * row_bytes + i0 * l.size..][..8 * l.size];
-            let (lo, hi) = (&group[..64], &group[l.window..l.window + 64]);
-            // SAFETY: `lo` and `hi` are 64 readable bytes each; the loads are unaligned. A
-            // prefetch is a hint and never faults: it asks for this group's lines four rows
-            // on, which the next call reads.
-            let (lo, hi) = unsafe {
-                let ahead = group.as_ptr().wrapping_add(ROWS * row_bytes) as *const i8;
-                for line in [0, 64, 128, 8 * l.size - 1] {
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line));
-                }
-                (
-                    _mm512_loadu_si512(lo.as_ptr() as *const __m512i),
-                    _mm512_loadu_si512(hi.as_ptr() as *const __m512i),
-                )
-            };
-            let halves = _mm512_permutex2var_epi8(lo, idx, hi);
-            let dw = _mm256_cvtph_ps(_mm512_castsi512_si128(halves));
-            let cw = match offset {
-                Some(o) => _mm256_mul_ps(dw, _mm256_set1_ps(-o)),
-                None => _mm256_cvtph_ps(_mm512_extracti32x4_epi32::<1>(halves)),
-            };
-            f[r] = _mm256_mul_ps(dw, load8_ps(&d[i0..i0 + 8]));
-            acc_c[r] = _mm256_fmadd_ps(cw, load8_ps(&s[i0..i0 + 8]), acc_c[r]);
-        }
-        for k in 0..8 {
-            let lane = _mm256_set1_epi32(k as i32);
-            let x = load32(&xq[i0 + k]);
-            let at = (i0 + k) * l.size + l.qs;
-            for r in 0..ROWS {
-                // SAFETY: block i0 + k < n of row r < ROWS: its 16 quant bytes lie inside
-                // `rows` (sliced to ROWS · row_bytes above, n · size ≤ row_bytes); the load is
-                // unaligned. Raw pointers, as bounds checks here were most of the instructions.
-                let q = unsafe {
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                        base.add(r * row_bytes + at) as *const __m128i
-                    ))
-                };
-                // Low nibbles in the low half, high nibbles in the high half: `nibbles`.
-                let u = _mm256_and_si256(_mm256_srlv_epi16(q, high), nib);
-                let p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x));
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(f[r], lane), p, acc[r]);
-            }
-        }
-    }
     for i in whole..n {
         for r in 0..ROWS {
             let at = r * row_bytes + i * l.size;
@@ -275,44 +299,27 @@ fn q8_0_rows_dot(rows: &[u8], row_bytes: usize, x: &QuantizedRow, out: &mut [f32
         unsafe { _mm512_loadu_si512(b.as_ptr() as *const __m512i) }
     };
     let mut acc = [_mm256_setzero_ps(); ROWS];
+    let scales = |_: usize, group: &[u8], i0: usize| {
+        let half = |h: usize| {
+            let g = &group[136 * h..];
+            _mm512_castsi512_si128(_mm512_permutex2var_epi8(load64(g), idx, load64(&g[64..])))
+        };
+        let dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(half(0), half(1)));
+        _mm256_mul_ps(dw, load8_ps(&d[i0..i0 + 8]))
+    };
+    let product = |q: *const u8, x| {
+        // SAFETY: `whole_groups` passes a pointer to a block's 32 quant bytes inside `rows`;
+        // the load is unaligned.
+        let w = unsafe { _mm256_loadu_si256(q as *const __m256i) };
+        // |w| and x carrying w's sign: the u8·i8 form of a signed product.
+        _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            _mm256_sign_epi8(w, w),
+            _mm256_sign_epi8(x, w),
+        )
+    };
+    whole_groups(l, rows, row_bytes, xq, &mut acc, scales, product);
     let whole = n / 8 * 8;
-    let base = rows.as_ptr();
-    for i0 in (0..whole).step_by(8) {
-        let mut f = [_mm256_setzero_ps(); ROWS];
-        for r in 0..ROWS {
-            let group = &rows[r * row_bytes + i0 * l.size..][..8 * l.size];
-            let ahead = group.as_ptr().wrapping_add(ROWS * row_bytes) as *const i8;
-            for line in (0..8 * l.size).step_by(64).chain([8 * l.size - 1]) {
-                // A hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line));
-            }
-            let half = |h: usize| {
-                let g = &group[136 * h..];
-                _mm512_castsi512_si128(_mm512_permutex2var_epi8(load64(g), idx, load64(&g[64..])))
-            };
-            let dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(half(0), half(1)));
-            f[r] = _mm256_mul_ps(dw, load8_ps(&d[i0..i0 + 8]));
-        }
-        for k in 0..8 {
-            let x = load32(&xq[i0 + k]);
-            let lane = _mm256_set1_epi32(k as i32);
-            let at = (i0 + k) * l.size + l.qs;
-            for r in 0..ROWS {
-                // SAFETY: block i0 + k < n of row r < ROWS: its 32 quant bytes lie inside
-                // `rows` (sliced to ROWS · row_bytes above, n · size = row_bytes); unaligned.
-                let w =
-                    unsafe { _mm256_loadu_si256(base.add(r * row_bytes + at) as *const __m256i) };
-                // |w| and x carrying w's sign: the u8·i8 form of a signed product.
-                let sum = _mm256_dpbusd_epi32(
-                    _mm256_setzero_si256(),
-                    _mm256_sign_epi8(w, w),
-                    _mm256_sign_epi8(x, w),
-                );
-                let p = _mm256_cvtepi32_ps(sum);
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(f[r], lane), p, acc[r]);
-            }
-        }
-    }
     for i in whole..n {
         let x = load32(&xq[i]);
         for r in 0..ROWS {
