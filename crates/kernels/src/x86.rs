@@ -14,8 +14,13 @@ use crate::blocks::{
 use crate::dispatch::{Isa, Level};
 use crate::DType;
 
-/// How far ahead of the block being computed the weight stream is prefetched.
+/// How far ahead of the block being computed the weight stream is prefetched into L2.
 const PREFETCH_BYTES: usize = 4096;
+
+/// How far ahead it is asked into L1, from L2: without it the k-quant kernels stalled on their
+/// weight loads (a profile of Q4_K decode), and Q4_K_M decode was 7–9% slower (2.52 / 2.19 /
+/// 2.23 vs 2.74 / 2.38 / 2.38 tok/s, alternating; 1024 bytes was no better than 512).
+const NEAR_BYTES: usize = 512;
 
 /// A row dot product compiled for a feature set the CPU was checked to have.
 pub(crate) type RowDot = unsafe fn(&[u8], &QuantizedRow) -> f32;
@@ -144,17 +149,20 @@ macro_rules! row_kernels {
                 crate::blocks::f16_le(b)
             }
 
-            /// Asks for the weight bytes `PREFETCH_BYTES` ahead of `at`. The hardware
+            /// Asks for the weight bytes `PREFETCH_BYTES` ahead of `at` into L2 and those
+            /// `NEAR_BYTES` ahead into L1. The hardware
             /// prefetchers of the machines measured (VMs) do not keep a weight stream in flight
             /// on their own: without this the kernels ran at a quarter of the read bandwidth.
             #[target_feature(enable = $features)]
             #[inline]
             fn prefetch<T>(at: &T) {
                 let base = (at as *const T as *const i8).wrapping_add(PREFETCH_BYTES);
+                let near = (at as *const T as *const i8).wrapping_add(NEAR_BYTES);
                 // One hint per cache line the block spans (k-quant blocks span several).
                 for line in (0..std::mem::size_of::<T>()).step_by(64) {
                     // A prefetch is a hint: it never faults, whatever the address.
                     _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line));
+                    _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(line));
                 }
             }
 
