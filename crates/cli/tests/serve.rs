@@ -635,6 +635,51 @@ fn lm_eval_scores_through_the_server_as_through_transformers() {
     assert!(stdout.contains("match"), "{stdout}");
 }
 
+/// `/tokenize` of a conversation on the demo model, whose chat template is ChatML: the ids
+/// transformers' `apply_chat_template` gives (tests/fixtures/chat/transformers_templates.json),
+/// and without `add_generation_prompt` the same ids less the prompt that opens the answer
+/// (`<|im_start|>assistant\n`: ids 1, 520, 9531, 198), or the same ids where a final
+/// assistant message is continued.
+#[test]
+fn tokenize_renders_the_chat_template_with_and_without_the_generation_prompt() {
+    let model = smollm2_path().display().to_string();
+    let s = start_model(&model, &["-t", "2"]);
+    let fixture = read_json(&fixtures().join("chat/transformers_templates.json"));
+    for case in fixture["cases"].as_array().unwrap() {
+        let want = &case["expected"]["smollm2"]["ids"];
+        let messages = &case["messages"];
+        let with = post(&s, "/tokenize", serde_json::json!({"messages": messages}));
+        assert_eq!(&with["tokens"], want, "{}", case["name"]);
+        let without = post(
+            &s,
+            "/tokenize",
+            serde_json::json!({"messages": messages, "add_generation_prompt": false}),
+        );
+        let want = want.as_array().unwrap();
+        if messages.as_array().unwrap().last().unwrap()["prefix"] == true {
+            // A final assistant message is continued: no generation prompt either way.
+            assert_eq!(
+                without["tokens"].as_array().unwrap(),
+                want,
+                "{}",
+                case["name"]
+            );
+            continue;
+        }
+        let (head, opening) = want.split_at(want.len() - 4);
+        assert_eq!(
+            opening,
+            serde_json::json!([1, 520, 9531, 198]).as_array().unwrap()
+        );
+        assert_eq!(
+            without["tokens"].as_array().unwrap(),
+            head,
+            "{}",
+            case["name"]
+        );
+    }
+}
+
 /// On the demo model (slow enough that a 1500-token answer takes half a minute): a full
 /// queue answers 429 with Retry-After; a client that leaves mid-stream frees its place within
 /// seconds, so its sequence was cancelled, not finished; SIGTERM exits 0.

@@ -151,9 +151,23 @@ impl ChatFormat {
 
     /// The conversation's ids, ready for the model to answer (or to continue a prefix).
     pub fn encode(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode_with(tok, messages, true)
+    }
+
+    /// [`Self::encode`], with a template's `add_generation_prompt` as given (vLLM's
+    /// `/tokenize` takes it). Mistral's formats have no generation prompt to leave out: a
+    /// conversation always ends where the answer begins, as mistral-common encodes it.
+    pub fn encode_with(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         match self {
             Self::Mistral(f) => encode_mistral(tok, *f, messages),
-            Self::Jinja(t) => crate::chat_template::encode_template(tok, t, messages, true),
+            Self::Jinja(t) => {
+                crate::chat_template::encode_template(tok, t, messages, add_generation_prompt)
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ use super::api::{bad_request, rejection, ApiResult};
 use super::App;
 
 /// A text (BOS added unless `add_special_tokens` is false) or a conversation (rendered with the
-/// chat format, which writes its own BOS and ends where the answer begins).
+/// chat format, which writes its own BOS and ends where the answer begins; a chat template
+/// leaves out its generation prompt when `add_generation_prompt` is false).
 #[derive(Deserialize)]
 pub struct TokenizeRequest {
     #[serde(default)]
@@ -25,6 +26,8 @@ pub struct TokenizeRequest {
     messages: Option<Vec<Message>>,
     #[serde(default)]
     add_special_tokens: Option<bool>,
+    #[serde(default)]
+    add_generation_prompt: Option<bool>,
     #[serde(default)]
     return_token_strs: bool,
 }
@@ -63,8 +66,9 @@ fn tokenize_request(app: &App, req: TokenizeRequest) -> ApiResult<Value> {
                     "add_special_tokens: the chat format writes its own special tokens",
                 ));
             }
+            let generation_prompt = req.add_generation_prompt.unwrap_or(true);
             app.format
-                .encode(&app.tokenizer, &messages)
+                .encode_with(&app.tokenizer, &messages, generation_prompt)
                 .map_err(|e| bad_request(e.to_string()))?
         }
         _ => return Err(bad_request("give either prompt or messages")),
