@@ -2,7 +2,8 @@
 """llama.cpp on a GGUF that `bora quantize` wrote from a safetensors folder: the oracle for
 writing checkpoints (with their tokenizer) as GGUF.
 
-Usage:  python tools/oracle/make_hf_to_gguf_fixture.py   (after cargo build --release)
+Usage:  python tools/oracle/make_hf_to_gguf_fixture.py [NAME...]   (after cargo build --release;
+        NAMEs limit the run to those fixtures, e.g. hf_to_gguf_tokenizer_json)
 
 Inputs, each with the Mistral v1 tokenizer.model:
 - tests/fixtures/eval/tiny_mistral (transformers' tiny Mistral, BF16, tied embeddings), giving
@@ -14,7 +15,12 @@ Inputs, each with the Mistral v1 tokenizer.model:
   cut from mistral-common's tekken_240911.json to its 1000 special tokens and first 1000
   ranks, instead of the v1 tokenizer.model), giving hf_to_gguf_tekken.json and
   hf_to_gguf_tekken.{f32,q8_0}.logits.f32.bin; mistral-common's Tekkenizer on that file must
-  give the prompt the ids llama.cpp gives it from the GGUF vocabulary.
+  give the prompt the ids llama.cpp gives it from the GGUF vocabulary;
+- tests/fixtures/eval/tiny_mistral again, with no tokenizer.model: its tokenizer.json (the v1
+  vocabulary as transformers writes it) is written as a `llama` vocabulary with scores from the
+  merge ranks, giving hf_to_gguf_tokenizer_json.json and its logits; llama.cpp's ids from that
+  GGUF must equal transformers' from the tokenizer.json for the prompt and for every text of
+  tests/fixtures/tokenizer_v1/cases.json.
 `bora quantize DIR OUT.gguf --type f32` and `--type q8_0` write the files (deterministic: the
 test rewrites them and checks the SHA-256 recorded here); llama.cpp (llama-cpp-python, F32 KV
 cache, plain kernels) tokenizes a prompt with the file's own vocabulary and computes its
@@ -87,13 +93,35 @@ def make_tiny_tekken(folder: Path) -> None:
 
 
 def main() -> None:
-    make_tiny_mixtral(EVAL / "tiny_mixtral")
-    make_tiny_tekken(EVAL / "tiny_tekken")
+    only = set(sys.argv[1:])
+    if not only:
+        make_tiny_mixtral(EVAL / "tiny_mixtral")
+        make_tiny_tekken(EVAL / "tiny_tekken")
     v1 = ROOT / "tests/fixtures/tokenizer_v1/tokenizer.model"
     for src, name, spm in [(EVAL / "tiny_mistral", "hf_to_gguf", v1),
                            (EVAL / "tiny_mixtral", "hf_to_gguf_mixtral", v1),
-                           (EVAL / "tiny_tekken", "hf_to_gguf_tekken", None)]:
-        write_fixture(src, name, spm)
+                           (EVAL / "tiny_tekken", "hf_to_gguf_tekken", None),
+                           (EVAL / "tiny_mistral", "hf_to_gguf_tokenizer_json", None)]:
+        if not only or name in only:
+            write_fixture(src, name, spm)
+
+
+def transformers_ids_agree(folder: Path, gguf: Path) -> int:
+    """llama.cpp's ids from the GGUF against transformers' from the folder's tokenizer.json,
+    for the prompt and every text of tokenizer_v1/cases.json (but those spelling a special
+    token, which transformers reads as that token even in plain text); returns how many."""
+    from llama_cpp import Llama
+    from transformers import PreTrainedTokenizerFast
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    texts = [PROMPT] + [c["text"] for c in json.loads(
+        (ROOT / "tests/fixtures/tokenizer_v1/cases.json").read_text())
+        if c["text"] and "contains_special_literal" not in c]
+    for text in texts:
+        ours = llm.tokenize(text.encode(), add_bos=False, special=False)
+        want = hf.encode(text, add_special_tokens=False)
+        assert ours == want, f"{text!r}: llama.cpp {ours} vs transformers {want}"
+    return len(texts)
 
 
 def write_fixture(src: Path, name: str, spm: Path | None) -> None:
@@ -111,7 +139,9 @@ def write_fixture(src: Path, name: str, spm: Path | None) -> None:
             llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
             ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
             del llm
-            if spm is None:
+            if (folder / "tokenizer.json").is_file() and spm is None:
+                out["transformers_texts_agreeing"] = transformers_ids_agree(folder, gguf)
+            elif spm is None:
                 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
                 want = Tekkenizer.from_file(folder / "tekken.json").encode(PROMPT, bos=True, eos=False)
                 assert ids == want, f"llama.cpp {ids} vs mistral-common {want}"

@@ -156,7 +156,52 @@ fn tekken_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
     hf_folder_to_gguf_matches_llama_cpp("tiny_tekken", "hf_to_gguf_tekken");
 }
 
+/// The same for a folder whose vocabulary is only a tokenizer.json (the v1 vocabulary as
+/// transformers writes it): written as llama.cpp's `llama` vocabulary, scores from the merge
+/// ranks. The oracle script checked llama.cpp's ids from that file against transformers' from
+/// the tokenizer.json for the prompt and every plain text of tokenizer_v1/cases.json; here bora,
+/// reading the file it wrote, gives sentencepiece's ids for those texts.
+#[test]
+fn tokenizer_json_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
+    let fx = read_json(&fixtures().join("eval/hf_to_gguf_tokenizer_json.json"));
+    assert!(fx["transformers_texts_agreeing"].as_u64().unwrap() >= 250);
+    let cases = read_json(&fixtures().join("tokenizer_v1/cases.json"));
+    let plain: Vec<&serde_json::Value> = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["text"] != "" && c.get("contains_special_literal").is_none())
+        .collect();
+    assert!(plain.len() >= 250, "{} texts", plain.len());
+    let sentencepiece_ids = |gguf: &Path| {
+        for c in &plain {
+            let text = c["text"].as_str().unwrap();
+            let o = Command::new(env!("CARGO_BIN_EXE_bora"))
+                .args(["tokenize", gguf.to_str().unwrap()])
+                .arg(format!("--text={text}"))
+                .args(["--json", "--no-bos"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(ids(&got["ids"]), ids(&c["ids"]), "{text:?}");
+        }
+    };
+    hf_folder_to_gguf_matches_llama_cpp_then(
+        "tiny_mistral",
+        "hf_to_gguf_tokenizer_json",
+        &sentencepiece_ids,
+    );
+}
+
 fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
+    hf_folder_to_gguf_matches_llama_cpp_then(model, fixture, &|_| {})
+}
+
+/// Quantizes the model folder `model` (with Mistral's v1 tokenizer.model added unless the
+/// fixture is the tokenizer.json one, or the folder has a tekken.json), checks the written
+/// files against the oracle fixture, and hands each file to `more`.
+fn hf_folder_to_gguf_matches_llama_cpp_then(model: &str, fixture: &str, more: &dyn Fn(&Path)) {
     use sha2::Digest;
     let fx = read_json(&fixtures().join(format!("eval/{fixture}.json")));
     let dir = std::env::temp_dir().join(format!("bora-{fixture}-{}", std::process::id()));
@@ -167,7 +212,7 @@ fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
         let p = e.unwrap().path();
         std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
     }
-    if !folder.join("tekken.json").is_file() {
+    if !folder.join("tekken.json").is_file() && fixture != "hf_to_gguf_tokenizer_json" {
         std::fs::copy(
             fixtures().join("tokenizer_v1/tokenizer.model"),
             folder.join("tokenizer.model"),
@@ -258,6 +303,7 @@ fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
                 "{ftype}: chat format changed"
             );
         }
+        more(&out);
     }
     std::fs::remove_dir_all(&dir).ok();
 }

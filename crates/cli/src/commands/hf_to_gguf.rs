@@ -1,13 +1,13 @@
 //! A Hugging Face (or Mistral native) checkpoint as GGUF sees it: llama.cpp's `llama`
 //! architecture metadata, its tensor names, Q/K rows in the interleaved RoPE order, and the
-//! SentencePiece vocabulary from the folder's `tokenizer.model` — what llama.cpp's
+//! vocabulary from the folder's `tokenizer.model` (or tekken.json, or tokenizer.json) — what llama.cpp's
 //! convert_hf_to_gguf.py writes for a Mistral, Mixtral or Llama model (Mixtral's experts
 //! stacked as `ffn_{gate,up,down}_exps`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bora_engine::spm_model::SpmModel;
 use bora_kernels::ops::RopeLayout;
 use bora_model::gguf::Value;
@@ -190,13 +190,17 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
     if tekken.is_file() {
         tekken_vocab(&tekken, c.vocab_size, &mut md)?;
     } else {
-        let spm = spm_file(dir).with_context(|| {
-            format!(
-                "{}: no SentencePiece tokenizer.model or tekken.json to write into the GGUF (a vocabulary that is only a tokenizer.json cannot be written yet; quantize as it loads with --quant)",
+        match spm_file(dir) {
+            Some(spm) => spm_vocab(&spm, c.vocab_size, &mut md)?,
+            None if dir.join("tokenizer.json").is_file() => {
+                let path = dir.join("tokenizer.json");
+                super::hf_json_vocab::spm_style_vocab(&path, c.vocab_size, &mut md)?
+            }
+            None => bail!(
+                "{}: no tokenizer.model, tekken.json or tokenizer.json to write into the GGUF",
                 dir.display()
-            )
-        })?;
-        spm_vocab(&spm, c.vocab_size, &mut md)?;
+            ),
+        }
     }
     let mut put = |k: &str, v: Value| {
         md.insert(k.to_string(), v);

@@ -1,6 +1,7 @@
 mod bench;
 mod chat;
 mod eval;
+mod hf_json_vocab;
 mod hf_to_gguf;
 mod hub;
 mod inspect;
