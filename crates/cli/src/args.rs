@@ -401,6 +401,10 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
+    /// Skip the untimed warm-up run (a short prompt and one generated token, as llama-bench
+    /// does) that pages the weights in before the first timed repetition.
+    #[arg(long)]
+    pub no_warmup: bool,
     /// One JSON object with `prompt_tokens_per_s` and `gen_tokens_per_s` (medians).
     #[arg(long)]
     pub json: bool,

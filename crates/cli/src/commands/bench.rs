@@ -36,6 +36,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .model
         .chunk
         .unwrap_or_else(|| default_prefill_chunk(model));
+    if !a.no_warmup {
+        // Untimed: the first touch of every mmapped weight page costs a page fault, which
+        // otherwise lands in the first repetition's prefill.
+        let mut s = Session::new(model, DEFAULT_BLOCK_SIZE, chunk)?;
+        let logits = s.prefill(&prompt[..a.n_prompt.min(32)], chunk, LogitsRows::Last)?;
+        if a.n_gen > 0 {
+            s.step(&[argmax(&logits)], LogitsRows::Last)?;
+        }
+    }
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
         let mut s = Session::new(model, DEFAULT_BLOCK_SIZE, chunk)?;
