@@ -95,8 +95,9 @@ pub(crate) fn supports(dtype: DType) -> bool {
     )
 }
 
-/// The tile palette: two sets of A (activations, 16 × 32 bytes), B (weights, 8 × 64 bytes)
-/// and C (i32 sums, 16 × 64 bytes), so one product runs while the other's sums are scaled.
+/// The tile palette: two A tiles (activations, 16 × 32 bytes: tmm0, tmm1), two B tiles
+/// (weights, 8 × 64 bytes: tmm2, tmm3) and four C tiles (i32 sums, 16 × 64 bytes: tmm4–tmm7),
+/// so three products run on the tile unit while the oldest one's sums are scaled.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
@@ -105,7 +106,7 @@ impl TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1; // palette 1
         let (a, b, sums) = ((16, 32), (8, 64), (16, 64));
-        let tiles: [(u8, u16); 6] = [a, b, sums, a, b, sums];
+        let tiles: [(u8, u16); 8] = [a, a, b, b, sums, sums, sums, sums];
         for (i, (rows, colsb)) in tiles.into_iter().enumerate() {
             c[16 + 2 * i..18 + 2 * i].copy_from_slice(&colsb.to_le_bytes());
             c[48 + i] = rows;
@@ -118,8 +119,25 @@ impl TileConfig {
 #[repr(C, align(64))]
 struct Sums([[i32; ROWS]; TOKENS]);
 
-/// Starts `C(set) = A · B` with A = 16 × 32 bytes at `a` (stride 32) and B = 8 × 64 bytes at
-/// `b` (stride 64).
+/// Products in flight: the ring of sum tiles.
+const DEPTH: usize = 4;
+
+/// `start(slot, a, b)`: `C(slot) = A · B`, A from tmm(slot % 2), B from tmm(2 + slot % 2).
+macro_rules! start_in {
+    ($a:expr, $b:expr, $ta:literal, $tb:literal, $tc:literal) => {
+        asm!(
+            concat!("tileloadd tmm", $ta, ", [{a} + {sa} * 1]"),
+            concat!("tileloadd tmm", $tb, ", [{b} + {sb} * 1]"),
+            concat!("tilezero tmm", $tc),
+            concat!("tdpbssd tmm", $tc, ", tmm", $ta, ", tmm", $tb),
+            a = in(reg) $a, b = in(reg) $b, sa = in(reg) 32usize, sb = in(reg) 64usize,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// Starts product `slot`'s `C = A · B` with A = 16 × 32 bytes at `a` (stride 32) and B = 8 × 64
+/// bytes at `b` (stride 64).
 ///
 /// The tile registers carry values from one `asm!` block to the next (this one to
 /// [`finish`], `ldtilecfg` to both) without being declared: Rust and LLVM never allocate them
@@ -129,94 +147,99 @@ struct Sums([[i32; ROWS]; TOKENS]);
 /// # Safety
 /// The [`TileConfig`] is loaded on this thread; `a` and `b` are readable for 512 bytes each.
 #[inline(always)]
-unsafe fn start<const SET: usize>(a: *const i8, b: *const __m512i) {
+unsafe fn start(slot: usize, a: *const i8, b: *const __m512i) {
     // SAFETY: the caller's contract: the loads read 16 rows of 32 bytes and 8 rows of 64.
     unsafe {
-        if SET == 0 {
-            asm!(
-                "tileloadd tmm0, [{a} + {sa} * 1]",
-                "tileloadd tmm1, [{b} + {sb} * 1]",
-                "tilezero tmm2",
-                "tdpbssd tmm2, tmm0, tmm1",
-                a = in(reg) a, b = in(reg) b, sa = in(reg) 32usize, sb = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
-                "tileloadd tmm3, [{a} + {sa} * 1]",
-                "tileloadd tmm4, [{b} + {sb} * 1]",
-                "tilezero tmm5",
-                "tdpbssd tmm5, tmm3, tmm4",
-                a = in(reg) a, b = in(reg) b, sa = in(reg) 32usize, sb = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+        match slot % DEPTH {
+            0 => start_in!(a, b, "0", "2", "4"),
+            1 => start_in!(a, b, "1", "3", "5"),
+            2 => start_in!(a, b, "0", "2", "6"),
+            _ => start_in!(a, b, "1", "3", "7"),
         }
     }
 }
 
-/// Stores C(set) into `out`.
+/// Stores product `slot`'s sums into `out`.
 ///
 /// # Safety
-/// As [`start`], after a `start::<SET>`.
+/// As [`start`], after a `start(slot, ..)`.
 #[inline(always)]
-unsafe fn finish<const SET: usize>(out: &mut Sums) {
+unsafe fn finish(slot: usize, out: &mut Sums) {
     let p = out.0.as_mut_ptr();
     // SAFETY: `out` is 16 rows of 64 writable bytes.
     unsafe {
-        if SET == 0 {
-            asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack));
-        } else {
-            asm!("tilestored [{p} + {s} * 1], tmm5", p = in(reg) p, s = in(reg) 64usize, options(nostack));
+        match slot % DEPTH {
+            0 => {
+                asm!("tilestored [{p} + {s} * 1], tmm4", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            1 => {
+                asm!("tilestored [{p} + {s} * 1], tmm5", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            2 => {
+                asm!("tilestored [{p} + {s} * 1], tmm6", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            _ => {
+                asm!("tilestored [{p} + {s} * 1], tmm7", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
         }
     }
 }
 
-/// Runs `count` tile products, `operands(k)` giving product k's A and B, and hands each one's
-/// sums to `consume(k, sums)` in order; product k + 1 runs while product k's sums are used.
-/// Meanwhile `warm` (the next rows to unpack) is prefetched into L2, a share per product, so
-/// their unpacking reads from cache while this work hides the memory latency.
+/// Runs `body` for t = 0 to 15, unrolled with t a constant, so that arrays indexed by t
+/// (the accumulators) are plain registers to the compiler rather than memory.
+macro_rules! each_token {
+    (|$t:ident| $body:block) => {
+        each_token!(@ $t $body 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $t:ident $body:block $($n:literal)*) => {
+        $({
+            #[allow(non_upper_case_globals)]
+            const $t: usize = $n;
+            $body
+        })*
+    };
+}
+
+/// Runs `count` tile products, `|k| operands` giving product k's A and B, and runs
+/// `|k, sums| consume` on each one's sums in order; products k + 1 to k + 3 are queued on
+/// the tile unit before product k's sums are used. Meanwhile `warm` (the next rows to unpack)
+/// is prefetched into L2, a share per product, so their unpacking reads from cache while this
+/// work hides the memory latency.
+///
+/// A macro, not a function taking closures: the closures were compiled out of line, which
+/// kept the accumulators they update in memory (a load and a store per update).
 ///
 /// # Safety
-/// As [`start`], for every pointer pair `operands` returns.
-#[inline(always)]
-unsafe fn products(
-    count: usize,
-    operands: impl Fn(usize) -> (*const i8, *const __m512i),
-    mut consume: impl FnMut(usize, &Sums),
-    warm: &[u8],
-) {
-    let lines = warm.len().div_ceil(64);
-    if count == 0 {
-        return;
-    }
-    let mut sums = Sums([[0; ROWS]; TOKENS]);
-    let (a, b) = operands(0);
-    // SAFETY (here and below): the caller's contract, for the operands it gives.
-    unsafe { start::<0>(a, b) };
-    for k in 0..count {
-        if k + 1 < count {
-            let (a, b) = operands(k + 1);
-            unsafe {
-                if k % 2 == 0 {
-                    start::<1>(a, b)
-                } else {
-                    start::<0>(a, b)
-                }
+/// As [`start`], for every pointer pair the operands give; used inside `unsafe`.
+macro_rules! products {
+    ($count:expr, |$ko:ident| $operands:expr, |$kc:ident, $sums:ident| $consume:block, $warm:expr $(,)?) => {{
+        let count: usize = $count;
+        let warm: &[u8] = $warm;
+        let lines = warm.len().div_ceil(64);
+        // Two buffers, so storing product k + 1's sums never waits on reads of product k's.
+        let mut ring = [Sums([[0; ROWS]; TOKENS]), Sums([[0; ROWS]; TOKENS])];
+        for $ko in 0..count.min(DEPTH - 1) {
+            let (a, b) = $operands;
+            start($ko, a, b);
+        }
+        for $kc in 0..count {
+            let $sums: &mut Sums = &mut ring[$kc % 2];
+            // The tile unit runs its instructions in order: this store goes before the next
+            // product's loads, or it would wait for that product too.
+            finish($kc, $sums);
+            if $kc + DEPTH - 1 < count {
+                let $ko = $kc + DEPTH - 1;
+                let (a, b) = $operands;
+                start($ko, a, b);
             }
-        }
-        unsafe {
-            if k % 2 == 0 {
-                finish::<0>(&mut sums)
-            } else {
-                finish::<1>(&mut sums)
+            for line in $kc * lines / count..($kc + 1) * lines / count {
+                // A prefetch is a hint: it never faults.
+                _mm_prefetch::<_MM_HINT_T1>(warm.as_ptr().wrapping_add(64 * line) as *const i8);
             }
+            let $sums: &Sums = $sums;
+            $consume
         }
-        for line in k * lines / count..(k + 1) * lines / count {
-            // A prefetch is a hint: it never faults.
-            _mm_prefetch::<_MM_HINT_T1>(warm.as_ptr().wrapping_add(64 * line) as *const i8);
-        }
-        consume(k, &sums);
-    }
+    }};
 }
 
 /// Sixteen weight rows in tile form: per product, B (8 vectors: dword j of the 32 signed
@@ -440,30 +463,30 @@ unsafe fn compute(
     // `prep`, by the slicing above; the caller's contract covers the tile state.
     match dtype {
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => unsafe {
-            products(
+            products!(
                 blocks,
                 |i| (a_at(i * 32 * N), b_at(i)),
                 |i, sums| {
                     let dw = prep.scale[i];
                     let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
-                    for t in 0..N {
+                    each_token!(|t| {
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
                         acc[t] = _mm512_fmadd_ps(cvt(sums, t), scale, acc[t]);
-                    }
+                    });
                 },
                 warm,
             )
         },
         DType::Q4_K | DType::Q5_K => unsafe {
             let mut block_acc = [_mm512_setzero_ps(); N];
-            products(
+            products!(
                 8 * blocks,
                 |k| (a_at((k / 8) * QK_K * N + 32 * N * (k % 8)), b_at(k)),
                 |k, sums| {
                     let ds = prep.scale[k];
-                    for t in 0..N {
+                    each_token!(|t| {
                         block_acc[t] = _mm512_fmadd_ps(cvt(sums, t), ds, block_acc[t]);
-                    }
+                    });
                     if k % 8 == 7 {
                         let i = k / 8;
                         let dmin = prep.dmin[i];
@@ -471,7 +494,7 @@ unsafe fn compute(
                         let dy: &[f32; N] =
                             p.d[i * N..][..N].try_into().expect("a scale per token");
                         let s: &[i32] = &p.ints[i * 4 * N..][..4 * N];
-                        for t in 0..N {
+                        each_token!(|t| {
                             let y = _mm512_set1_ps(dy[t]);
                             let mut mins = _mm512_setzero_si512();
                             for (pr, &mp) in pairs.iter().enumerate() {
@@ -485,7 +508,7 @@ unsafe fn compute(
                                 acc[t],
                             );
                             block_acc[t] = _mm512_setzero_ps();
-                        }
+                        });
                     }
                 },
                 warm,
@@ -493,7 +516,7 @@ unsafe fn compute(
         },
         DType::Q6_K => unsafe {
             let mut block_acc = [_mm512_setzero_ps(); N];
-            products(
+            products!(
                 16 * blocks,
                 |k| {
                     let c = Q6_ORDER[(k % 16) / 2];
@@ -501,17 +524,17 @@ unsafe fn compute(
                 },
                 |k, sums| {
                     let ds = prep.scale[k];
-                    for t in 0..N {
+                    each_token!(|t| {
                         block_acc[t] = _mm512_fmadd_ps(cvt(sums, t), ds, block_acc[t]);
-                    }
+                    });
                     if k % 16 == 15 {
                         let i = k / 16;
                         let dy: &[f32; N] =
                             p.d[i * N..][..N].try_into().expect("a scale per token");
-                        for t in 0..N {
+                        each_token!(|t| {
                             acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
                             block_acc[t] = _mm512_setzero_ps();
-                        }
+                        });
                     }
                 },
                 warm,
