@@ -324,6 +324,28 @@ pub(crate) fn rows(
             asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
             for g in (0..n).step_by(ROWS) {
                 let tile = &w[g * row_bytes..(g + ROWS) * row_bytes];
+                if panels.len() == 1 && unpacking(dtype) {
+                    let mut res = [[0f32; ROWS]; TOKENS];
+                    let warm = w
+                        .get((g + ROWS) * row_bytes..(g + 2 * ROWS) * row_bytes)
+                        .unwrap_or(&[]);
+                    let p = &panels[0];
+                    match dtype {
+                        DType::Q4_0 => compute_unpacking::<Q4_0Layout>(
+                            tile, row_bytes, blocks, 8, p, &mut res, warm,
+                        ),
+                        DType::Q5_0 => compute_unpacking::<Q5_0Layout>(
+                            tile, row_bytes, blocks, 16, p, &mut res, warm,
+                        ),
+                        _ => compute_unpacking::<Q8_0Layout>(
+                            tile, row_bytes, blocks, 128, p, &mut res, warm,
+                        ),
+                    }
+                    for (k, res_k) in res.iter().enumerate().take(t) {
+                        out[k * stride + g..][..ROWS].copy_from_slice(res_k);
+                    }
+                    continue;
+                }
                 prep.clear();
                 prepare(dtype, tile, row_bytes, blocks, prep);
                 for (pi, panel) in panels.iter().enumerate() {
@@ -342,6 +364,11 @@ pub(crate) fn rows(
             asm!("tilerelease", options(nostack, nomem));
         }
     });
+}
+
+/// Whether a single panel meets `dtype`'s groups through [`compute_unpacking`].
+fn unpacking(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q5_0 | DType::Q8_0)
 }
 
 /// Unpacks a 16-row group into `prep`.
@@ -432,6 +459,86 @@ unsafe fn prepare_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
         prep.dmin.push(dmin);
         // SAFETY: as above.
         unsafe { k4_groups::<QS, FIFTH>(w, row_bytes, at, |_, wt| prep.b.extend(wt)) };
+    }
+}
+
+/// `res[t][r] = row r · token t` for one 16-row group `w` of a 32-weight type and one panel,
+/// each block unpacked just before its product: for a step of at most sixteen tokens, which
+/// meets every group once. Unpacking the whole group first (as [`prepare`] does for many
+/// panels) wrote it to a buffer larger than L1 and read it back, and left the memory idle while
+/// the tiles ran; here the weights' loads, their unpacking, the tile products and the scaling
+/// of the sums all overlap. The same operations as [`compute`], so the same bits.
+///
+/// # Safety
+/// As [`compute`]; `w` is 16 rows of `row_bytes` bytes, `blocks` blocks of layout `L` each.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn compute_unpacking<L: Legacy>(
+    w: &[u8],
+    row_bytes: usize,
+    blocks: usize,
+    offset: i32,
+    p: &Panel,
+    res: &mut [[f32; ROWS]; TOKENS],
+    warm: &[u8],
+) {
+    const N: usize = TOKENS;
+    /// Blocks unpacked ahead of the product being queued.
+    const AHEAD: usize = 3;
+    /// Unpacked blocks kept: enough that a slot is rewritten well after its tile load.
+    const SLOTS: usize = 8;
+    assert!(
+        w.len() >= ROWS * row_bytes && row_bytes >= blocks * L::SIZE,
+        "16 rows of whole blocks"
+    );
+    assert!(
+        p.qs.len() >= blocks * 32 * N && p.d.len() >= blocks * N,
+        "a panel of as many blocks"
+    );
+    let offsets = row_offsets(row_bytes);
+    let off = _mm512_set1_epi8(offset as u8 as i8);
+    let mut ring = [[_mm512_setzero_si512(); 8]; SLOTS];
+    let mut scales = [_mm512_setzero_ps(); SLOTS];
+    macro_rules! unpack {
+        ($i:expr) => {{
+            let i: usize = $i;
+            // Used inside `unsafe`: block i < `blocks` lies inside every row (the asserts
+            // above), as `legacy_block` requires.
+            let (wt, sc) = legacy_block::<L>(w, row_bytes, offsets, i * L::SIZE);
+            ring[i % SLOTS] = wt.map(|v| _mm512_sub_epi8(v, off));
+            scales[i % SLOTS] = crate::x86_tile::f16_half::<false>(sc);
+        }};
+    }
+    for i in 0..blocks.min(AHEAD) {
+        // SAFETY: see `unpack!`.
+        unsafe { unpack!(i) };
+    }
+    let mut acc = [_mm512_setzero_ps(); N];
+    // SAFETY: every A is 512 bytes of the panel (the assert above), every B a slot of `ring`
+    // unpacked before it is queued; the caller's contract covers the tile state.
+    unsafe {
+        products!(
+            blocks,
+            |i| {
+                if i + AHEAD < blocks {
+                    unpack!(i + AHEAD);
+                }
+                (p.qs.as_ptr().add(i * 32 * N), ring[i % SLOTS].as_ptr())
+            },
+            |i, sums| {
+                let dw = scales[i % SLOTS];
+                let d = p.d.as_ptr().add(i * N);
+                each_token!(|t| {
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*d.add(t)));
+                    let sum = _mm512_cvtepi32_ps(_mm512_load_si512(sums.0[t].as_ptr().cast()));
+                    acc[t] = _mm512_fmadd_ps(sum, scale, acc[t]);
+                });
+            },
+            warm,
+        );
+    }
+    for (t, a) in acc.iter().enumerate() {
+        // SAFETY: `res[t]` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(res[t].as_mut_ptr(), *a) };
     }
 }
 
@@ -642,14 +749,75 @@ mod speed {
     use super::*;
     use crate::x86_tile::tests::{random_rows, speed_panel};
 
-    /// One 16-row group against one panel, in cache, on one thread:
-    /// `cargo test --release -p bora-kernels amx_speed -- --ignored --nocapture`.
+    /// Q4_0 groups streamed from memory (72 MB), one panel each as in a 16-token step, on one
+    /// thread: the group unpacked whole and then met ([`prepare`], [`compute`]) against each
+    /// block unpacked just before its product ([`compute_unpacking`]), the next group
+    /// prefetched or not:
+    /// `cargo test --release -p bora-kernels amx_stream -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn amx_stream() {
+        let Some(_) = amx() else { return };
+        let dtype = DType::Q4_0;
+        let cols = 4096;
+        let blocks = cols / dtype.block_elems();
+        let one = random_rows(dtype, blocks, 3);
+        let row_bytes = one.len() / ROWS;
+        let groups = 4000;
+        let w: Vec<u8> = (0..groups).flat_map(|_| one.iter().copied()).collect();
+        let panel = speed_panel(dtype, cols, TOKENS);
+        let mut prep = Prepared::default();
+        let config = TileConfig::new();
+        let mut res = [[0f32; ROWS]; TOKENS];
+        let gb = one.len();
+        for round in 0..2 {
+            for (fused, warm) in [(false, false), (false, true), (true, false), (true, true)] {
+                // SAFETY: `amx()` checked the CPU and OS; the buffers match `dtype`.
+                let t = unsafe {
+                    asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+                    let t0 = std::time::Instant::now();
+                    for g in 0..groups {
+                        let tile = &w[g * gb..][..gb];
+                        let next = match w.get((g + 1) * gb..(g + 2) * gb) {
+                            Some(next) if warm => next,
+                            _ => &[],
+                        };
+                        if fused {
+                            compute_unpacking::<crate::x86_tile::Q4_0Layout>(
+                                tile, row_bytes, blocks, 8, &panel, &mut res, next,
+                            );
+                        } else {
+                            prep.clear();
+                            prepare(dtype, tile, row_bytes, blocks, &mut prep);
+                            compute(dtype, &prep, &panel, blocks, &mut res, next);
+                        }
+                        std::hint::black_box(&res);
+                    }
+                    let t = t0.elapsed().as_secs_f64() / groups as f64;
+                    asm!("tilerelease", options(nostack, nomem));
+                    t
+                };
+                println!(
+                    "round {round}, unpacked per block {fused}, next group prefetched {warm}: \
+                     {:.2} µs per group, {:.1} GB/s",
+                    t * 1e6,
+                    gb as f64 / t / 1e9
+                );
+            }
+        }
+    }
+
+    /// One 16-row group against one panel, in cache, on one thread (4096 columns, or
+    /// `AMX_SPEED_COLS`): `cargo test --release -p bora-kernels amx_speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn amx_speed() {
         let Some(_) = amx() else { return };
         for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
-            let cols = 4096;
+            let cols: usize = std::env::var("AMX_SPEED_COLS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4096);
             let blocks = cols / dtype.block_elems();
             let w = random_rows(dtype, blocks, 3);
             let row_bytes = w.len() / ROWS;
