@@ -324,38 +324,36 @@ pub(crate) fn rows(
             asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
             for g in (0..n).step_by(ROWS) {
                 let tile = &w[g * row_bytes..(g + ROWS) * row_bytes];
-                if panels.len() == 1 && unpacking(dtype) {
-                    let mut res = [[0f32; ROWS]; TOKENS];
-                    let warm = w
-                        .get((g + ROWS) * row_bytes..(g + 2 * ROWS) * row_bytes)
-                        .unwrap_or(&[]);
-                    let p = &panels[0];
-                    match dtype {
-                        DType::Q4_0 => compute_unpacking::<Q4_0Layout>(
-                            tile, row_bytes, blocks, 8, p, &mut res, warm,
-                        ),
-                        DType::Q5_0 => compute_unpacking::<Q5_0Layout>(
-                            tile, row_bytes, blocks, 16, p, &mut res, warm,
-                        ),
-                        _ => compute_unpacking::<Q8_0Layout>(
-                            tile, row_bytes, blocks, 128, p, &mut res, warm,
-                        ),
-                    }
-                    for (k, res_k) in res.iter().enumerate().take(t) {
-                        out[k * stride + g..][..ROWS].copy_from_slice(res_k);
-                    }
-                    continue;
-                }
                 prep.clear();
-                prepare(dtype, tile, row_bytes, blocks, prep);
+                // While the first panel is met, the next group comes into L2.
+                let warm = w
+                    .get((g + ROWS) * row_bytes..(g + 2 * ROWS) * row_bytes)
+                    .unwrap_or(&[]);
+                let fused = unpacking(dtype);
+                if !fused {
+                    prepare(dtype, tile, row_bytes, blocks, prep);
+                }
                 for (pi, panel) in panels.iter().enumerate() {
                     let mut res = [[0f32; ROWS]; TOKENS];
-                    // While the first panel is met, the next group comes into L2.
-                    let warm = match w.get((g + ROWS) * row_bytes..(g + 2 * ROWS) * row_bytes) {
-                        Some(next) if pi == 0 => next,
-                        _ => &[],
-                    };
-                    compute(dtype, prep, panel, blocks, &mut res, warm);
+                    if fused && pi == 0 {
+                        // The first panel unpacks the group block by block, keeping it for
+                        // the others.
+                        let keep = (panels.len() > 1).then_some(&mut *prep);
+                        match dtype {
+                            DType::Q4_0 => compute_unpacking::<Q4_0Layout>(
+                                tile, row_bytes, blocks, 8, panel, &mut res, warm, keep,
+                            ),
+                            DType::Q5_0 => compute_unpacking::<Q5_0Layout>(
+                                tile, row_bytes, blocks, 16, panel, &mut res, warm, keep,
+                            ),
+                            _ => compute_unpacking::<Q8_0Layout>(
+                                tile, row_bytes, blocks, 128, panel, &mut res, warm, keep,
+                            ),
+                        }
+                    } else {
+                        let warm = if pi == 0 { warm } else { &[] };
+                        compute(dtype, prep, panel, blocks, &mut res, warm);
+                    }
                     for (k, res_k) in res.iter().enumerate().take(t.saturating_sub(pi * TOKENS)) {
                         out[(pi * TOKENS + k) * stride + g..][..ROWS].copy_from_slice(res_k);
                     }
@@ -366,7 +364,8 @@ pub(crate) fn rows(
     });
 }
 
-/// Whether a single panel meets `dtype`'s groups through [`compute_unpacking`].
+/// Whether `dtype`'s groups are unpacked by the first panel's products
+/// ([`compute_unpacking`]) rather than beforehand ([`prepare`]).
 fn unpacking(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_0 | DType::Q5_0 | DType::Q8_0)
 }
@@ -463,15 +462,16 @@ unsafe fn prepare_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
 }
 
 /// `res[t][r] = row r · token t` for one 16-row group `w` of a 32-weight type and one panel,
-/// each block unpacked just before its product: for a step of at most sixteen tokens, which
-/// meets every group once. Unpacking the whole group first (as [`prepare`] does for many
-/// panels) wrote it to a buffer larger than L1 and read it back, and left the memory idle while
-/// the tiles ran; here the weights' loads, their unpacking, the tile products and the scaling
-/// of the sums all overlap. The same operations as [`compute`], so the same bits.
+/// each block unpacked just before its product, and kept in `keep` (as [`prepare`] leaves
+/// it) when other panels follow. Unpacking the whole group first left the memory idle while
+/// the tiles ran, and for a step of at most sixteen tokens wrote a buffer larger than L1 only
+/// to read it back once; here the weights' loads, their unpacking, the tile products and the
+/// scaling of the sums all overlap. The same operations as [`compute`], so the same bits.
 ///
 /// # Safety
 /// As [`compute`]; `w` is 16 rows of `row_bytes` bytes, `blocks` blocks of layout `L` each.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn compute_unpacking<L: Legacy>(
     w: &[u8],
     row_bytes: usize,
@@ -480,6 +480,7 @@ unsafe fn compute_unpacking<L: Legacy>(
     p: &Panel,
     res: &mut [[f32; ROWS]; TOKENS],
     warm: &[u8],
+    mut keep: Option<&mut Prepared>,
 ) {
     const N: usize = TOKENS;
     /// Blocks unpacked ahead of the product being queued.
@@ -506,6 +507,10 @@ unsafe fn compute_unpacking<L: Legacy>(
             let (wt, sc) = legacy_block::<L>(w, row_bytes, offsets, i * L::SIZE);
             ring[i % SLOTS] = wt.map(|v| _mm512_sub_epi8(v, off));
             scales[i % SLOTS] = crate::x86_tile::f16_half::<false>(sc);
+            if let Some(k) = keep.as_deref_mut() {
+                k.b.extend_from_slice(&ring[i % SLOTS]);
+                k.scale.push(scales[i % SLOTS]);
+            }
         }};
     }
     for i in 0..blocks.min(AHEAD) {
@@ -784,7 +789,7 @@ mod speed {
                         };
                         if fused {
                             compute_unpacking::<crate::x86_tile::Q4_0Layout>(
-                                tile, row_bytes, blocks, 8, &panel, &mut res, next,
+                                tile, row_bytes, blocks, 8, &panel, &mut res, next, None,
                             );
                         } else {
                             prep.clear();
