@@ -255,9 +255,6 @@ pub struct Q8Blocks<B> {
     pub s: Vec<f32>,
     /// Per block, `Σ qs` (exact): the tiled kernels fold a weight offset into the integer sum.
     pub sums: Vec<i32>,
-    /// The blocks' quants back to back, so two blocks are one 64-byte load (the AVX-512 row
-    /// kernels take two blocks per product).
-    pub qs: Vec<[i8; QK]>,
 }
 
 impl<B> std::ops::Deref for Q8Blocks<B> {
@@ -274,7 +271,6 @@ impl<B> Q8Blocks<B> {
             d: Vec::new(),
             s: Vec::new(),
             sums: Vec::new(),
-            qs: Vec::new(),
         };
         q.refresh(fields);
         q
@@ -285,14 +281,12 @@ impl<B> Q8Blocks<B> {
         self.d.clear();
         self.s.clear();
         self.sums.clear();
-        self.qs.clear();
         for b in &self.blocks {
             let (d, s, qs) = fields(b);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             self.d.push(f16_le(d));
             self.s.push(s.map_or(f16_le(d) * sum as f32, f16_le));
             self.sums.push(sum);
-            self.qs.push(*qs);
         }
     }
 }

@@ -222,17 +222,6 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
         &mut s.out_t
     };
     #[cfg(target_arch = "x86_64")]
-    if t == 1 {
-        if let Some(k) = crate::x86_decode::rows_dot(isa, w.dtype) {
-            let one = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
-            let chunk = chunk.next_multiple_of(crate::x86_decode::ROWS);
-            out.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(ci, o)| decode_rows(w, ci * chunk, &xq[0], o, k, one));
-            return;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
     {
         use crate::x86_tile::TOKENS;
         // Fewer tokens stay on the row kernels. A one-token tile was slower in decode from
@@ -399,29 +388,6 @@ fn amx_tiled(
             rest_on_row_kernel(w, first, whole, xq, out, row_dot);
         });
     Some(chunk)
-}
-
-/// Rows `first..` of `w` against one token, four rows a call (the rest on the one-row kernel).
-#[cfg(target_arch = "x86_64")]
-fn decode_rows(
-    w: &MatRef<'_>,
-    first: usize,
-    x: &QuantizedRow,
-    out: &mut [f32],
-    rows_dot: crate::x86_decode::RowsDot,
-    row_dot: Option<crate::x86::RowDot>,
-) {
-    use crate::x86_decode::ROWS;
-    let rb = w.row_bytes;
-    let whole = out.len() / ROWS * ROWS;
-    for (j, o) in out[..whole].chunks_exact_mut(ROWS).enumerate() {
-        let at = (first + j * ROWS) * rb;
-        let o: &mut [f32; ROWS] = o.try_into().expect("ROWS outputs");
-        // SAFETY: `rows_dot` gave the kernel for features this CPU has; the slice is ROWS
-        // whole rows of `w.dtype` blocks and `x` was quantized for `w.dtype`.
-        unsafe { rows_dot(&w.data[at..at + ROWS * rb], rb, x, o) };
-    }
-    rest_on_row_kernel(w, first, whole, std::slice::from_ref(x), out, row_dot);
 }
 
 /// Rows `first + whole..` of a task (those short of a whole tile) against every token on the
