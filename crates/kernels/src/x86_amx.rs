@@ -339,17 +339,7 @@ pub(crate) fn rows(
                         // The first panel unpacks the group block by block, keeping it for
                         // the others.
                         let keep = (panels.len() > 1).then_some(&mut *prep);
-                        match dtype {
-                            DType::Q4_0 => compute_unpacking::<Q4_0Layout>(
-                                tile, row_bytes, blocks, 8, panel, &mut res, warm, keep,
-                            ),
-                            DType::Q5_0 => compute_unpacking::<Q5_0Layout>(
-                                tile, row_bytes, blocks, 16, panel, &mut res, warm, keep,
-                            ),
-                            _ => compute_unpacking::<Q8_0Layout>(
-                                tile, row_bytes, blocks, 128, panel, &mut res, warm, keep,
-                            ),
-                        }
+                        first_panel(dtype, tile, row_bytes, blocks, panel, &mut res, warm, keep);
                     } else {
                         let warm = if pi == 0 { warm } else { &[] };
                         compute(dtype, prep, panel, blocks, &mut res, warm);
@@ -364,13 +354,47 @@ pub(crate) fn rows(
     });
 }
 
+/// [`compute_unpacking`] for `dtype` (Q4_0, Q5_0 or Q8_0).
+///
+/// # Safety
+/// As [`compute_unpacking`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn first_panel(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    blocks: usize,
+    p: &Panel,
+    res: &mut [[f32; ROWS]; TOKENS],
+    warm: &[u8],
+    keep: Option<&mut Prepared>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match dtype {
+            DType::Q4_0 => {
+                compute_unpacking::<Q4_0Layout>(w, row_bytes, blocks, 8, p, res, warm, keep)
+            }
+            DType::Q5_0 => {
+                compute_unpacking::<Q5_0Layout>(w, row_bytes, blocks, 16, p, res, warm, keep)
+            }
+            DType::Q8_0 => {
+                compute_unpacking::<Q8_0Layout>(w, row_bytes, blocks, 128, p, res, warm, keep)
+            }
+            _ => unreachable!("checked by `unpacking`"),
+        }
+    }
+}
+
 /// Whether `dtype`'s groups are unpacked by the first panel's products
 /// ([`compute_unpacking`]) rather than beforehand ([`prepare`]).
 fn unpacking(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_0 | DType::Q5_0 | DType::Q8_0)
 }
 
-/// Unpacks a 16-row group into `prep`.
+/// Unpacks a 16-row group of a k-quant into `prep` (the 32-weight types are unpacked by the
+/// first panel, [`first_panel`]).
 ///
 /// # Safety
 /// The CPU has AVX-512 VNNI; `w` is 16 rows of `blocks` blocks of `dtype`.
@@ -380,9 +404,6 @@ unsafe fn prepare(dtype: DType, w: &[u8], row_bytes: usize, blocks: usize, prep:
     // SAFETY (every call below): block i of every row is inside `w`.
     unsafe {
         match dtype {
-            DType::Q4_0 => prepare_legacy::<Q4_0Layout>(w, row_bytes, offsets, blocks, 8, prep),
-            DType::Q5_0 => prepare_legacy::<Q5_0Layout>(w, row_bytes, offsets, blocks, 16, prep),
-            DType::Q8_0 => prepare_legacy::<Q8_0Layout>(w, row_bytes, offsets, blocks, 128, prep),
             DType::Q4_K => prepare_k4::<144, 16, 0>(w, row_bytes, offsets, blocks, prep),
             DType::Q5_K => prepare_k4::<176, 48, 16>(w, row_bytes, offsets, blocks, prep),
             DType::Q6_K => {
@@ -408,31 +429,8 @@ unsafe fn prepare(dtype: DType, w: &[u8], row_bytes: usize, blocks: usize, prep:
                     });
                 }
             }
-            _ => unreachable!("checked by `supports`"),
+            _ => unreachable!("a k-quant with an AMX kernel"),
         }
-    }
-}
-
-/// The 32-weight types without a min: signed values `u − offset`, scale d per row.
-///
-/// # Safety
-/// As [`prepare`], for layout `L`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn prepare_legacy<L: Legacy>(
-    w: &[u8],
-    row_bytes: usize,
-    offsets: __m512i,
-    blocks: usize,
-    offset: i32,
-    prep: &mut Prepared,
-) {
-    let off = _mm512_set1_epi8(offset as u8 as i8);
-    for i in 0..blocks {
-        // SAFETY: the caller's contract.
-        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, i * L::SIZE) };
-        prep.b.extend(wt.map(|v| _mm512_sub_epi8(v, off)));
-        prep.scale.push(crate::x86_tile::f16_half::<false>(scales));
     }
 }
 
@@ -755,9 +753,8 @@ mod speed {
     use crate::x86_tile::tests::{random_rows, speed_panel};
 
     /// Q4_0 groups streamed from memory (72 MB), one panel each as in a 16-token step, on one
-    /// thread: the group unpacked whole and then met ([`prepare`], [`compute`]) against each
-    /// block unpacked just before its product ([`compute_unpacking`]), the next group
-    /// prefetched or not:
+    /// thread, each block unpacked just before its product ([`compute_unpacking`]), the next
+    /// group prefetched or not:
     /// `cargo test --release -p bora-kernels amx_stream -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -771,31 +768,22 @@ mod speed {
         let groups = 4000;
         let w: Vec<u8> = (0..groups).flat_map(|_| one.iter().copied()).collect();
         let panel = speed_panel(dtype, cols, TOKENS);
-        let mut prep = Prepared::default();
         let config = TileConfig::new();
         let mut res = [[0f32; ROWS]; TOKENS];
         let gb = one.len();
         for round in 0..2 {
-            for (fused, warm) in [(false, false), (false, true), (true, false), (true, true)] {
+            for warm in [false, true] {
                 // SAFETY: `amx()` checked the CPU and OS; the buffers match `dtype`.
                 let t = unsafe {
                     asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
                     let t0 = std::time::Instant::now();
                     for g in 0..groups {
-                        let tile = &w[g * gb..][..gb];
                         let next = match w.get((g + 1) * gb..(g + 2) * gb) {
                             Some(next) if warm => next,
                             _ => &[],
                         };
-                        if fused {
-                            compute_unpacking::<crate::x86_tile::Q4_0Layout>(
-                                tile, row_bytes, blocks, 8, &panel, &mut res, next, None,
-                            );
-                        } else {
-                            prep.clear();
-                            prepare(dtype, tile, row_bytes, blocks, &mut prep);
-                            compute(dtype, &prep, &panel, blocks, &mut res, next);
-                        }
+                        let tile = &w[g * gb..][..gb];
+                        first_panel(dtype, tile, row_bytes, blocks, &panel, &mut res, next, None);
                         std::hint::black_box(&res);
                     }
                     let t = t0.elapsed().as_secs_f64() / groups as f64;
@@ -803,8 +791,7 @@ mod speed {
                     t
                 };
                 println!(
-                    "round {round}, unpacked per block {fused}, next group prefetched {warm}: \
-                     {:.2} µs per group, {:.1} GB/s",
+                    "round {round}, next group prefetched {warm}: {:.2} µs per group, {:.1} GB/s",
                     t * 1e6,
                     gb as f64 / t / 1e9
                 );
@@ -834,10 +821,26 @@ mod speed {
             // SAFETY: `amx()` checked the CPU and OS; the buffers match `dtype`.
             let (tp, tc) = unsafe {
                 asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+                // The group as `rows` leaves it for the panels after the first: unpacked by
+                // the first panel's products (timed: its compute share is then taken off), or
+                // beforehand for the k-quants.
                 let t0 = std::time::Instant::now();
                 for _ in 0..iters / 10 {
                     prep.clear();
-                    prepare(dtype, &w, row_bytes, blocks, &mut prep);
+                    if unpacking(dtype) {
+                        first_panel(
+                            dtype,
+                            &w,
+                            row_bytes,
+                            blocks,
+                            &panel,
+                            &mut res,
+                            &[],
+                            Some(&mut prep),
+                        );
+                    } else {
+                        prepare(dtype, &w, row_bytes, blocks, &mut prep);
+                    }
                 }
                 let tp = t0.elapsed().as_secs_f64() / (iters / 10) as f64;
                 let t0 = std::time::Instant::now();
@@ -847,7 +850,7 @@ mod speed {
                 }
                 let tc = t0.elapsed().as_secs_f64() / iters as f64;
                 asm!("tilerelease", options(nostack, nomem));
-                (tp, tc)
+                (if unpacking(dtype) { tp - tc } else { tp }, tc)
             };
             let macs = (ROWS * TOKENS * cols) as f64;
             println!(
