@@ -94,46 +94,26 @@ pub fn spm_style_vocab(
         let name = named.unwrap_or_else(|| default.to_string());
         pieces.iter().position(|p| *p == name).map(|i| i as u32)
     };
-    let special_ids: Vec<(&str, Option<u32>)> = [
-        ("tokenizer.ggml.bos_token_id", "bos_token", "<s>"),
-        ("tokenizer.ggml.eos_token_id", "eos_token", "</s>"),
-        ("tokenizer.ggml.unknown_token_id", "unk_token", "<unk>"),
-    ]
-    .into_iter()
-    .map(|(k, key, default)| (k, id_of(key, default)))
-    .collect();
     let add_bos = config
         .as_ref()
         .and_then(|c| c["add_bos_token"].as_bool())
         .unwrap_or(true);
-
-    let mut put = |k: &str, v: Value| {
-        md.insert(k.to_string(), v);
-    };
-    put("tokenizer.ggml.model", Value::Str("llama".into()));
-    put(
-        "tokenizer.ggml.tokens",
-        Value::Array(pieces.into_iter().map(Value::Str).collect()),
+    let (bos, eos, unk) = (
+        id_of("bos_token", "<s>"),
+        id_of("eos_token", "</s>"),
+        id_of("unk_token", "<unk>"),
     );
-    put(
-        "tokenizer.ggml.scores",
-        Value::Array(scores.into_iter().map(Value::F32).collect()),
-    );
-    put(
-        "tokenizer.ggml.token_type",
-        Value::Array(types.into_iter().map(Value::I32).collect()),
-    );
-    for (k, id) in special_ids {
-        if let Some(id) = id {
-            put(k, Value::U32(id));
-        }
+    super::hf_to_gguf::LlamaVocab {
+        pieces,
+        scores,
+        types,
+        bos,
+        eos,
+        unk,
+        add_bos,
+        add_space_prefix: prepends_space(&json),
     }
-    put("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
-    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
-    put(
-        "tokenizer.ggml.add_space_prefix",
-        Value::Bool(prepends_space(&json)),
-    );
+    .write(md);
     Ok(())
 }
 

@@ -67,6 +67,54 @@ fn spm_file(dir: &Path) -> Option<PathBuf> {
 }
 
 /// A SentencePiece vocabulary as llama.cpp's `llama` tokenizer model reads it.
+/// A SentencePiece-style vocabulary, as GGUF's `llama` tokenizer metadata writes it.
+pub(super) struct LlamaVocab {
+    pub pieces: Vec<String>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub add_bos: bool,
+    pub add_space_prefix: bool,
+}
+
+impl LlamaVocab {
+    pub(super) fn write(self, md: &mut BTreeMap<String, Value>) {
+        let mut put = |k: &str, v: Value| {
+            md.insert(k.to_string(), v);
+        };
+        put("tokenizer.ggml.model", Value::Str("llama".into()));
+        put(
+            "tokenizer.ggml.tokens",
+            Value::Array(self.pieces.into_iter().map(Value::Str).collect()),
+        );
+        put(
+            "tokenizer.ggml.scores",
+            Value::Array(self.scores.into_iter().map(Value::F32).collect()),
+        );
+        put(
+            "tokenizer.ggml.token_type",
+            Value::Array(self.types.into_iter().map(Value::I32).collect()),
+        );
+        for (k, id) in [
+            ("tokenizer.ggml.bos_token_id", self.bos),
+            ("tokenizer.ggml.eos_token_id", self.eos),
+            ("tokenizer.ggml.unknown_token_id", self.unk),
+        ] {
+            if let Some(id) = id {
+                put(k, Value::U32(id));
+            }
+        }
+        put("tokenizer.ggml.add_bos_token", Value::Bool(self.add_bos));
+        put("tokenizer.ggml.add_eos_token", Value::Bool(false));
+        put(
+            "tokenizer.ggml.add_space_prefix",
+            Value::Bool(self.add_space_prefix),
+        );
+    }
+}
+
 fn spm_vocab(spm: &Path, vocab_size: usize, md: &mut BTreeMap<String, Value>) -> Result<()> {
     let vocab = SpmModel::open(spm)?;
     if vocab.pieces.len() != vocab_size {
@@ -76,37 +124,17 @@ fn spm_vocab(spm: &Path, vocab_size: usize, md: &mut BTreeMap<String, Value>) ->
             vocab.pieces.len(),
         );
     }
-    let mut put = |k: &str, v: Value| {
-        md.insert(k.to_string(), v);
-    };
-    put("tokenizer.ggml.model", Value::Str("llama".into()));
-    put(
-        "tokenizer.ggml.tokens",
-        Value::Array(vocab.pieces.iter().map(|p| Value::Str(p.clone())).collect()),
-    );
-    put(
-        "tokenizer.ggml.scores",
-        Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect()),
-    );
-    put(
-        "tokenizer.ggml.token_type",
-        Value::Array(vocab.types.iter().map(|&t| Value::I32(t)).collect()),
-    );
-    for (k, id) in [
-        ("tokenizer.ggml.bos_token_id", vocab.bos),
-        ("tokenizer.ggml.eos_token_id", vocab.eos),
-        ("tokenizer.ggml.unknown_token_id", vocab.unk),
-    ] {
-        if let Some(id) = id {
-            put(k, Value::U32(id));
-        }
+    LlamaVocab {
+        pieces: vocab.pieces,
+        scores: vocab.scores,
+        types: vocab.types,
+        bos: vocab.bos,
+        eos: vocab.eos,
+        unk: vocab.unk,
+        add_bos: true,
+        add_space_prefix: vocab.add_dummy_prefix,
     }
-    put("tokenizer.ggml.add_bos_token", Value::Bool(true));
-    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
-    put(
-        "tokenizer.ggml.add_space_prefix",
-        Value::Bool(vocab.add_dummy_prefix),
-    );
+    .write(md);
     Ok(())
 }
 
