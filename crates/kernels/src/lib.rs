@@ -33,6 +33,7 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_amx;
 #[cfg(target_arch = "x86_64")]
+mod x86_decode;
 #[cfg(target_arch = "x86_64")]
 mod x86_tile;
 

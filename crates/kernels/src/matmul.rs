@@ -167,6 +167,9 @@ struct Q8Scratch {
     /// Token groups packed for the tiled kernels.
     #[cfg(target_arch = "x86_64")]
     panels: Vec<crate::x86_tile::Panel>,
+    /// The one activation row of a decode matmul, laid out for the AVX-512 decode kernels.
+    #[cfg(target_arch = "x86_64")]
+    decode: crate::x86_decode::DecodeRow,
 }
 
 thread_local! {
@@ -224,6 +227,19 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
     #[cfg(target_arch = "x86_64")]
     {
         use crate::x86_tile::TOKENS;
+        if t == 1 {
+            if let Some(kernel) = crate::x86_decode::kernel(isa, w.dtype) {
+                s.decode.fill(w.dtype, &xq[0]);
+                let (x, rb) = (&s.decode, w.row_bytes);
+                out_t.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+                    let rows = &w.data[ci * chunk * rb..(ci * chunk + o.len()) * rb];
+                    // SAFETY: `kernel` checked the CPU's features; `rows` holds `o.len()` rows
+                    // of `w.dtype`, and `x` was laid out for `w.dtype` from a row as long.
+                    unsafe { kernel(rows, rb, x, o) };
+                });
+                return;
+            }
+        }
         // Fewer tokens stay on the row kernels. A one-token tile was slower in decode from
         // memory (Q4_0 7B: 2.3 vs 2.8 tok/s); four-token tiles are 2.4–3.5× the row kernels
         // at 4–7 tokens, but the row kernels add in llama.cpp's order, which keeps short

@@ -1,0 +1,391 @@
+//! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
+//! Q8_0 weights.
+//!
+//! A decode step reads every weight once, so these kernels must keep up with memory: a core
+//! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
+//! fit in that time slows the stream. The 256-bit row kernels ([`crate::x86`]) spend 1.5 ns
+//! per Q4_0 block from L3 (`matvec_speed Q4_0 8192 4096`, one thread): every block pays for
+//! its own nibble unpacking, i32 → f32 conversion, scale conversion and FMA on eight lanes.
+//! These spend 0.9–1.1, working on whole 512-bit registers, four Q4_0 or two Q8_0 blocks at a
+//! time:
+//!
+//! - a group's bytes are loaded as they lie (two overlapping 64-byte loads) and one `vpermt2b`
+//!   gathers every block's quants, leaving the f16 scales behind; one `vpermw` puts each
+//!   block's scale in the lanes its sums occupy;
+//! - the activation row is laid out once per matrix ([`DecodeRow`]) to meet the weights as
+//!   that gather leaves them (Q4_0: four blocks' low nibbles, then their high nibbles), with
+//!   each lane's share of the weights' offset (Q4_0's −8; the +128 that makes Q8_0's signed
+//!   quants the unsigned operand of `vpdpbusd`, an XOR) precomputed as the i32 the lane's sum
+//!   starts from, and each lane's activation scale;
+//! - per group, then: the gather, the integer dot products, one conversion and one FMA of
+//!   sixteen lanes.
+//!
+//! The integer sums are exact whatever their grouping; the f32 additions run in another order
+//! than the 256-bit kernels' (sixteen lanes, not eight), so results agree with the scalar
+//! reference to float rounding, which the tests bound.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use crate::act_quant::{Q8Blocks, QuantizedRow};
+use crate::blocks::{f16_le, BlockQ8_0};
+use crate::dispatch::{Isa, Level};
+use crate::DType;
+
+/// How far ahead of the block being read its row is prefetched into L2, and into L1: the
+/// distances the 256-bit row kernels use (`crate::x86`), measured there.
+const FAR_BYTES: usize = 4096;
+const NEAR_BYTES: usize = 512;
+
+/// 64 bytes on a cache line of their own, so every activation load is aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line<T: Copy>([T; 16]);
+
+/// 64 quants on a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Quants([i8; 64]);
+
+/// One Q8_0 activation row laid out for one weight type's kernel here: per register of
+/// weight quants, the 64 activation quants they meet (in their order), and per i32 lane the
+/// weights' offset term and the activation block's scale. Blocks past the last whole group
+/// keep their natural order, for the per-block tail.
+#[derive(Default)]
+pub(crate) struct DecodeRow {
+    dtype: Option<DType>,
+    blocks: usize,
+    qs: Vec<Quants>,
+    offsets: Vec<Line<i32>>,
+    scales: Vec<Line<f32>>,
+    tail: Vec<([i8; 32], f32)>,
+}
+
+/// Blocks per group: Q4_0 packs four blocks' 128 quants into one register of 64 bytes (two
+/// nibbles a byte), Q8_0 two blocks' 64.
+fn group_blocks(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_0 => 4,
+        _ => 2,
+    }
+}
+
+impl DecodeRow {
+    /// Lays out `x` (quantized for `dtype`) for `dtype`'s kernel.
+    pub(crate) fn fill(&mut self, dtype: DType, x: &QuantizedRow) {
+        let QuantizedRow::Q8_0(x) = x else {
+            unreachable!("Q4_0 and Q8_0 weights meet Q8_0 activations")
+        };
+        self.dtype = Some(dtype);
+        self.blocks = x.blocks.len();
+        self.qs.clear();
+        self.offsets.clear();
+        self.scales.clear();
+        self.tail.clear();
+        let per = group_blocks(dtype);
+        let whole = self.blocks / per * per;
+        for g in (0..whole).step_by(per) {
+            match dtype {
+                DType::Q4_0 => self.push_q4_0_group(x, g),
+                _ => self.push_q8_0_group(x, g),
+            }
+        }
+        for (b, d) in x.blocks[whole..].iter().zip(&x.d[whole..]) {
+            self.tail.push((b.qs, *d));
+        }
+    }
+
+    /// Blocks g..g+4: the first sixteen quants of each (what the low nibbles meet), then the
+    /// last sixteen; lane 4b+i sums block b's quants 4i..4i+3 and 16+4i..16+4i+3.
+    fn push_q4_0_group(&mut self, x: &Q8Blocks<BlockQ8_0>, g: usize) {
+        let blocks = &x.blocks[g..g + 4];
+        let (mut lo, mut hi) = ([0i8; 64], [0i8; 64]);
+        let (mut off, mut sc) = ([0i32; 16], [0f32; 16]);
+        for (b, blk) in blocks.iter().enumerate() {
+            lo[16 * b..16 * b + 16].copy_from_slice(&blk.qs[..16]);
+            hi[16 * b..16 * b + 16].copy_from_slice(&blk.qs[16..]);
+            for i in 0..4 {
+                let sum: i32 = (0..4)
+                    .map(|k| blk.qs[4 * i + k] as i32 + blk.qs[16 + 4 * i + k] as i32)
+                    .sum();
+                off[4 * b + i] = -8 * sum;
+                sc[4 * b + i] = x.d[g + b];
+            }
+        }
+        self.qs.push(Quants(lo));
+        self.qs.push(Quants(hi));
+        self.offsets.push(Line(off));
+        self.scales.push(Line(sc));
+    }
+
+    /// Blocks g, g+1 in order; lane 8b+i sums block b's quants 4i..4i+3.
+    fn push_q8_0_group(&mut self, x: &Q8Blocks<BlockQ8_0>, g: usize) {
+        let mut qs = [0i8; 64];
+        let (mut off, mut sc) = ([0i32; 16], [0f32; 16]);
+        for (b, blk) in x.blocks[g..g + 2].iter().enumerate() {
+            qs[32 * b..32 * b + 32].copy_from_slice(&blk.qs);
+            for i in 0..8 {
+                let sum: i32 = blk.qs[4 * i..4 * i + 4].iter().map(|&q| q as i32).sum();
+                off[8 * b + i] = -128 * sum;
+                sc[8 * b + i] = x.d[g + b];
+            }
+        }
+        self.qs.push(Quants(qs));
+        self.offsets.push(Line(off));
+        self.scales.push(Line(sc));
+    }
+}
+
+/// `out[j] = row j of `rows` · x`, for `out.len()` consecutive rows of `row_bytes` bytes.
+pub(crate) type RowsKernel = unsafe fn(&[u8], usize, &DecodeRow, &mut [f32]);
+
+/// Whether the CPU has what these kernels use beyond AVX-512 F/BW: VNNI and VBMI.
+fn has_vnni_vbmi() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi")
+    })
+}
+
+/// The kernel for `dtype`, where this CPU (at `isa`) has one.
+pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
+    if isa.level() < Level::Avx512 || !has_vnni_vbmi() {
+        return None;
+    }
+    match dtype {
+        DType::Q4_0 => Some(q4_0_rows),
+        DType::Q8_0 => Some(q8_0_rows),
+        _ => None,
+    }
+}
+
+/// The bytes of a Q4_0 group (four 18-byte blocks) loaded as `a` = bytes 0..64 and `b` =
+/// bytes 8..72, indexed as `vpermt2b` reads the pair (b's byte k at 64 + k): block b's
+/// sixteen quant bytes (after its 2-byte scale) in bytes 16b..16b+16.
+const Q4_0_QUANTS: [u8; 64] = {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let byte = 18 * (i / 16) + 2 + i % 16;
+        idx[i] = if byte < 64 { byte } else { 64 + byte - 8 } as u8;
+        i += 1;
+    }
+    idx
+};
+
+/// Block b's f16 scale (word 9b of `a`) in words 4b..4b+4.
+const Q4_0_SCALES: [u16; 32] = {
+    let mut idx = [0u16; 32];
+    let mut i = 0;
+    while i < 16 {
+        idx[i] = 9 * (i / 4) as u16;
+        i += 1;
+    }
+    idx
+};
+
+/// A Q8_0 pair (two 34-byte blocks) loaded as `a` = bytes 0..64 and `b` = bytes 4..68: block
+/// b's 32 quants in bytes 32b..32b+32.
+const Q8_0_QUANTS: [u8; 64] = {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let byte = 34 * (i / 32) + 2 + i % 32;
+        idx[i] = if byte < 64 { byte } else { 64 + byte - 4 } as u8;
+        i += 1;
+    }
+    idx
+};
+
+/// Block b's f16 scale (word 17b of `a`) in words 8b..8b+8.
+const Q8_0_SCALES: [u16; 32] = {
+    let mut idx = [0u16; 32];
+    let mut i = 0;
+    while i < 16 {
+        idx[i] = 17 * (i / 8) as u16;
+        i += 1;
+    }
+    idx
+};
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+#[inline]
+fn load_idx<T>(idx: &[T]) -> __m512i {
+    assert_eq!(std::mem::size_of_val(idx), 64);
+    // SAFETY: `idx` is 64 readable bytes (checked); the load is unaligned.
+    unsafe { _mm512_loadu_si512(idx.as_ptr() as *const __m512i) }
+}
+
+/// Asks for the bytes `FAR_BYTES` past `p` into L2 and `NEAR_BYTES` past it into L1. A
+/// prefetch is a hint: it never faults, whatever the address.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+#[inline]
+fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR_BYTES) as *const i8);
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR_BYTES) as *const i8);
+}
+
+/// # Safety
+/// The CPU must have AVX-512 F/BW, VNNI and VBMI; `rows` must hold `out.len()` rows of
+/// `row_bytes` bytes of Q4_0 blocks, `x` laid out for Q4_0 with as many blocks as a row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    debug_assert_eq!(x.dtype, Some(DType::Q4_0));
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 18);
+    let quants = load_idx(&Q4_0_QUANTS);
+    let scales = load_idx(&Q4_0_SCALES);
+    let nibble = _mm512_set1_epi8(0x0F);
+    let groups = x.offsets.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm512_setzero_ps();
+        let lines = x.qs.chunks_exact(2).zip(&x.offsets).zip(&x.scales);
+        for (group, ((qs, off), sc)) in row.chunks_exact(72).zip(lines) {
+            let p = group.as_ptr();
+            prefetch(p);
+            // SAFETY: bytes 0..64 and 8..72 of the group's 72; unaligned loads.
+            let (a, b) = unsafe {
+                (
+                    _mm512_loadu_si512(p as *const __m512i),
+                    _mm512_loadu_si512(p.add(8) as *const __m512i),
+                )
+            };
+            let q = _mm512_permutex2var_epi8(a, quants, b);
+            let lo = _mm512_and_si512(q, nibble);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble);
+            let s = _mm512_dpbusd_epi32(load_i32(off), lo, load_quants(&qs[0]));
+            let s = _mm512_dpbusd_epi32(s, hi, load_quants(&qs[1]));
+            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scales, a)));
+            let f = _mm512_mul_ps(d, load_f32(sc));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc);
+        }
+        let mut tail = 0f32;
+        for (k, (qs, dx)) in x.tail.iter().enumerate() {
+            let blk = &row[72 * groups + 18 * k..][..18];
+            let sum: i32 = (0..16)
+                .map(|i| {
+                    let (l, h) = ((blk[2 + i] & 0x0F) as i32, (blk[2 + i] >> 4) as i32);
+                    (l - 8) * qs[i] as i32 + (h - 8) * qs[16 + i] as i32
+                })
+                .sum();
+            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
+        }
+        *o = _mm512_reduce_add_ps(acc) + tail;
+    }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q8_0 blocks and `x` laid out for Q8_0.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    debug_assert_eq!(x.dtype, Some(DType::Q8_0));
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 34);
+    let quants = load_idx(&Q8_0_QUANTS);
+    let scales = load_idx(&Q8_0_SCALES);
+    let flip = _mm512_set1_epi8(-128);
+    let groups = x.offsets.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm512_setzero_ps();
+        let lines = x.qs.iter().zip(&x.offsets).zip(&x.scales);
+        for (pair, ((qs, off), sc)) in row.chunks_exact(68).zip(lines) {
+            let p = pair.as_ptr();
+            prefetch(p);
+            // SAFETY: bytes 0..64 and 4..68 of the pair's 68; unaligned loads.
+            let (a, b) = unsafe {
+                (
+                    _mm512_loadu_si512(p as *const __m512i),
+                    _mm512_loadu_si512(p.add(4) as *const __m512i),
+                )
+            };
+            // w + 128 as u8: the offset term in `offsets` takes the 128 back out.
+            let u = _mm512_xor_si512(_mm512_permutex2var_epi8(a, quants, b), flip);
+            let s = _mm512_dpbusd_epi32(load_i32(off), u, load_quants(qs));
+            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scales, a)));
+            let f = _mm512_mul_ps(d, load_f32(sc));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc);
+        }
+        let mut tail = 0f32;
+        for (k, (qs, dx)) in x.tail.iter().enumerate() {
+            let blk = &row[68 * groups + 34 * k..][..34];
+            let sum: i32 = (0..32)
+                .map(|i| blk[2 + i] as i8 as i32 * qs[i] as i32)
+                .sum();
+            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
+        }
+        *o = _mm512_reduce_add_ps(acc) + tail;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+#[inline]
+fn load_quants(q: &Quants) -> __m512i {
+    // SAFETY: `Quants` is 64 bytes aligned to 64.
+    unsafe { _mm512_load_si512(q.0.as_ptr() as *const __m512i) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+#[inline]
+fn load_i32(v: &Line<i32>) -> __m512i {
+    // SAFETY: `Line` is 64 bytes aligned to 64.
+    unsafe { _mm512_load_si512(v.0.as_ptr() as *const __m512i) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+#[inline]
+fn load_f32(v: &Line<f32>) -> __m512 {
+    // SAFETY: `Line` is 64 bytes aligned to 64.
+    unsafe { _mm512_load_ps(v.0.as_ptr()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::x86::tests::random_row;
+
+    /// Each kernel against the scalar reference on random rows, with whole groups, a tail,
+    /// or only a tail, several rows per call.
+    #[test]
+    fn decode_kernels_match_the_scalar_reference() {
+        let isa = crate::dispatch::isa();
+        for dtype in [DType::Q4_0, DType::Q8_0] {
+            let Some(kernel) = kernel(isa, dtype) else {
+                eprintln!("no AVX-512 VNNI/VBMI here: nothing to test");
+                return;
+            };
+            for blocks in [1usize, 2, 3, 4, 5, 7, 8, 18, 31, 32, 33, 128, 449] {
+                let rows = 5;
+                let data: Vec<u8> = (0..rows)
+                    .flat_map(|r| random_row(dtype, blocks, r as u32 * 11 + blocks as u32))
+                    .collect();
+                let rb = data.len() / rows;
+                let mut x: Vec<f32> = (0..blocks * 32)
+                    .map(|i| {
+                        (((i as u32 * 7919 + blocks as u32 * 31) % 2001) as f32 / 1000.0 - 1.0)
+                            * (1.0 + (i % 13) as f32)
+                    })
+                    .collect();
+                x[..32].iter_mut().for_each(|v| *v = 0.0);
+                let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
+                let mut lay = DecodeRow::default();
+                lay.fill(dtype, &xq);
+                let mut got = vec![0f32; rows];
+                // SAFETY: `kernel` checked the CPU; `data` holds `rows` rows of `rb` bytes of
+                // `dtype`, and `lay` was filled for `dtype` from as many blocks.
+                unsafe { kernel(&data, rb, &lay, &mut got) };
+                for (r, g) in got.iter().enumerate() {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    let want = xq.dot(dtype, row);
+                    let mut w = vec![0f32; x.len()];
+                    crate::dot::dequantize_row(dtype, row, &mut w);
+                    let magnitude: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                    let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
+                    assert!(
+                        (g - want).abs() <= tol,
+                        "{dtype} blocks={blocks} row {r}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
