@@ -159,54 +159,40 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
     }
 }
 
-/// The bytes of a Q4_0 group (four 18-byte blocks) loaded as `a` = bytes 0..64 and `b` =
-/// bytes 8..72, indexed as `vpermt2b` reads the pair (b's byte k at 64 + k): block b's
-/// sixteen quant bytes (after its 2-byte scale) in bytes 16b..16b+16.
-const Q4_0_QUANTS: [u8; 64] = {
+/// `vpermt2b` indices gathering the quants of a group of `block`-byte blocks (a 2-byte scale,
+/// then `quants` bytes each) loaded as `a` = bytes 0..64 and `b` = bytes `shift`..64 + shift
+/// (b's byte k read as 64 + k): block b's quant bytes in bytes quants·b.. of the result.
+const fn quant_gather(block: usize, quants: usize, shift: usize) -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut i = 0;
     while i < 64 {
-        let byte = 18 * (i / 16) + 2 + i % 16;
-        idx[i] = if byte < 64 { byte } else { 64 + byte - 8 } as u8;
+        let byte = block * (i / quants) + 2 + i % quants;
+        idx[i] = if byte < 64 { byte } else { 64 + byte - shift } as u8;
         i += 1;
     }
     idx
-};
+}
 
-/// Block b's f16 scale (word 9b of `a`) in words 4b..4b+4.
-const Q4_0_SCALES: [u16; 32] = {
+/// `vpermw` indices putting block b's f16 scale (word block·b/2 of `a`) in the `lanes` i32
+/// lanes its sums occupy (the low 16 words of the result; one word per lane).
+const fn scale_spread(block: usize, lanes: usize) -> [u16; 32] {
     let mut idx = [0u16; 32];
     let mut i = 0;
     while i < 16 {
-        idx[i] = 9 * (i / 4) as u16;
+        idx[i] = (block / 2 * (i / lanes)) as u16;
         i += 1;
     }
     idx
-};
+}
 
-/// A Q8_0 pair (two 34-byte blocks) loaded as `a` = bytes 0..64 and `b` = bytes 4..68: block
-/// b's 32 quants in bytes 32b..32b+32.
-const Q8_0_QUANTS: [u8; 64] = {
-    let mut idx = [0u8; 64];
-    let mut i = 0;
-    while i < 64 {
-        let byte = 34 * (i / 32) + 2 + i % 32;
-        idx[i] = if byte < 64 { byte } else { 64 + byte - 4 } as u8;
-        i += 1;
-    }
-    idx
-};
-
-/// Block b's f16 scale (word 17b of `a`) in words 8b..8b+8.
-const Q8_0_SCALES: [u16; 32] = {
-    let mut idx = [0u16; 32];
-    let mut i = 0;
-    while i < 16 {
-        idx[i] = 17 * (i / 8) as u16;
-        i += 1;
-    }
-    idx
-};
+/// Q4_0: four 18-byte blocks (72 bytes: the second load at byte 8), 16 quant bytes each,
+/// each block's sums in four lanes.
+const Q4_0_QUANTS: [u8; 64] = quant_gather(18, 16, 8);
+const Q4_0_SCALES: [u16; 32] = scale_spread(18, 4);
+/// Q8_0: two 34-byte blocks (68 bytes: the second load at byte 4), 32 quants each, each
+/// block's sums in eight lanes.
+const Q8_0_QUANTS: [u8; 64] = quant_gather(34, 32, 4);
+const Q8_0_SCALES: [u16; 32] = scale_spread(34, 8);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 #[inline]
