@@ -1,5 +1,5 @@
 //! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
-//! Q8_0 weights.
+//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`].
 //!
 //! A decode step reads every weight once, so these kernels must keep up with memory: a core
 //! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
@@ -26,6 +26,8 @@
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
+
+mod kquants;
 
 use crate::act_quant::{Q8Blocks, QuantizedRow};
 use crate::blocks::{f16_le, BlockQ8_0};
@@ -59,6 +61,8 @@ pub(crate) struct DecodeRow {
     offsets: Vec<Line<i32>>,
     scales: Vec<Line<f32>>,
     tail: Vec<([i8; 32], f32)>,
+    /// Q4_K and Q6_K: the row's Q8_K blocks ([`kquants`]).
+    k: Vec<kquants::KAct>,
 }
 
 /// Blocks per group: Q4_0 packs four blocks' 128 quants into one register of 64 bytes (two
@@ -73,10 +77,12 @@ fn group_blocks(dtype: DType) -> usize {
 impl DecodeRow {
     /// Lays out `x` (quantized for `dtype`) for `dtype`'s kernel.
     pub(crate) fn fill(&mut self, dtype: DType, x: &QuantizedRow) {
-        let QuantizedRow::Q8_0(x) = x else {
-            unreachable!("Q4_0 and Q8_0 weights meet Q8_0 activations")
-        };
         self.dtype = Some(dtype);
+        let x = match x {
+            QuantizedRow::Q8_0(x) => x,
+            QuantizedRow::Q8K(x) => return kquants::fill(dtype, x, &mut self.k),
+            QuantizedRow::Q8_1(_) => unreachable!("no decode kernel here meets Q8_1 activations"),
+        };
         self.blocks = x.blocks.len();
         self.qs.clear();
         self.offsets.clear();
@@ -155,6 +161,8 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
     match dtype {
         DType::Q4_0 => Some(q4_0_rows),
         DType::Q8_0 => Some(q8_0_rows),
+        DType::Q4_K => Some(kquants::q4_k_rows),
+        DType::Q6_K => Some(kquants::q6_k_rows),
         _ => None,
     }
 }
@@ -334,7 +342,7 @@ mod tests {
     #[test]
     fn decode_kernels_match_the_scalar_reference() {
         let isa = crate::dispatch::isa();
-        for dtype in [DType::Q4_0, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             let Some(kernel) = kernel(isa, dtype) else {
                 eprintln!("no AVX-512 VNNI/VBMI here: nothing to test");
                 return;
@@ -345,7 +353,7 @@ mod tests {
                     .flat_map(|r| random_row(dtype, blocks, r as u32 * 11 + blocks as u32))
                     .collect();
                 let rb = data.len() / rows;
-                let mut x: Vec<f32> = (0..blocks * 32)
+                let mut x: Vec<f32> = (0..blocks * dtype.block_elems())
                     .map(|i| {
                         (((i as u32 * 7919 + blocks as u32 * 31) % 2001) as f32 / 1000.0 - 1.0)
                             * (1.0 + (i % 13) as f32)
