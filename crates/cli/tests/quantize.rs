@@ -14,7 +14,7 @@ use bora::model::gguf::GgufFile;
 use common::*;
 
 fn quantize(input: &Path, ty: &str, out_name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bora-quantize-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quantize");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(out_name);
     let o = Command::new(env!("CARGO_BIN_EXE_bora"))
