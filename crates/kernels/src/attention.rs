@@ -76,6 +76,26 @@ pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// Asks for the first `n` keys and values of `run`, `hd` wide, to be brought into L1: a
+/// head's keys lie one cache row apart (`stride` floats, every head's slice in between), a
+/// pattern the hardware prefetchers follow poorly, so decode's attention stalled on the first
+/// load of each key. A prefetch is a hint: it never faults, whatever the address.
+pub fn prefetch_run(run: &KeyRun<'_>, n: usize, hd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for j in 0..n {
+        let at = j * run.stride;
+        for line in (0..hd).step_by(16) {
+            for base in [run.keys.as_ptr(), run.values.as_ptr()] {
+                let p = base.wrapping_add(at + line) as *const i8;
+                // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
+                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (run, n, hd);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{attend_keys, finish, KeyRun, OnlineSoftmax};
+use bora_kernels::attention::{attend_keys, finish, prefetch_run, KeyRun, OnlineSoftmax};
 
 use crate::kv_cache::{KvPool, SeqKv, MAX_BLOCK_SIZE};
 
@@ -36,12 +36,19 @@ pub fn attend(
     let hd = shape.head_dim;
     let d = shape.n_heads * hd;
     if rows.len() < 4 * QUERY_CHUNK {
-        // Decode and short steps: (row, head) pairs are the parallel work.
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-            let (t, h) = (i / shape.n_heads, i % shape.n_heads);
-            let qh = &q[i * hd..(i + 1) * hd];
-            attend_one(pool, layer, shape, &rows[t], h, qh, o);
-        });
+        // Decode and short steps: (row, KV head) pairs are the parallel work, each meeting the
+        // query heads that share the KV head together, so a cache block is read once for all
+        // of them. One task per query head read each key and value once per head (four times
+        // in Mistral 7B): from L3, since a layer's cache outgrows L2, that made decode after a
+        // 512-token prompt 15% slower than after 16 tokens.
+        let group_width = hd * shape.n_heads / shape.n_kv_heads;
+        out.par_chunks_mut(group_width)
+            .zip(q.par_chunks(group_width))
+            .enumerate()
+            .for_each(|(i, (o, qg))| {
+                let (t, kv_head) = (i / shape.n_kv_heads, i % shape.n_kv_heads);
+                attend_group(pool, layer, shape, &rows[t], kv_head, qg, o);
+            });
         return;
     }
     // Prefill: chunks of query rows, each walking its keys once per KV head for all the rows
@@ -142,27 +149,28 @@ fn attend_chunk(
     }
 }
 
-fn attend_one(
+/// One row's query heads that share `kv_head` (`q`, `out`: those heads, consecutive) against
+/// the row's keys.
+fn attend_group(
     pool: &KvPool,
     layer: usize,
     shape: &AttentionShape,
     row: &QueryRow<'_>,
-    head: usize,
+    kv_head: usize,
     q: &[f32],
     out: &mut [f32],
 ) {
     let hd = shape.head_dim;
     let kv_dim = shape.n_kv_heads * hd;
-    let kv_head = head / (shape.n_heads / shape.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let bs = pool.layout().block_size;
     let first = shape.window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
-    let mut state = OnlineSoftmax::default();
+    let mut states = vec![OnlineSoftmax::default(); shape.n_heads / shape.n_kv_heads];
     out.fill(0.0);
     let mut scores = [0f32; MAX_BLOCK_SIZE];
     let isa = bora_kernels::dispatch::isa();
-    let mut start = first;
-    while start <= row.pos {
+    // This head's keys and values from `start` on, at most one block's worth.
+    let run_at = |start: usize| {
         let (block, slot) = row.kv.locate(start, bs);
         let n = (bs - slot).min(row.pos + 1 - start);
         let (ks, vs) = pool.block_slots(block, layer, slot, n);
@@ -173,8 +181,26 @@ fn attend_one(
             stride: kv_dim,
             scale,
         };
-        attend_keys(isa, q, &run, &mut state, &mut scores[..n], out);
+        (run, n)
+    };
+    let mut start = first;
+    let mut next = run_at(start);
+    prefetch_run(&next.0, next.1, hd);
+    loop {
+        let (run, n) = next;
+        if start + n <= row.pos {
+            next = run_at(start + n);
+            prefetch_run(&next.0, next.1, hd);
+        }
+        for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(&mut states) {
+            attend_keys(isa, qh, &run, state, &mut scores[..n], o);
+        }
         start += n;
+        if start > row.pos {
+            break;
+        }
     }
-    finish(&state, out);
+    for (o, state) in out.chunks_mut(hd).zip(&states) {
+        finish(state, o);
+    }
 }
