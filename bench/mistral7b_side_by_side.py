@@ -292,8 +292,8 @@ def main() -> None:
             ratio = (f"{pp / base[0]:.2f}×", f"{tg / base[1]:.2f}×") if base else ("", "")
             print(f"| {kind.upper()} | {size / 1e9:.2f} | {e} | {pp:.2f} | {tg:.2f} | {ratio[0]} | {ratio[1]} | "
                   f"{tg / limit:.0%} of {limit:.1f} |")
-    # KV cache at p+n tokens: 32 layers x 2 (K, V) x 8 heads x 128 x f32.
-    kv = N_LAYER * 2 * N_HEAD_KV * HEAD_DIM * 4 * (a.p + a.n)
+    # KV cache at p+n tokens: 32 layers x 2 (K, V) x 8 heads x 128 x f16 (bora's default cache type, as llama.cpp's).
+    kv = N_LAYER * 2 * N_HEAD_KV * HEAD_DIM * 2 * (a.p + a.n)
     print()
     print("| file | bora load s (median) | bora peak RSS GB | file + KV cache GB | RSS / (file + KV) |")
     print("|---|---|---|---|---|")

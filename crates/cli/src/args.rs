@@ -115,6 +115,9 @@ pub struct InspectArgs {
     /// The context to size the KV cache for (default: the model's).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// The KV cache type to size it for (f16, the default, or f32).
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    pub kv_type: bora_model::KvType,
     /// Use this tokenizer file instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -250,6 +253,11 @@ pub struct ModelArgs {
     /// Keep activations in f32 against quantized weights (exact; default: 8-bit blocks, as llama.cpp).
     #[arg(long)]
     pub f32_activations: bool,
+    /// How the KV cache stores keys and values: f16 (as llama.cpp; half the memory) or f32
+    /// (exact). Default: f16 for quantized models, f32 for float ones or with
+    /// --f32-activations.
+    #[arg(long, value_name = "TYPE")]
+    pub kv_type: Option<bora_model::KvType>,
     /// Quantize a float checkpoint's weight matrices to this type while loading
     /// (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k).
     #[arg(long, value_parser = parse_quant)]
@@ -269,6 +277,7 @@ impl ModelArgs {
                 Activations::Q8
             },
             quant: self.quant,
+            kv_type: self.kv_type,
         }
     }
 

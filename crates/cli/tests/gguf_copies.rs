@@ -113,11 +113,7 @@ fn q8_activations_stay_close_to_exact_activations() {
     for q in ["q8_0", "q4_0", "q4_1"] {
         let file = gguf(&format!("mistral_swa.{q}.gguf"));
         let exact = all_logits(&load(&file).model, &prompt, 16);
-        let q8 = all_logits(
-            &load_with(&file, bora::kernels::Activations::Q8).model,
-            &prompt,
-            16,
-        );
+        let q8 = all_logits(&load_llama_cpp_f32_kv(&file).model, &prompt, 16);
         let d = max_abs_diff(&exact, &q8);
         assert!(
             d > 0.0 && d < 0.5,

@@ -9,7 +9,6 @@
 
 mod common;
 
-use bora::kernels::Activations;
 use common::*;
 
 const FILES: [&str; 7] = ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q5_0", "q5_1"];
@@ -65,7 +64,7 @@ fn k_quant_files_match_llama_cpp() {
     let prompt = prompt();
     for q in FILES {
         let want = read_f32(&tiny(&format!("mistral_k.{q}.llamacpp.f32.bin")));
-        let got = all_logits(&load_with(&file(q), Activations::Q8).model, &prompt, 16);
+        let got = all_logits(&load_llama_cpp_f32_kv(&file(q)).model, &prompt, 16);
         let exact = read_f32(&tiny(&format!("mistral_k.{q}.logits.f32.bin")));
         let (same, d) = compare(&got, &want, 256);
         let (_, d_exact) = compare(&exact, &want, 256);

@@ -43,35 +43,55 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
 
+/// llama-perplexity ran with its defaults: an f16 KV cache and flash attention, whose CPU
+/// kernel also rounds the queries to f16 and accumulates the weighted values in f16. bora's
+/// f16 cache rounds K and V only, so neither of its cache types computes llama.cpp's exact
+/// attention: measured, the f32 cache is within 1% of every running estimate, the f16 cache
+/// within 1.2% (window 1: 23.00 vs 23.28; its 128 scored tokens make it the noisiest), and
+/// both within 0.1% of the final estimate.
 #[test]
 fn perplexity_matches_llama_perplexity_within_one_percent() {
     let r = reference();
     let model = smollm2_path().display().to_string();
     let ctx = r["ctx"].as_u64().unwrap().to_string();
-    let got = bora(&[
-        "perplexity",
-        &model,
-        "-f",
-        &text(),
-        "--ctx",
-        &ctx,
-        "--json",
-        "-q",
-    ]);
-    assert_eq!(got["chunks"], r["chunks"], "a different number of windows");
-    let (ppl, want) = (
-        got["perplexity"].as_f64().unwrap(),
-        r["perplexity"].as_f64().unwrap(),
-    );
-    assert!(rel(ppl, want) < 0.01, "PPL {ppl} vs llama.cpp {want}");
-    let se = got["stderr"].as_f64().unwrap();
-    assert!(rel(se, r["stderr"].as_f64().unwrap()) < 0.05, "stderr {se}");
-    // The running estimate after every window, too.
-    let running: Vec<f64> = serde_json::from_value(got["running"].clone()).unwrap();
-    let want_running: Vec<f64> = serde_json::from_value(r["running"].clone()).unwrap();
-    assert_eq!(running.len(), want_running.len());
-    for (i, (a, b)) in running.iter().zip(&want_running).enumerate() {
-        assert!(rel(*a, *b) < 0.01, "window {}: {a} vs {b}", i + 1);
+    for (kv, per_window) in [("f32", 0.01), ("f16", 0.015)] {
+        let got = bora(&[
+            "perplexity",
+            &model,
+            "-f",
+            &text(),
+            "--ctx",
+            &ctx,
+            "--kv-type",
+            kv,
+            "--json",
+            "-q",
+        ]);
+        assert_eq!(got["chunks"], r["chunks"], "a different number of windows");
+        let (ppl, want) = (
+            got["perplexity"].as_f64().unwrap(),
+            r["perplexity"].as_f64().unwrap(),
+        );
+        assert!(
+            rel(ppl, want) < 0.01,
+            "{kv} cache: PPL {ppl} vs llama.cpp {want}"
+        );
+        let se = got["stderr"].as_f64().unwrap();
+        assert!(
+            rel(se, r["stderr"].as_f64().unwrap()) < 0.05,
+            "{kv} cache: stderr {se}"
+        );
+        // The running estimate after every window, too.
+        let running: Vec<f64> = serde_json::from_value(got["running"].clone()).unwrap();
+        let want_running: Vec<f64> = serde_json::from_value(r["running"].clone()).unwrap();
+        assert_eq!(running.len(), want_running.len());
+        for (i, (a, b)) in running.iter().zip(&want_running).enumerate() {
+            assert!(
+                rel(*a, *b) < per_window,
+                "{kv} cache, window {}: {a} vs {b}",
+                i + 1
+            );
+        }
     }
 }
 

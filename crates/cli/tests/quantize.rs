@@ -89,7 +89,7 @@ fn llama_cpp_reads_bora_k_quants_as_bora_does() {
     assert_eq!(types.iter().filter(|t| *t == "Q6_K").count(), 3);
     let prompt = ids(&read_json(&tiny("summary_kquants.json"))["prompt_ids"]);
     let want = read_f32(&tiny("mistral_k.bora_q4_k_m.llamacpp.f32.bin"));
-    let got = all_logits(&load_with(&out, Activations::Q8).model, &prompt, 16);
+    let got = all_logits(&load_llama_cpp_f32_kv(&out).model, &prompt, 16);
     let close = got
         .chunks_exact(256)
         .zip(want.chunks_exact(256))
@@ -256,12 +256,15 @@ fn hf_folder_to_gguf_matches_llama_cpp_then(model: &str, fixture: &str, more: &d
             want_ids,
             "{ftype}: llama.cpp tokenizes the file's vocabulary otherwise"
         );
+        // The references ran llama.cpp with an f32 KV cache (check_gguf_llamacpp.py).
         let lg: serde_json::Value = serde_json::from_slice(&bora(&[
             "logits",
             o,
             "--ids",
             &id_list.join(","),
             "--all",
+            "--kv-type",
+            "f32",
             "--json",
         ]))
         .unwrap();

@@ -16,6 +16,7 @@ mod common;
 
 use bora::engine::{argmax, Engine, Session};
 use bora::kernels::Activations;
+use bora::model::KvType;
 use common::*;
 
 fn exact() -> Engine {
@@ -24,6 +25,15 @@ fn exact() -> Engine {
 
 fn llama_cpp_numerics() -> Engine {
     load_with(&smollm2_path(), Activations::Q8)
+}
+
+fn llama_cpp_numerics_with(kv_type: KvType) -> Engine {
+    let opts = bora::engine::LoadOptions {
+        activations: Activations::Q8,
+        kv_type: Some(kv_type),
+        ..Default::default()
+    };
+    bora::engine::load(&smollm2_path(), &opts).unwrap()
 }
 
 fn fixture(name: &str) -> serde_json::Value {
@@ -145,8 +155,12 @@ fn greedy_choices_match_llama_cpp_along_its_path() {
     );
 }
 
-/// Free-running greedy: "The capital of France is" continues exactly as llama.cpp's does for
-/// all 64 tokens. (Sensitive to summation order at steps with margins below 0.5: the SIMD
+/// Free-running greedy: "The capital of France is" continues as llama.cpp's does. With an
+/// f32 KV cache, for at least 32 tokens. With bora's default f16 cache (K and V rounded as
+/// llama.cpp rounds them, but not, as llama.cpp's attention also does, the queries and the
+/// softmax probabilities), at least until llama.cpp's first step whose top-2 margin is below
+/// 0.25 (step 14, margin 0.19), where the two roundings may pick differently; measured, it
+/// parts there. (Sensitive to summation order at steps with margins below 0.5: the SIMD
 /// kernels accumulate per block into 8 f32 lanes as llama.cpp's x86 kernels do; the portable
 /// reference kernels part from llama.cpp at step 5 here, as the exact f32 oracle does.)
 #[test]
@@ -157,17 +171,25 @@ fn greedy_continuation_matches_llama_cpp() {
         eprintln!("skipped: needs the SIMD kernels' summation order");
         return;
     }
-    let e = llama_cpp_numerics();
     let r = fixture("reference.json");
     let p = &r["prompts"][0];
     assert_eq!(p["text"], "The capital of France is");
     let want = ids(&p["greedy_ids"]);
-    let got = greedy(&e.model, &ids(&p["prompt_ids"]), want.len());
-    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-    assert!(
-        same >= 32,
-        "first {same} greedy tokens agree with llama.cpp\n bora {got:?}\nllama {want:?}"
-    );
+    let first_near_tie = p["greedy_margins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m.as_f64().unwrap() < 0.25)
+        .unwrap_or(want.len());
+    for (kv, at_least) in [(KvType::F32, 32), (KvType::F16, first_near_tie)] {
+        let e = llama_cpp_numerics_with(kv);
+        let got = greedy(&e.model, &ids(&p["prompt_ids"]), want.len());
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        assert!(
+            same >= at_least,
+            "{kv} cache: first {same} greedy tokens agree with llama.cpp\n bora {got:?}\nllama {want:?}"
+        );
+    }
 }
 
 #[test]

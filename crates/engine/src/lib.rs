@@ -23,7 +23,7 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 
 use bora_kernels::Activations;
-use bora_model::{Checkpoint, Model, ModelConfig};
+use bora_model::{Checkpoint, KvType, Model, ModelConfig};
 
 pub use batch::{run_batch, BatchJob, BatchOptions, JobLogits};
 pub use error::{EngineError, Result};
@@ -47,6 +47,10 @@ pub struct LoadOptions {
     pub activations: Activations,
     /// Quantize a float checkpoint's matrices to this type while loading.
     pub quant: Option<bora_kernels::DType>,
+    /// How the KV cache stores K and V. Default: f16 for quantized weights met by 8-bit
+    /// activations (llama.cpp's numerics, llama.cpp's default cache type); f32 otherwise, so
+    /// float checkpoints and exact activations compute what transformers does.
+    pub kv_type: Option<KvType>,
 }
 
 pub struct Engine {
@@ -78,6 +82,15 @@ pub fn load_with(
     if let Some(target) = opts.quant {
         model.weights.quantize_with(target, progress)?;
     }
+    let quantized = model
+        .weights
+        .layers
+        .first()
+        .is_some_and(|l| l.wq.dtype.is_quantized());
+    model.kv_type = opts.kv_type.unwrap_or(match opts.activations {
+        Activations::Q8 if quantized => KvType::F16,
+        _ => KvType::F32,
+    });
     // A tokenizer.json given explicitly, or the one in an HF folder; else a GGUF's vocabulary.
     let json = match &opts.tokenizer {
         Some(t) => Some(t.clone()),

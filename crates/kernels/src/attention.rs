@@ -2,8 +2,10 @@
 //! an online softmax, compiled for each instruction set (`multiversion!`), so the dot
 //! products and the weighted sums of values run on the widest vectors the CPU has.
 
-use crate::dispatch::multiversion;
-use crate::dot::dot_f32;
+use half::f16;
+
+use crate::blocks::f16_to_f32;
+use crate::dispatch::{multiversion, Isa};
 
 /// The running softmax of one query head over the keys seen so far: max score `m` and
 /// `l = Σ e^(s − m)`; the output holds `Σ e^(s − m)·v` until [`finish`] divides by `l`.
@@ -22,11 +24,69 @@ impl Default for OnlineSoftmax {
     }
 }
 
+/// What a KV cache stores: f32, or f16 (llama.cpp's default cache type: half the memory and
+/// the bytes attention reads, K and V rounded as llama.cpp rounds them).
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// `dst[i] = src[i]` rounded to this type (to nearest, ties to even).
+    fn store(src: &[f32], dst: &mut [Self]);
+    /// [`attend_keys`] for runs of this type, on the widest vectors `isa` has.
+    fn attend(
+        isa: Isa,
+        q: &[f32],
+        run: &KeyRun<'_, Self>,
+        state: &mut OnlineSoftmax,
+        scores: &mut [f32],
+        out: &mut [f32],
+    );
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn store(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn attend(
+        isa: Isa,
+        q: &[f32],
+        run: &KeyRun<'_, f32>,
+        state: &mut OnlineSoftmax,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        attend_keys(isa, q, run, state, scores, out)
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16_to_f32(self.to_bits())
+    }
+    fn store(src: &[f32], dst: &mut [f16]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+    fn attend(
+        isa: Isa,
+        q: &[f32],
+        run: &KeyRun<'_, f16>,
+        state: &mut OnlineSoftmax,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        attend_keys_f16(isa, q, run, state, scores, out)
+    }
+}
+
 /// Consecutive cached positions of one KV head: key and value j start at `j·stride`.
 #[derive(Clone, Copy)]
-pub struct KeyRun<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+pub struct KeyRun<'a, E = f32> {
+    pub keys: &'a [E],
+    pub values: &'a [E],
     pub stride: usize,
     /// The score scale, 1/√head_dim.
     pub scale: f32,
@@ -43,11 +103,62 @@ multiversion! {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let KeyRun { keys, values, stride, scale } = *run;
+        fold_keys(q, run, state, scores, out)
+    }
+}
+
+multiversion! {
+    /// [`attend_keys`] for keys and values stored as f16.
+    pub fn attend_keys_f16(
+        q: &[f32],
+        run: &KeyRun<'_, f16>,
+        state: &mut OnlineSoftmax,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        fold_keys(q, run, state, scores, out)
+    }
+}
+
+/// `q · k` in f32, in 16 lanes (the order of [`crate::dot::dot_f32`]).
+#[inline(always)]
+fn dot_kv<E: KvElem>(q: &[f32], k: &[E]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (cq, ck) = (q.chunks_exact(LANES), k.chunks_exact(LANES));
+    let (rq, rk) = (cq.remainder(), ck.remainder());
+    for (xq, xk) in cq.zip(ck) {
+        for l in 0..LANES {
+            acc[l] += xq[l] * xk[l].to_f32();
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in rq.iter().zip(rk) {
+        tail += x * y.to_f32();
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The body of [`attend_keys`], inlined into each instruction set's build.
+#[inline(always)]
+fn fold_keys<E: KvElem>(
+    q: &[f32],
+    run: &KeyRun<'_, E>,
+    state: &mut OnlineSoftmax,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    {
+        let KeyRun {
+            keys,
+            values,
+            stride,
+            scale,
+        } = *run;
         let hd = q.len();
         let mut block_max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot_f32(q, &keys[j * stride..][..hd]) * scale;
+            *s = dot_kv(q, &keys[j * stride..][..hd]) * scale;
             block_max = block_max.max(*s);
         }
         let m_new = state.m.max(block_max);
@@ -63,7 +174,7 @@ multiversion! {
             state.l += p;
             let v = &values[j * stride..][..hd];
             for (o, vv) in out.iter_mut().zip(v) {
-                *o += p * vv;
+                *o += p * vv.to_f32();
             }
         }
         state.m = m_new;
@@ -80,11 +191,11 @@ pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
 /// head's keys lie one cache row apart (`stride` floats, every head's slice in between), a
 /// pattern the hardware prefetchers follow poorly, so decode's attention stalled on the first
 /// load of each key. A prefetch is a hint: it never faults, whatever the address.
-pub fn prefetch_run(run: &KeyRun<'_>, n: usize, hd: usize) {
+pub fn prefetch_run<E: KvElem>(run: &KeyRun<'_, E>, n: usize, hd: usize) {
     #[cfg(target_arch = "x86_64")]
     for j in 0..n {
         let at = j * run.stride;
-        for line in (0..hd).step_by(16) {
+        for line in (0..hd).step_by(64 / std::mem::size_of::<E>()) {
             for base in [run.keys.as_ptr(), run.values.as_ptr()] {
                 let p = base.wrapping_add(at + line) as *const i8;
                 // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
@@ -99,25 +210,44 @@ pub fn prefetch_run(run: &KeyRun<'_>, n: usize, hd: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::{isa, Isa};
+    use crate::dispatch::isa;
 
     /// Keys folded in runs of any length, on every instruction set, give the plain softmax
-    /// attention computed in f64.
+    /// attention computed in f64 (on the values as stored).
     #[test]
     fn runs_of_keys_give_softmax_attention() {
+        check_runs::<f32>();
+        check_runs::<f16>();
+    }
+
+    /// Storing rounds to nearest f16, as the `half` crate (and llama.cpp's F16C) does.
+    #[test]
+    fn f16_store_rounds_to_nearest() {
+        let src: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 300.0).collect();
+        let mut dst = vec![f16::ZERO; src.len()];
+        f16::store(&src, &mut dst);
+        for (s, d) in src.iter().zip(&dst) {
+            assert_eq!(d.to_bits(), f16::from_f32(*s).to_bits(), "{s}");
+            assert!((d.to_f32() - s).abs() <= s.abs() * 2f32.powi(-11), "{s}");
+        }
+    }
+
+    fn check_runs<E: KvElem>() {
         let (hd, n, stride) = (40, 23, 56);
         let q: Vec<f32> = (0..hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
-        let keys: Vec<f32> = (0..n * stride)
-            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
-            .collect();
-        let values: Vec<f32> = (0..n * stride)
-            .map(|i| ((i * 5) % 19) as f32 / 9.0 - 1.0)
-            .collect();
+        let stored = |f: &dyn Fn(usize) -> f32| {
+            let x: Vec<f32> = (0..n * stride).map(f).collect();
+            let mut e = vec![E::default(); x.len()];
+            E::store(&x, &mut e);
+            e
+        };
+        let keys = stored(&|i| ((i * 13) % 17) as f32 / 8.0 - 1.0);
+        let values = stored(&|i| ((i * 5) % 19) as f32 / 9.0 - 1.0);
         let scale = 0.3f32;
         let s: Vec<f64> = (0..n)
             .map(|j| {
                 (0..hd)
-                    .map(|d| q[d] as f64 * keys[j * stride + d] as f64)
+                    .map(|d| q[d] as f64 * keys[j * stride + d].to_f32() as f64)
                     .sum::<f64>()
                     * scale as f64
             })
@@ -127,7 +257,7 @@ mod tests {
         let want: Vec<f64> = (0..hd)
             .map(|d| {
                 (0..n)
-                    .map(|j| (s[j] - m).exp() * values[j * stride + d] as f64)
+                    .map(|j| (s[j] - m).exp() * values[j * stride + d].to_f32() as f64)
                     .sum::<f64>()
                     / l
             })
@@ -147,7 +277,7 @@ mod tests {
                         stride,
                         scale,
                     };
-                    attend_keys(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
+                    E::attend(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
                     start += k;
                 }
                 finish(&state, &mut out);

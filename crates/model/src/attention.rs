@@ -6,9 +6,10 @@
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{attend_keys, finish, prefetch_run, KeyRun, OnlineSoftmax};
+use bora_kernels::attention::{finish, prefetch_run, KeyRun, OnlineSoftmax};
+use half::f16;
 
-use crate::kv_cache::{KvPool, SeqKv, MAX_BLOCK_SIZE};
+use crate::kv_cache::{CacheElem, KvPool, KvType, SeqKv, MAX_BLOCK_SIZE};
 
 pub struct AttentionShape {
     pub n_heads: usize,
@@ -33,6 +34,21 @@ pub fn attend(
     q: &[f32],
     out: &mut [f32],
 ) {
+    match pool.layout().kv_type {
+        KvType::F16 => attend_as::<f16>(pool, layer, shape, rows, q, out),
+        KvType::F32 => attend_as::<f32>(pool, layer, shape, rows, q, out),
+    }
+}
+
+/// [`attend`] over a cache that stores `E`.
+fn attend_as<E: CacheElem>(
+    pool: &KvPool,
+    layer: usize,
+    shape: &AttentionShape,
+    rows: &[QueryRow<'_>],
+    q: &[f32],
+    out: &mut [f32],
+) {
     let hd = shape.head_dim;
     let d = shape.n_heads * hd;
     if rows.len() < 4 * QUERY_CHUNK {
@@ -47,7 +63,7 @@ pub fn attend(
             .enumerate()
             .for_each(|(i, (o, qg))| {
                 let (t, kv_head) = (i / shape.n_kv_heads, i % shape.n_kv_heads);
-                attend_group(pool, layer, shape, &rows[t], kv_head, qg, o);
+                attend_group::<E>(pool, layer, shape, &rows[t], kv_head, qg, o);
             });
         return;
     }
@@ -58,7 +74,7 @@ pub fn attend(
     out.par_chunks_mut(QUERY_CHUNK * d)
         .zip(q.par_chunks(QUERY_CHUNK * d))
         .zip(rows.par_chunks(QUERY_CHUNK))
-        .for_each(|((o, qc), rc)| attend_chunk(pool, layer, shape, rc, qc, o));
+        .for_each(|((o, qc), rc)| attend_chunk::<E>(pool, layer, shape, rc, qc, o));
 }
 
 /// Query rows attended together in prefill.
@@ -67,7 +83,7 @@ const QUERY_CHUNK: usize = 8;
 /// Attention for a few query rows (`q`, `out`: [rows, n_heads·head_dim]): per KV head and
 /// per run of rows reading the same sequence, every cache block of the run's key range meets
 /// each (row, query head) that sees part of it.
-fn attend_chunk(
+fn attend_chunk<E: CacheElem>(
     pool: &KvPool,
     layer: usize,
     shape: &AttentionShape,
@@ -106,7 +122,7 @@ fn attend_chunk(
             while start <= hi {
                 let (block, slot) = kv.locate(start, bs);
                 let n = (bs - slot).min(hi + 1 - start);
-                let (ks, vs) = pool.block_slots(block, layer, slot, n);
+                let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
                 for t in run.clone() {
                     // The part of this block row t sees: keys first_key ..= pos.
                     let a = first_key(&rows[t]).max(start);
@@ -123,7 +139,7 @@ fn attend_chunk(
                     };
                     for g in 0..group {
                         let row = t * d + (kv_head * group + g) * hd;
-                        attend_keys(
+                        E::attend(
                             isa,
                             &q[row..row + hd],
                             &keys,
@@ -151,7 +167,7 @@ fn attend_chunk(
 
 /// One row's query heads that share `kv_head` (`q`, `out`: those heads, consecutive) against
 /// the row's keys.
-fn attend_group(
+fn attend_group<E: CacheElem>(
     pool: &KvPool,
     layer: usize,
     shape: &AttentionShape,
@@ -173,7 +189,7 @@ fn attend_group(
     let run_at = |start: usize| {
         let (block, slot) = row.kv.locate(start, bs);
         let n = (bs - slot).min(row.pos + 1 - start);
-        let (ks, vs) = pool.block_slots(block, layer, slot, n);
+        let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
         let at = kv_head * hd;
         let run = KeyRun {
             keys: &ks[at..],
@@ -193,7 +209,7 @@ fn attend_group(
             prefetch_run(&next.0, next.1, hd);
         }
         for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(&mut states) {
-            attend_keys(isa, qh, &run, state, &mut scores[..n], o);
+            E::attend(isa, qh, &run, state, &mut scores[..n], o);
         }
         start += n;
         if start > row.pos {

@@ -18,6 +18,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use bora_kernels::attention::KvElem;
+use half::f16;
+
 use crate::error::{ModelError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,100 @@ pub struct KvLayout {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
+    pub kv_type: KvType,
+}
+
+/// How the cache stores K and V.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// Half the memory, and half the bytes decode's attention reads; K and V rounded to f16
+    /// as llama.cpp's default cache does.
+    #[default]
+    F16,
+    /// Exact: what the transformers references compute.
+    F32,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        })
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            _ => Err(format!("unknown KV cache type {s:?} (f16 or f32)")),
+        }
+    }
+}
+
+/// One element type's K and V storage: one allocation per block.
+pub(crate) struct Planes<E> {
+    k: Vec<Box<[E]>>,
+    v: Vec<Box<[E]>>,
+}
+
+impl<E: KvElem> Planes<E> {
+    fn new() -> Self {
+        Self {
+            k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    fn push_block(&mut self, n: usize) {
+        self.k.push(vec![E::default(); n].into_boxed_slice());
+        self.v.push(vec![E::default(); n].into_boxed_slice());
+    }
+
+    fn write(&mut self, block: usize, o: usize, k: &[f32], v: &[f32]) {
+        E::store(k, &mut self.k[block][o..o + k.len()]);
+        E::store(v, &mut self.v[block][o..o + v.len()]);
+    }
+}
+
+pub(crate) enum Store {
+    F32(Planes<f32>),
+    F16(Planes<f16>),
+}
+
+/// A type the pool can store K and V as, and hand back typed.
+pub(crate) trait CacheElem: KvElem {
+    fn planes(store: &Store) -> Option<&Planes<Self>>;
+}
+
+impl CacheElem for f32 {
+    fn planes(store: &Store) -> Option<&Planes<f32>> {
+        match store {
+            Store::F32(p) => Some(p),
+            Store::F16(_) => None,
+        }
+    }
+}
+
+impl CacheElem for f16 {
+    fn planes(store: &Store) -> Option<&Planes<f16>> {
+        match store {
+            Store::F16(p) => Some(p),
+            Store::F32(_) => None,
+        }
+    }
 }
 
 impl KvLayout {
@@ -33,9 +130,14 @@ impl KvLayout {
         self.n_kv_heads * self.head_dim
     }
 
-    /// f32s of K (or of V) in one block, all layers.
-    fn block_floats(&self) -> usize {
+    /// Elements of K (or of V) in one block, all layers.
+    fn block_elems(&self) -> usize {
         self.n_layers * self.block_size * self.kv_dim()
+    }
+
+    /// Bytes of K plus V in one block.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.block_elems() * self.kv_type.bytes()
     }
 }
 
@@ -71,8 +173,7 @@ pub struct KvPool {
     layout: KvLayout,
     capacity: usize,
     /// One allocation per block, so memory is exactly what was created: [n_layers][block_size][kv_dim]
-    k: Vec<Box<[f32]>>,
-    v: Vec<Box<[f32]>>,
+    store: Store,
     /// Holders of each block.
     refs: Vec<u32>,
     /// Unheld blocks with nothing worth keeping.
@@ -94,8 +195,10 @@ impl KvPool {
         Self {
             layout,
             capacity: capacity_blocks,
-            k: Vec::new(),
-            v: Vec::new(),
+            store: match layout.kv_type {
+                KvType::F32 => Store::F32(Planes::new()),
+                KvType::F16 => Store::F16(Planes::new()),
+            },
             refs: Vec::new(),
             free: Vec::new(),
             created: 0,
@@ -115,9 +218,11 @@ impl KvPool {
         let b = if let Some(b) = self.free.pop() {
             b
         } else if self.created < self.capacity {
-            let n = self.layout.block_floats();
-            self.k.push(vec![0.0; n].into_boxed_slice());
-            self.v.push(vec![0.0; n].into_boxed_slice());
+            let n = self.layout.block_elems();
+            match &mut self.store {
+                Store::F32(p) => p.push_block(n),
+                Store::F16(p) => p.push_block(n),
+            }
             self.refs.push(0);
             self.hash_of.push(None);
             self.released_at.push(0);
@@ -204,7 +309,7 @@ impl KvPool {
 
     /// Bytes of K plus V in one block.
     pub fn block_bytes(&self) -> usize {
-        2 * self.layout.block_floats() * std::mem::size_of::<f32>()
+        self.layout.block_bytes()
     }
 
     /// Blocks some sequence holds.
@@ -225,23 +330,28 @@ impl KvPool {
 
     pub fn write(&mut self, at: (u32, usize), layer: usize, k: &[f32], v: &[f32]) {
         let o = self.offset(layer, at.1);
-        let d = self.layout.kv_dim();
-        self.k[at.0 as usize][o..o + d].copy_from_slice(k);
-        self.v[at.0 as usize][o..o + d].copy_from_slice(v);
+        debug_assert_eq!(k.len(), self.layout.kv_dim());
+        match &mut self.store {
+            Store::F32(p) => p.write(at.0 as usize, o, k, v),
+            Store::F16(p) => p.write(at.0 as usize, o, k, v),
+        }
     }
 
     /// K and V of `n` consecutive slots of one block in one layer: `[n, kv_dim]` each.
-    pub fn block_slots(
+    /// K and V of `n` slots from `first` of one layer of `block`, as the pool stores them
+    /// (`E` must be the layout's [`KvType`]).
+    pub(crate) fn block_slots<E: CacheElem>(
         &self,
         block: u32,
         layer: usize,
         first: usize,
         n: usize,
-    ) -> (&[f32], &[f32]) {
+    ) -> (&[E], &[E]) {
         let o = self.offset(layer, first);
         let len = n * self.layout.kv_dim();
         let b = block as usize;
-        (&self.k[b][o..o + len], &self.v[b][o..o + len])
+        let p = E::planes(&self.store).expect("K and V read as the type they are stored as");
+        (&p.k[b][o..o + len], &p.v[b][o..o + len])
     }
 }
 
@@ -407,6 +517,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 4,
             block_size: 2,
+            kv_type: KvType::F32,
         }
     }
 

@@ -26,6 +26,6 @@ pub mod weights;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, ModelConfig, MoeConfig};
 pub use error::{ModelError, Result};
-pub use kv_cache::{block_hashes, next_block_hash, BlockHash, KvLayout, KvPool, SeqKv};
+pub use kv_cache::{block_hashes, next_block_hash, BlockHash, KvLayout, KvPool, KvType, SeqKv};
 pub use model::{LogitsRows, Model, SeqStep, DEFAULT_BLOCK_SIZE};
 pub use weights::{ModelWeights, QuantizeReport};

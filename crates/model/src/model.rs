@@ -6,7 +6,7 @@ use crate::attention::{attend, AttentionShape, QueryRow};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::kv_cache::{KvLayout, KvPool, SeqKv};
+use crate::kv_cache::{KvLayout, KvPool, KvType, SeqKv};
 use crate::moe::moe_forward;
 use crate::rope::{Rope, RopeAngles};
 use crate::weights::{Ffn, LayerWeights, Mlp, ModelWeights};
@@ -33,6 +33,8 @@ pub struct Model {
     pub weights: ModelWeights,
     /// How activations meet quantized weights (8-bit as llama.cpp, or exact f32).
     pub activations: Activations,
+    /// How the KV caches made for this model store K and V.
+    pub kv_type: KvType,
     rope: Rope,
     /// The step buffers, kept between steps so a decode step allocates none of them.
     scratch: std::sync::Mutex<Scratch>,
@@ -51,6 +53,7 @@ impl Model {
             config,
             weights,
             activations: Activations::default(),
+            kv_type: KvType::default(),
             rope,
             scratch: Default::default(),
         })
@@ -62,6 +65,7 @@ impl Model {
             n_kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim,
             block_size,
+            kv_type: self.kv_type,
         }
     }
 

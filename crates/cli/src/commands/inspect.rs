@@ -9,9 +9,9 @@ use bora_model::{Arch, Checkpoint};
 
 use crate::args::InspectArgs;
 
-/// KV cache bytes per position: K and V, f32, every layer.
-fn kv_bytes_per_position(c: &bora_model::ModelConfig) -> usize {
-    c.n_layers * 2 * c.kv_dim() * std::mem::size_of::<f32>()
+/// KV cache bytes per position: K and V, every layer.
+fn kv_bytes_per_position(c: &bora_model::ModelConfig, kv_type: bora_model::KvType) -> usize {
+    c.n_layers * 2 * c.kv_dim() * kv_type.bytes()
 }
 
 fn human(bytes: f64) -> String {
@@ -52,7 +52,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             ChatFormat::Jinja(_) => "the model's Jinja chat_template".to_string(),
         });
     let ctx = a.ctx.unwrap_or(c.max_context);
-    let per_pos = kv_bytes_per_position(c);
+    let per_pos = kv_bytes_per_position(c, a.kv_type);
     // With a window the rolling cache holds the window plus one step's chunk, no more.
     let held = match c.sliding_window {
         Some(w) => ctx.min(w + 512),
@@ -156,9 +156,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
     writeln!(out, "    weights       {}", human(weight_bytes as f64))?;
     writeln!(
         out,
-        "    KV cache      {} ({} per position, f32{})",
+        "    KV cache      {} ({} per position, {}{})",
         human(kv as f64),
         human(per_pos as f64),
+        a.kv_type,
         if held < ctx {
             format!("; the window keeps {held} positions")
         } else {

@@ -58,6 +58,17 @@ pub fn load_with(path: &Path, activations: Activations) -> bora::engine::Engine 
     bora::engine::load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// llama.cpp's numerics (8-bit activations) with an f32 KV cache: what
+/// tools/oracle/check_gguf_llamacpp.py's references ran (`type_k=0, type_v=0`).
+pub fn load_llama_cpp_f32_kv(path: &Path) -> bora::engine::Engine {
+    let opts = LoadOptions {
+        activations: Activations::Q8,
+        kv_type: Some(bora::model::KvType::F32),
+        ..Default::default()
+    };
+    bora::engine::load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Every position's logits for `prompt`, fed in chunks of `chunk`.
 pub fn all_logits(model: &Model, prompt: &[u32], chunk: usize) -> Vec<f32> {
     let mut s = Session::new(model, 16, chunk).unwrap();

@@ -126,7 +126,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let tokenizer = tokenizer.context("the model has no tokenizer: the server needs one")?;
     let model = Arc::new(model);
     let layout = model.kv_layout(bora_model::DEFAULT_BLOCK_SIZE);
-    let block_bytes = 2 * layout.n_layers * layout.kv_dim() * layout.block_size * 4;
+    let block_bytes = layout.block_bytes();
     let context = model.config.max_context;
     let kv_bytes = match a.kv_memory_mib {
         Some(mib) => (mib as usize) << 20,
