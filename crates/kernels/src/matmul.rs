@@ -186,6 +186,11 @@ pub fn use_tiles_for_small_batches(on: bool) {
     SMALL_BATCH_TILES.with(|c| c.set(on));
 }
 
+/// Whether [`use_tiles_for_small_batches`] is on for the calling thread.
+pub fn tiles_for_small_batches() -> bool {
+    SMALL_BATCH_TILES.with(|c| c.get())
+}
+
 /// Each activation row quantized once, then integer dot products with every weight row.
 fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
     let t = batch_rows(w, x, out);
