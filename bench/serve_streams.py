@@ -110,13 +110,14 @@ def main():
     ap.add_argument("-t", type=int, default=2)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--only", choices=["bora", "llama"])
+    ap.add_argument("--bora", default=str(ROOT / "target/release/bora"), help="the bora binary (for A/Bs of two builds)")
     a = ap.parse_args()
     counts = [int(x) for x in a.streams.split(",")]
     slots = max(counts)
     ctx_per_slot = 128 + a.n
     servers = {}
     if a.only != "llama":
-        bora = [str(ROOT / "target/release/bora"), "serve", a.model, "--port", "18431", "-t", str(a.t),
+        bora = [a.bora, "serve", a.model, "--port", "18431", "-t", str(a.t),
                 "--parallel", str(slots), "--kv-memory-mib", str(slots * ctx_per_slot * 256 // 1024 + 256),
                 "--no-prefix-caching"]
         servers["bora"] = (18431, subprocess.Popen(bora, stderr=subprocess.DEVNULL))

@@ -115,9 +115,10 @@ pub struct InspectArgs {
     /// The context to size the KV cache for (default: the model's).
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// The KV cache type to size it for (f16, the default, or f32).
-    #[arg(long, value_name = "TYPE", default_value = "f16")]
-    pub kv_type: bora_model::KvType,
+    /// The KV cache type to size it for, f16 or f32 (default: what a run would use, f16 for
+    /// quantized weights, f32 for float ones).
+    #[arg(long, value_name = "TYPE")]
+    pub kv_type: Option<bora_model::KvType>,
     /// Use this tokenizer file instead of the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,

@@ -328,10 +328,17 @@ fn inspect_reports_parameters_types_and_memory() {
         assert!((shares - 1.0).abs() < 1e-9);
         assert_eq!(j["sliding_window"], 16);
         // 100 positions are fewer than the window plus one 512-token step, so all are held:
-        // layers × (K, V) × kv_dim × f16 (the default cache type) × 100.
+        // layers × (K, V) × kv_dim × element × 100, the element as a run would store it:
+        // f16 for the quantized file, f32 for the float checkpoints.
+        let (kv_type, bytes) = if model.to_string_lossy().contains("q8_0") {
+            ("f16", 2)
+        } else {
+            ("f32", 4)
+        };
+        assert_eq!(j["memory"]["kv_cache_type"], kv_type, "{model:?}");
         assert_eq!(
             j["memory"]["kv_cache_bytes"].as_u64().unwrap(),
-            l * 2 * kvd * 2 * 100
+            l * 2 * kvd * bytes * 100
         );
     }
 }

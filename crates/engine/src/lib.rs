@@ -82,15 +82,7 @@ pub fn load_with(
     if let Some(target) = opts.quant {
         model.weights.quantize_with(target, progress)?;
     }
-    let quantized = model
-        .weights
-        .layers
-        .first()
-        .is_some_and(|l| l.wq.dtype.is_quantized());
-    model.kv_type = opts.kv_type.unwrap_or(match opts.activations {
-        Activations::Q8 if quantized => KvType::F16,
-        _ => KvType::F32,
-    });
+    model.kv_type = opts.kv_type.unwrap_or(model.default_kv_type());
     // A tokenizer.json given explicitly, or the one in an HF folder; else a GGUF's vocabulary.
     let json = match &opts.tokenizer {
         Some(t) => Some(t.clone()),

@@ -188,7 +188,7 @@ pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
 }
 
 /// Asks for the first `n` keys and values of `run`, `hd` wide, to be brought into L1: a
-/// head's keys lie one cache row apart (`stride` floats, every head's slice in between), a
+/// head's keys lie one cache row apart (`stride` elements, every head's slice in between), a
 /// pattern the hardware prefetchers follow poorly, so decode's attention stalled on the first
 /// load of each key. A prefetch is a hint: it never faults, whatever the address.
 pub fn prefetch_run<E: KvElem>(run: &KeyRun<'_, E>, n: usize, hd: usize) {

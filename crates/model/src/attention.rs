@@ -200,6 +200,10 @@ fn attend_group<E: CacheElem>(
         (run, n)
     };
     let mut start = first;
+    if start > row.pos {
+        // Nothing visible: only a zero-width window, which the config refuses.
+        return;
+    }
     let mut next = run_at(start);
     prefetch_run(&next.0, next.1, hd);
     loop {
@@ -218,5 +222,97 @@ fn attend_group<E: CacheElem>(
     }
     for (o, state) in out.chunks_mut(hd).zip(&states) {
         finish(state, o);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvLayout;
+
+    /// Prefill's path (rows attended in chunks) and decode's (one row, a task per KV head)
+    /// both give plain softmax attention, computed in f64 on K and V as the cache stores them,
+    /// for both cache types, with grouped heads, with and without a window, across blocks.
+    #[test]
+    fn both_paths_give_softmax_attention_for_both_cache_types() {
+        let (n_heads, n_kv_heads, hd, bs, len) = (6, 2, 20, 4, 37);
+        for kv_type in [KvType::F32, KvType::F16] {
+            for window in [None, Some(7)] {
+                let layout = KvLayout {
+                    n_layers: 2,
+                    n_kv_heads,
+                    head_dim: hd,
+                    block_size: bs,
+                    kv_type,
+                };
+                let mut pool = KvPool::new(layout, 64);
+                let mut seq = SeqKv::new();
+                seq.prepare(&mut pool, len, None).unwrap();
+                let kv_dim = n_kv_heads * hd;
+                let value = |i: usize, salt: usize| ((i * 7919 + salt) % 1009) as f32 / 300.0 - 1.6;
+                let k: Vec<f32> = (0..len * kv_dim).map(|i| value(i, 1)).collect();
+                let v: Vec<f32> = (0..len * kv_dim).map(|i| value(i, 2)).collect();
+                for p in 0..len {
+                    let at = seq.locate(p, bs);
+                    let (kp, vp) = (&k[p * kv_dim..][..kv_dim], &v[p * kv_dim..][..kv_dim]);
+                    pool.write(at, 1, kp, vp);
+                }
+                let stored = |x: f32| match kv_type {
+                    KvType::F32 => x as f64,
+                    KvType::F16 => f16::from_f32(x).to_f64(),
+                };
+                let d = n_heads * hd;
+                let q: Vec<f32> = (0..len * d).map(|i| value(i, 3)).collect();
+                let shape = AttentionShape {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim: hd,
+                    window,
+                };
+                let rows: Vec<QueryRow<'_>> =
+                    (0..len).map(|pos| QueryRow { kv: &seq, pos }).collect();
+                let mut chunked = vec![0f32; len * d];
+                attend(&pool, 1, &shape, &rows, &q, &mut chunked);
+                assert!(rows.len() >= 4 * QUERY_CHUNK, "the chunked path runs");
+                for (t, row) in rows.iter().enumerate() {
+                    let mut one = vec![0f32; d];
+                    let q_row = &q[t * d..(t + 1) * d];
+                    attend(&pool, 1, &shape, std::slice::from_ref(row), q_row, &mut one);
+                    let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
+                    for h in 0..n_heads {
+                        let kvh = h / (n_heads / n_kv_heads);
+                        let qh = &q_row[h * hd..(h + 1) * hd];
+                        let s: Vec<f64> = (first..=t)
+                            .map(|j| {
+                                let kj = &k[j * kv_dim + kvh * hd..][..hd];
+                                let dot: f64 =
+                                    qh.iter().zip(kj).map(|(a, b)| *a as f64 * stored(*b)).sum();
+                                dot / (hd as f64).sqrt()
+                            })
+                            .collect();
+                        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                        for e in 0..hd {
+                            let want: f64 = (first..=t)
+                                .zip(&s)
+                                .map(|(j, sj)| {
+                                    (sj - m).exp() * stored(v[j * kv_dim + kvh * hd + e])
+                                })
+                                .sum::<f64>()
+                                / l;
+                            for (path, got) in [
+                                ("chunked", chunked[t * d + h * hd + e]),
+                                ("decode", one[h * hd + e]),
+                            ] {
+                                assert!(
+                                    (got as f64 - want).abs() < 1e-5,
+                                    "{kv_type} {window:?} {path} row {t} head {h}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

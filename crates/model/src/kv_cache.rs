@@ -33,11 +33,10 @@ pub struct KvLayout {
 }
 
 /// How the cache stores K and V.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
     /// Half the memory, and half the bytes decode's attention reads; K and V rounded to f16
     /// as llama.cpp's default cache does.
-    #[default]
     F16,
     /// Exact: what the transformers references compute.
     F32,
@@ -337,9 +336,8 @@ impl KvPool {
         }
     }
 
-    /// K and V of `n` consecutive slots of one block in one layer: `[n, kv_dim]` each.
-    /// K and V of `n` slots from `first` of one layer of `block`, as the pool stores them
-    /// (`E` must be the layout's [`KvType`]).
+    /// K and V of `n` consecutive slots from `first` of one block in one layer, `[n, kv_dim]`
+    /// each, as the pool stores them (`E` must be the layout's [`KvType`]).
     pub(crate) fn block_slots<E: CacheElem>(
         &self,
         block: u32,

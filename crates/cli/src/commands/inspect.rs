@@ -52,7 +52,17 @@ pub fn run(a: InspectArgs) -> Result<()> {
             ChatFormat::Jinja(_) => "the model's Jinja chat_template".to_string(),
         });
     let ctx = a.ctx.unwrap_or(c.max_context);
-    let per_pos = kv_bytes_per_position(c, a.kv_type);
+    // As a run chooses (`Model::default_kv_type`): f16 when the matrices are quantized.
+    let quantized = ckpt
+        .tensors
+        .values()
+        .any(|t| t.dtype.as_ref().is_ok_and(|d| d.is_quantized()));
+    let kv_type = a.kv_type.unwrap_or(if quantized {
+        bora_model::KvType::F16
+    } else {
+        bora_model::KvType::F32
+    });
+    let per_pos = kv_bytes_per_position(c, kv_type);
     // With a window the rolling cache holds the window plus one step's chunk, no more.
     let held = match c.sliding_window {
         Some(w) => ctx.min(w + 512),
@@ -87,7 +97,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "tensor_types": types,
             "tokenizer": tokenizer.as_ref().map(|t| t.kind()),
             "chat_format": chat,
-            "memory": {"context": ctx, "weights_bytes": weight_bytes, "kv_cache_bytes": kv, "total_bytes": weight_bytes + kv},
+            "memory": {"context": ctx, "weights_bytes": weight_bytes, "kv_cache_bytes": kv, "kv_cache_type": kv_type.to_string(), "total_bytes": weight_bytes + kv},
         });
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, &obj)?;
@@ -159,7 +169,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         "    KV cache      {} ({} per position, {}{})",
         human(kv as f64),
         human(per_pos as f64),
-        a.kv_type,
+        kv_type,
         if held < ctx {
             format!("; the window keeps {held} positions")
         } else {

@@ -102,7 +102,7 @@ const Q6_K_SCALES: [[u16; 32]; 4] = [
     spread(12, 1, 8),
 ];
 
-/// Asks for the `lines` cache lines from `FAR_BYTES` past `p` into L2, and from `NEAR_BYTES`
+/// Asks for the `LINES` cache lines from `FAR_BYTES` past `p` into L2, and from `NEAR_BYTES`
 /// past it into L1. A prefetch is a hint: it never faults, whatever the address.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 #[inline]
