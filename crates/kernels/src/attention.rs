@@ -6,6 +6,7 @@ use half::f16;
 
 use crate::blocks::f16_to_f32;
 use crate::dispatch::{multiversion, Isa};
+use crate::dot::dot_by;
 
 /// The running softmax of one query head over the keys seen so far: max score `m` and
 /// `l = Σ e^(s − m)`; the output holds `Σ e^(s − m)·v` until [`finish`] divides by `l`.
@@ -120,25 +121,6 @@ multiversion! {
     }
 }
 
-/// `q · k` in f32, in 16 lanes (the order of [`crate::dot::dot_f32`]).
-#[inline(always)]
-fn dot_kv<E: KvElem>(q: &[f32], k: &[E]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (cq, ck) = (q.chunks_exact(LANES), k.chunks_exact(LANES));
-    let (rq, rk) = (cq.remainder(), ck.remainder());
-    for (xq, xk) in cq.zip(ck) {
-        for l in 0..LANES {
-            acc[l] += xq[l] * xk[l].to_f32();
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in rq.iter().zip(rk) {
-        tail += x * y.to_f32();
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// The body of [`attend_keys`], inlined into each instruction set's build.
 #[inline(always)]
 fn fold_keys<E: KvElem>(
@@ -158,7 +140,7 @@ fn fold_keys<E: KvElem>(
         let hd = q.len();
         let mut block_max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot_kv(q, &keys[j * stride..][..hd]) * scale;
+            *s = dot_by(q, &keys[j * stride..][..hd], E::to_f32) * scale;
             block_max = block_max.max(*s);
         }
         let m_new = state.m.max(block_max);

@@ -12,6 +12,12 @@ const LANES: usize = 16;
 /// `a · b` in f32, lane-parallel.
 #[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_by(a, b, |x| x)
+}
+
+/// `a · f(b)` in f32, lane-parallel: [`dot_f32`] for `b` stored in another type.
+#[inline(always)]
+pub(crate) fn dot_by<T: Copy>(a: &[f32], b: &[T], f: impl Fn(T) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let ca = a.chunks_exact(LANES);
@@ -19,12 +25,12 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (xa, xb) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += xa[l] * xb[l];
+            acc[l] += xa[l] * f(xb[l]);
         }
     }
     let mut tail = 0f32;
     for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+        tail += x * f(*y);
     }
     acc.iter().sum::<f32>() + tail
 }
