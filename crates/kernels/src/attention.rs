@@ -6,7 +6,7 @@ use half::f16;
 
 use crate::blocks::f16_to_f32;
 use crate::dispatch::{multiversion, Isa};
-use crate::dot::dot_by;
+use crate::dot::dot_f32;
 
 /// The running softmax of one query head over the keys seen so far: max score `m` and
 /// `l = Σ e^(s − m)`; the output holds `Σ e^(s − m)·v` until [`finish`] divides by `l`.
@@ -31,15 +31,16 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// `dst[i] = src[i]` rounded to this type (to nearest, ties to even).
     fn store(src: &[f32], dst: &mut [Self]);
-    /// [`attend_keys`] for runs of this type, on the widest vectors `isa` has.
-    fn attend(
+    /// The first `n` keys and values of `run`, `hd` wide, as f32 for [`attend_keys`]: the run
+    /// itself for f32; for f16, widened once into `buf` (keys, then values, each `[n, hd]`),
+    /// so that every query head meeting the run reads f32, not one conversion per head.
+    fn widened<'a>(
         isa: Isa,
-        q: &[f32],
-        run: &KeyRun<'_, Self>,
-        state: &mut OnlineSoftmax,
-        scores: &mut [f32],
-        out: &mut [f32],
-    );
+        run: &KeyRun<'a, Self>,
+        n: usize,
+        hd: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> KeyRun<'a, f32>;
 }
 
 impl KvElem for f32 {
@@ -50,15 +51,14 @@ impl KvElem for f32 {
     fn store(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
-    fn attend(
-        isa: Isa,
-        q: &[f32],
-        run: &KeyRun<'_, f32>,
-        state: &mut OnlineSoftmax,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        attend_keys(isa, q, run, state, scores, out)
+    fn widened<'a>(
+        _: Isa,
+        run: &KeyRun<'a, f32>,
+        _: usize,
+        _: usize,
+        _: &'a mut Vec<f32>,
+    ) -> KeyRun<'a, f32> {
+        *run
     }
 }
 
@@ -71,15 +71,61 @@ impl KvElem for f16 {
         use half::slice::HalfFloatSliceExt;
         dst.convert_from_f32_slice(src);
     }
-    fn attend(
+    fn widened<'a>(
         isa: Isa,
-        q: &[f32],
-        run: &KeyRun<'_, f16>,
-        state: &mut OnlineSoftmax,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        attend_keys_f16(isa, q, run, state, scores, out)
+        run: &KeyRun<'a, f16>,
+        n: usize,
+        hd: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> KeyRun<'a, f32> {
+        buf.resize(2 * n * hd, 0.0);
+        let (k, v) = buf.split_at_mut(n * hd);
+        for (j, (kd, vd)) in k.chunks_exact_mut(hd).zip(v.chunks_exact_mut(hd)).enumerate() {
+            widen_f16(isa, &run.keys[j * run.stride..][..hd], kd);
+            widen_f16(isa, &run.values[j * run.stride..][..hd], vd);
+        }
+        let (k, v) = buf.split_at(n * hd);
+        KeyRun {
+            keys: k,
+            values: v,
+            stride: hd,
+            scale: run.scale,
+        }
+    }
+}
+
+/// `dst[i] = src[i]` as f32 (exact), with the CPU's f16 conversion (F16C) where it has one.
+pub fn widen_f16(isa: Isa, src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_simd() {
+        // SAFETY: a SIMD `Isa` is only made after AVX2, FMA and F16C were detected.
+        unsafe { widen_f16_f16c(src, dst) };
+        return;
+    }
+    let _ = isa;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(s.to_bits());
+    }
+}
+
+/// [`widen_f16`] eight values at a time with `vcvtph2ps`; the caller checked for F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+fn widen_f16_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let (hs, ht) = src.as_chunks::<8>();
+    let (fs, ft) = dst.as_chunks_mut::<8>();
+    for (h, f) in hs.iter().zip(fs) {
+        // SAFETY: `h` is 16 readable bytes and `f` 32 writable ones; both intrinsics take
+        // unaligned addresses.
+        unsafe {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast::<__m128i>()));
+            _mm256_storeu_ps(f.as_mut_ptr(), v);
+        }
+    }
+    for (d, s) in ft.iter_mut().zip(ht) {
+        *d = f16_to_f32(s.to_bits());
     }
 }
 
@@ -108,24 +154,11 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// [`attend_keys`] for keys and values stored as f16.
-    pub fn attend_keys_f16(
-        q: &[f32],
-        run: &KeyRun<'_, f16>,
-        state: &mut OnlineSoftmax,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        fold_keys(q, run, state, scores, out)
-    }
-}
-
 /// The body of [`attend_keys`], inlined into each instruction set's build.
 #[inline(always)]
-fn fold_keys<E: KvElem>(
+fn fold_keys(
     q: &[f32],
-    run: &KeyRun<'_, E>,
+    run: &KeyRun<'_>,
     state: &mut OnlineSoftmax,
     scores: &mut [f32],
     out: &mut [f32],
@@ -140,7 +173,7 @@ fn fold_keys<E: KvElem>(
         let hd = q.len();
         let mut block_max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot_by(q, &keys[j * stride..][..hd], E::to_f32) * scale;
+            *s = dot_f32(q, &keys[j * stride..][..hd]) * scale;
             block_max = block_max.max(*s);
         }
         let m_new = state.m.max(block_max);
@@ -156,7 +189,7 @@ fn fold_keys<E: KvElem>(
             state.l += p;
             let v = &values[j * stride..][..hd];
             for (o, vv) in out.iter_mut().zip(v) {
-                *o += p * vv.to_f32();
+                *o += p * vv;
             }
         }
         state.m = m_new;
@@ -214,6 +247,27 @@ mod tests {
         }
     }
 
+    /// The hardware conversion gives what the exact scalar one gives, for every f16 (NaNs as
+    /// NaNs), at every length's tail.
+    #[test]
+    fn widening_f16_is_exact() {
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for isa in [Isa::PORTABLE, isa()] {
+            for len in [all.len(), 13, 7] {
+                let mut got = vec![0f32; len];
+                widen_f16(isa, &all[..len], &mut got);
+                for (h, g) in all.iter().zip(&got) {
+                    let want = h.to_f32();
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "{isa:?} {:#06x}: {g} vs {want}",
+                        h.to_bits()
+                    );
+                }
+            }
+        }
+    }
+
     fn check_runs<E: KvElem>() {
         let (hd, n, stride) = (40, 23, 56);
         let q: Vec<f32> = (0..hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
@@ -259,7 +313,9 @@ mod tests {
                         stride,
                         scale,
                     };
-                    E::attend(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
+                    let mut buf = Vec::new();
+                    let run = E::widened(isa, &run, k, hd, &mut buf);
+                    attend_keys(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
                     start += k;
                 }
                 finish(&state, &mut out);

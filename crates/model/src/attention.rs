@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{finish, prefetch_run, KeyRun, OnlineSoftmax};
+use bora_kernels::attention::{attend_keys, finish, prefetch_run, KeyRun, OnlineSoftmax};
 use half::f16;
 
 use crate::kv_cache::{CacheElem, KvPool, KvType, SeqKv, MAX_BLOCK_SIZE};
@@ -102,6 +102,7 @@ fn attend_chunk<E: CacheElem>(
     out.fill(0.0);
     let mut scores = [0f32; MAX_BLOCK_SIZE];
     let mut states = vec![OnlineSoftmax::default(); rows.len() * group];
+    let mut widened = Vec::new();
     let mut run_start = 0;
     while run_start < rows.len() {
         let kv = rows[run_start].kv;
@@ -123,6 +124,13 @@ fn attend_chunk<E: CacheElem>(
                 let (block, slot) = kv.locate(start, bs);
                 let n = (bs - slot).min(hi + 1 - start);
                 let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
+                let stored = KeyRun {
+                    keys: &ks[at..],
+                    values: &vs[at..],
+                    stride: kv_dim,
+                    scale,
+                };
+                let block_run = E::widened(isa, &stored, n, hd, &mut widened);
                 for t in run.clone() {
                     // The part of this block row t sees: keys first_key ..= pos.
                     let a = first_key(&rows[t]).max(start);
@@ -130,16 +138,15 @@ fn attend_chunk<E: CacheElem>(
                     if a >= b {
                         continue;
                     }
-                    let off = (a - start) * kv_dim + at;
+                    let off = (a - start) * block_run.stride;
                     let keys = KeyRun {
-                        keys: &ks[off..],
-                        values: &vs[off..],
-                        stride: kv_dim,
-                        scale,
+                        keys: &block_run.keys[off..],
+                        values: &block_run.values[off..],
+                        ..block_run
                     };
                     for g in 0..group {
                         let row = t * d + (kv_head * group + g) * hd;
-                        E::attend(
+                        attend_keys(
                             isa,
                             &q[row..row + hd],
                             &keys,
@@ -184,6 +191,7 @@ fn attend_group<E: CacheElem>(
     let mut states = vec![OnlineSoftmax::default(); shape.n_heads / shape.n_kv_heads];
     out.fill(0.0);
     let mut scores = [0f32; MAX_BLOCK_SIZE];
+    let mut widened = Vec::new();
     let isa = bora_kernels::dispatch::isa();
     // This head's keys and values from `start` on, at most one block's worth.
     let run_at = |start: usize| {
@@ -212,8 +220,9 @@ fn attend_group<E: CacheElem>(
             next = run_at(start + n);
             prefetch_run(&next.0, next.1, hd);
         }
+        let run = E::widened(isa, &run, n, hd, &mut widened);
         for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(&mut states) {
-            E::attend(isa, qh, &run, state, &mut scores[..n], o);
+            attend_keys(isa, qh, &run, state, &mut scores[..n], o);
         }
         start += n;
         if start > row.pos {
