@@ -80,7 +80,11 @@ impl KvElem for f16 {
     ) -> KeyRun<'a, f32> {
         buf.resize(2 * n * hd, 0.0);
         let (k, v) = buf.split_at_mut(n * hd);
-        for (j, (kd, vd)) in k.chunks_exact_mut(hd).zip(v.chunks_exact_mut(hd)).enumerate() {
+        for (j, (kd, vd)) in k
+            .chunks_exact_mut(hd)
+            .zip(v.chunks_exact_mut(hd))
+            .enumerate()
+        {
             widen_f16(isa, &run.keys[j * run.stride..][..hd], kd);
             widen_f16(isa, &run.values[j * run.stride..][..hd], vd);
         }

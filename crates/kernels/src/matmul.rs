@@ -339,6 +339,7 @@ fn tiled<const N: usize>(
     isa: crate::dispatch::Isa,
     chunk: usize,
 ) -> Option<usize> {
+    use crate::x86_tile::ROWS;
     let tile = crate::x86_tile::tile_kernel::<N>(isa, w.dtype)?;
     let t = xq.len();
     fill_panels::<N>(w.dtype, xq, panels);
@@ -346,12 +347,83 @@ fn tiled<const N: usize>(
     let row_dot = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
     // At most 128 rows a task, so its weights stay in L2 while the panels pass (5–12% faster
     // than 256 in one back-to-back run of matvec_speed, within noise in another).
-    let chunk = chunk.min(128).next_multiple_of(crate::x86_tile::ROWS);
+    let mut chunk = chunk.min(128).next_multiple_of(ROWS);
+    // Several panels: each tile unpacked once for all of them, with tasks no larger than
+    // their unpacked tiles fit in half of L2.
+    let unpacked = match panels.len() {
+        1 => None,
+        _ => crate::x86_tile::unpacked_kernels::<N>(isa, w.dtype),
+    };
+    if unpacked.is_some() {
+        const BUDGET: usize = 1 << 20;
+        let tile_bytes = crate::x86_tile::unpacked_tile_bytes(w.dtype, w.cols);
+        chunk = chunk.min((BUDGET / tile_bytes).max(1) * ROWS);
+    }
     out_t
         .par_chunks_mut(chunk * t)
         .enumerate()
-        .for_each(|(ci, o)| tiled_rows::<N>(w, ci * chunk, xq, panels, o, tile, row_dot));
+        .for_each(|(ci, o)| {
+            let first = ci * chunk;
+            match unpacked {
+                Some(k) => unpacked_rows::<N>(w, first, xq, panels, o, k, row_dot),
+                None => tiled_rows::<N>(w, first, xq, panels, o, tile, row_dot),
+            }
+        });
     Some(chunk)
+}
+
+thread_local! {
+    /// A task's tiles unpacked by [`unpacked_rows`], kept for the thread's next task.
+    #[cfg(target_arch = "x86_64")]
+    static UNPACKED: std::cell::RefCell<Vec<Vec<std::arch::x86_64::__m512i>>> = Default::default();
+}
+
+/// [`tiled_rows`] with each of the task's tiles unpacked once, then met by every panel.
+#[cfg(target_arch = "x86_64")]
+fn unpacked_rows<const N: usize>(
+    w: &MatRef<'_>,
+    first: usize,
+    xq: &[QuantizedRow],
+    panels: &[crate::x86_tile::Panel],
+    out: &mut [f32],
+    (unpack, kernel): (
+        crate::x86_tile::UnpackFn,
+        crate::x86_tile::UnpackedTileFn<N>,
+    ),
+    row_dot: Option<crate::x86::RowDot>,
+) {
+    use crate::x86_tile::ROWS;
+    let t = xq.len();
+    let n = out.len() / t;
+    let whole = n / ROWS * ROWS;
+    let rb = w.row_bytes;
+    let mut run = |tiles: &mut Vec<Vec<std::arch::x86_64::__m512i>>| {
+        tiles.resize_with(tiles.len().max(whole / ROWS), Vec::new);
+        for (k, tile) in tiles.iter_mut().take(whole / ROWS).enumerate() {
+            let start = (first + k * ROWS) * rb;
+            // SAFETY: `unpacked_kernels` gave `unpack` for features `isa()` detected on this
+            // CPU; the slice is ROWS whole rows of `w.dtype` blocks.
+            unsafe { unpack(&w.data[start..start + ROWS * rb], rb, tile) };
+        }
+        for (pi, panel) in panels.iter().enumerate() {
+            let g = pi * N;
+            let real = N.min(t - g);
+            for (k, tile) in tiles.iter().take(whole / ROWS).enumerate() {
+                let mut res = [[0f32; ROWS]; N];
+                // SAFETY: as above, for the kernel; the tile was unpacked from rows of
+                // `w.cols` values and the panel filled for `w.dtype` from rows as long.
+                unsafe { kernel(tile, panel, &mut res) };
+                for (i, res_i) in res.iter().enumerate().take(real) {
+                    out[(g + i) * n + k * ROWS..][..ROWS].copy_from_slice(res_i);
+                }
+            }
+        }
+    };
+    UNPACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut tiles) => run(&mut tiles),
+        Err(_) => run(&mut Vec::new()),
+    });
+    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
 }
 
 /// `xq` packed N tokens to a panel for `dtype`'s tiled kernels, the last panel padded with

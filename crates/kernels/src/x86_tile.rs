@@ -509,6 +509,138 @@ unsafe fn legacy<L: Legacy, const N: usize>(
     store(out, acc);
 }
 
+/// Checks a tile's bounds once for an unpack, as [`tile_blocks`] does for a kernel: `ROWS`
+/// rows of whole `block`-byte blocks. Returns the blocks per row.
+fn unpack_bounds(w: &[u8], row_bytes: usize, block: usize) -> usize {
+    assert_eq!(w.len(), ROWS * row_bytes, "a tile is {ROWS} whole rows");
+    assert_eq!(row_bytes % block, 0, "rows hold whole blocks");
+    assert!(
+        row_bytes * ROWS < i32::MAX as usize,
+        "row offsets fit the gather's i32 indices"
+    );
+    row_bytes / block
+}
+
+/// Vectors per block of an unpacked tile ([`unpack_legacy`]): the eight weight vectors, the
+/// scales as f32 and, for the min types, the mins.
+const fn unpacked_per_block<L: Legacy>() -> usize {
+    if L::MIN {
+        10
+    } else {
+        9
+    }
+}
+
+/// Every block of a tile unpacked and transposed as [`legacy_block`] leaves it, its scales
+/// (and mins) widened to f32, into `dst` (cleared first): for prefill, where a tile meets
+/// several panels, so it is unpacked once and not once per panel.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for; `w` holds [`ROWS`] rows of
+/// `row_bytes` bytes of `L`'s blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack_legacy<L: Legacy>(w: &[u8], row_bytes: usize, dst: &mut Vec<__m512i>) {
+    unpack_bounds(w, row_bytes, L::SIZE);
+    let offsets = row_offsets(row_bytes);
+    dst.clear();
+    for at in (0..row_bytes).step_by(L::SIZE) {
+        // SAFETY: block `at` lies inside every row (the asserts above).
+        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, at) };
+        dst.extend_from_slice(&wt);
+        dst.push(_mm512_castps_si512(f16_half::<false>(scales)));
+        if L::MIN {
+            dst.push(_mm512_castps_si512(f16_half::<true>(scales)));
+        }
+    }
+}
+
+/// [`legacy`] on a tile [`unpack_legacy`] unpacked: the same operations in the same order,
+/// so the same results, without the unpacking.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
+    u: &[__m512i],
+    p: &Panel,
+    out: &mut [[f32; ROWS]; N],
+) {
+    let per = unpacked_per_block::<L>();
+    let n = u.len() / per;
+    assert_eq!(u.len(), n * per, "whole unpacked blocks");
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc_m = [_mm512_setzero_ps(); N];
+    for (i, blk) in u.chunks_exact(per).enumerate() {
+        let wt: &[__m512i; 8] = blk[..8].try_into().expect("eight weight vectors");
+        let dw = _mm512_castsi512_ps(blk[8]);
+        let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
+        let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let init: &[i32; N] = p.ints[i * N..][..N].try_into().expect("a sum per token");
+        let sums = dots!(init.map(|v| _mm512_set1_epi32(v)), wt, 0..8, q, 32, 0);
+        each_token!(t => {
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
+        });
+        if L::MIN {
+            let mw = _mm512_castsi512_ps(blk[9]);
+            let s: &[f32; N] = p.s[i * N..][..N].try_into().expect("an s per token");
+            each_token!(t => {
+                acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[t]), acc_m[t]);
+            });
+        }
+    }
+    if L::MIN {
+        each_token!(t => {
+            acc[t] = _mm512_add_ps(acc[t], acc_m[t]);
+        });
+    }
+    store(out, acc);
+}
+
+/// Unpacks a tile for [`UnpackedTileFn`].
+pub(crate) type UnpackFn = unsafe fn(&[u8], usize, &mut Vec<__m512i>);
+/// A tile kernel on an unpacked tile.
+pub(crate) type UnpackedTileFn<const N: usize> =
+    unsafe fn(&[__m512i], &Panel, &mut [[f32; ROWS]; N]);
+
+/// The unpack-once kernels for `dtype` (the 32-weight types), if this CPU has their features.
+pub(crate) fn unpacked_kernels<const N: usize>(
+    isa: Isa,
+    dtype: DType,
+) -> Option<(UnpackFn, UnpackedTileFn<N>)> {
+    tile_kernel::<N>(isa, dtype)?;
+    fn pair<L: Legacy, const N: usize>() -> (UnpackFn, UnpackedTileFn<N>) {
+        (unpack_legacy::<L>, legacy_unpacked::<L, N>)
+    }
+    Some(match dtype {
+        DType::Q4_0 => pair::<Q4_0Layout, N>(),
+        DType::Q4_1 => pair::<Q4_1Layout, N>(),
+        DType::Q5_0 => pair::<Q5_0Layout, N>(),
+        DType::Q5_1 => pair::<Q5_1Layout, N>(),
+        DType::Q8_0 => pair::<Q8_0Layout, N>(),
+        DType::Q4_K => (unpack_k4::<144, 16, 0>, k4_unpacked::<N>),
+        DType::Q5_K => (unpack_k4::<176, 48, 16>, k4_unpacked::<N>),
+        DType::Q6_K => (unpack_q6k, q6k_unpacked::<N>),
+        _ => return None,
+    })
+}
+
+/// Bytes of one tile unpacked by [`UnpackFn`]: to size tasks whose tiles stay in L2.
+pub(crate) fn unpacked_tile_bytes(dtype: DType, cols: usize) -> usize {
+    let per_block = match dtype {
+        DType::Q4_1 | DType::Q5_1 => 10,
+        DType::Q4_K | DType::Q5_K => K4_PER_BLOCK,
+        DType::Q6_K => Q6K_PER_BLOCK,
+        _ => 9,
+    };
+    cols / dtype.block_elems() * per_block * 64
+}
+
 macro_rules! legacy_kernel {
     ($name:ident, $layout:ident, $doc:literal, $size:expr, $qs:expr, $min:expr, $qh:expr, $bytes:expr) => {
         #[doc = concat!($doc, " layout.")]
@@ -858,6 +990,165 @@ unsafe fn q6_k<const N: usize>(w: &[u8], row_bytes: usize, p: &Panel, out: &mut 
     store(out, acc);
 }
 
+/// Vectors per unpacked Q4_K/Q5_K block: eight per 32-group, its eight `d·sc` (f32), the
+/// four min pairs, `dmin`.
+const K4_PER_BLOCK: usize = 8 * 8 + 8 + 4 + 1;
+
+/// [`unpack_legacy`] for Q4_K and Q5_K: per block what [`k4_scales`] and [`k4_groups`] give.
+///
+/// # Safety
+/// As [`unpack_legacy`], for this layout.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    dst: &mut Vec<__m512i>,
+) {
+    let n = unpack_bounds(w, row_bytes, SIZE);
+    let offsets = row_offsets(row_bytes);
+    dst.clear();
+    dst.resize(n * K4_PER_BLOCK, _mm512_setzero_si512());
+    for (i, blk) in dst.chunks_exact_mut(K4_PER_BLOCK).enumerate() {
+        let at = i * SIZE;
+        // SAFETY: block i lies inside every row (`unpack_bounds`).
+        let K4Block { ds, pairs, dmin } = unsafe { k4_scales(w, offsets, at) };
+        let (groups, rest) = blk.split_at_mut(64);
+        // SAFETY: as above.
+        unsafe {
+            k4_groups::<QS, FIFTH>(w, row_bytes, at, |j, wt| {
+                groups[8 * j..8 * j + 8].copy_from_slice(wt)
+            })
+        };
+        for (r, d) in rest.iter_mut().zip(ds) {
+            *r = _mm512_castps_si512(d);
+        }
+        rest[8..12].copy_from_slice(&pairs);
+        rest[12] = _mm512_castps_si512(dmin);
+    }
+}
+
+/// [`k4`] on a tile [`unpack_k4`] unpacked: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k4_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32; ROWS]; N]) {
+    let n = u.len() / K4_PER_BLOCK;
+    assert_eq!(u.len(), n * K4_PER_BLOCK, "whole unpacked blocks");
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, blk) in u.chunks_exact(K4_PER_BLOCK).enumerate() {
+        let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
+        let mut block_acc = [_mm512_setzero_ps(); N];
+        for j in 0..8 {
+            let wt: &[__m512i; 8] = blk[8 * j..8 * j + 8].try_into().expect("a group");
+            let dsj = _mm512_castsi512_ps(blk[64 + j]);
+            let zero = [_mm512_setzero_si512(); N];
+            let sums = dots!(zero, wt, 0..8, q, 32, 32 * N * j);
+            each_token!(t => {
+                block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), dsj, block_acc[t]);
+            });
+        }
+        let pairs = &blk[72..76];
+        let dmin = _mm512_castsi512_ps(blk[76]);
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
+        each_token!(t => {
+            let y = _mm512_set1_ps(dy[t]);
+            let mut mins = _mm512_setzero_si512();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                mins = _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(sums[4 * t + pr]));
+            }
+            acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, y), acc[t]);
+        });
+    }
+    store(out, acc);
+}
+
+/// Vectors per unpacked Q6_K block: eight per 32-chunk, then its sixteen `d·sc` (f32).
+const Q6K_PER_BLOCK: usize = 8 * 8 + 16;
+
+/// The order [`q6k_chunks`] gives the chunks in, which the kernels add in.
+const Q6K_ORDER: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+/// [`unpack_legacy`] for Q6_K: per block what [`q6k_scales`] and [`q6k_chunks`] give, each
+/// chunk at its own index.
+///
+/// # Safety
+/// As [`unpack_legacy`], for Q6_K blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m512i>) {
+    const SIZE: usize = 210;
+    let n = unpack_bounds(w, row_bytes, SIZE);
+    let offsets = row_offsets(row_bytes);
+    dst.clear();
+    dst.resize(n * Q6K_PER_BLOCK, _mm512_setzero_si512());
+    for (i, blk) in dst.chunks_exact_mut(Q6K_PER_BLOCK).enumerate() {
+        let at = i * SIZE;
+        // SAFETY: block i lies inside every row (`unpack_bounds`).
+        let ds = unsafe { q6k_scales(w, offsets, at) };
+        let (chunks, scales) = blk.split_at_mut(64);
+        // SAFETY: as above.
+        unsafe {
+            q6k_chunks(w, row_bytes, at, |c, wt| {
+                chunks[8 * c..8 * c + 8].copy_from_slice(wt)
+            })
+        };
+        for (r, d) in scales.iter_mut().zip(ds) {
+            *r = _mm512_castps_si512(d);
+        }
+    }
+}
+
+/// [`q6_k`] on a tile [`unpack_q6k`] unpacked: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have the features this function is compiled for.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6k_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32; ROWS]; N]) {
+    let n = u.len() / Q6K_PER_BLOCK;
+    assert_eq!(u.len(), n * Q6K_PER_BLOCK, "whole unpacked blocks");
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, blk) in u.chunks_exact(Q6K_PER_BLOCK).enumerate() {
+        let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
+        let init: &[i32] = &p.ints[i * 16 * N..][..16 * N];
+        let mut block_acc = [_mm512_setzero_ps(); N];
+        for c in Q6K_ORDER {
+            let wt: &[__m512i; 8] = blk[8 * c..8 * c + 8].try_into().expect("a chunk");
+            let g = 2 * c;
+            let (da, db) = (
+                _mm512_castsi512_ps(blk[64 + g]),
+                _mm512_castsi512_ps(blk[64 + g + 1]),
+            );
+            let at_q = 32 * N * c;
+            let start = |g: usize| std::array::from_fn(|t| _mm512_set1_epi32(init[16 * t + g]));
+            let sa = dots!(start(g), wt, 0..4, q, 32, at_q, transparent);
+            each_token!(t => {
+                block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[t]), da, block_acc[t]);
+            });
+            let sb = dots!(start(g + 1), wt, 4..8, q, 32, at_q, transparent);
+            each_token!(t => {
+                block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[t]), db, block_acc[t]);
+            });
+        }
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        each_token!(t => {
+            acc[t] = _mm512_fmadd_ps(block_acc[t], _mm512_set1_ps(dy[t]), acc[t]);
+        });
+    }
+    store(out, acc);
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -958,6 +1249,59 @@ pub(crate) mod tests {
         check_tiles::<4>();
     }
 
+    /// A tile unpacked once gives, panel after panel, what the kernel that unpacks it each time
+    /// gives, bit for bit (the same operations in the same order).
+    #[test]
+    fn unpacked_tiles_match_the_tile_kernels() {
+        let isa = crate::dispatch::isa();
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
+            let (Some(tile), Some((unpack, unpacked))) = (
+                tile_kernel::<TOKENS>(isa, dtype),
+                unpacked_kernels::<TOKENS>(isa, dtype),
+            ) else {
+                eprintln!("no tiled kernel for {dtype} on this CPU: skipped");
+                continue;
+            };
+            for blocks in [1usize, 3, 9] {
+                let w = random_rows(dtype, blocks, 7 + blocks as u32);
+                let row_bytes = w.len() / ROWS;
+                let cols = blocks * dtype.block_elems();
+                let mut u = Vec::new();
+                // SAFETY: the kernels are for this CPU; `w` is ROWS rows of `dtype` blocks.
+                unsafe { unpack(&w, row_bytes, &mut u) };
+                assert_eq!(u.len() * 64, unpacked_tile_bytes(dtype, cols));
+                for shift in 0..3 {
+                    let xs: Vec<QuantizedRow> = (0..TOKENS)
+                        .map(|t| {
+                            let x: Vec<f32> = (0..cols)
+                                .map(|i| ((i * 37 + t * 11 + shift * 5) % 23) as f32 / 7.0 - 1.5)
+                                .collect();
+                            QuantizedRow::for_weight(dtype, &x).unwrap()
+                        })
+                        .collect();
+                    let mut panel = Panel::default();
+                    panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+                    let (mut want, mut got) = ([[0f32; ROWS]; TOKENS], [[0f32; ROWS]; TOKENS]);
+                    // SAFETY: as above; the panel was filled for `dtype` from rows as long.
+                    unsafe {
+                        tile(&w, row_bytes, &panel, &mut want);
+                        unpacked(&u, &panel, &mut got);
+                    }
+                    assert_eq!(got, want, "{dtype}, {blocks} blocks");
+                }
+            }
+        }
+    }
+
     #[test]
     #[ignore = "a speed probe: [COLS=4096 TILES=1] cargo test --release -p bora-kernels tile_speed -- --ignored --nocapture"]
     fn tile_speed() {
@@ -984,6 +1328,28 @@ pub(crate) mod tests {
             let s = t0.elapsed().as_secs_f64();
             let macs = (iters * ROWS * TOKENS * cols) as f64;
             println!("{dtype}: {:.1} GMAC/s on one thread", macs / s / 1e9);
+            if let Some((unpack, unpacked)) = unpacked_kernels::<TOKENS>(isa, dtype) {
+                let us: Vec<Vec<__m512i>> = ws
+                    .iter()
+                    .map(|w| {
+                        let mut u = Vec::new();
+                        // SAFETY: as above.
+                        unsafe { unpack(w, w.len() / ROWS, &mut u) };
+                        u
+                    })
+                    .collect();
+                let t0 = std::time::Instant::now();
+                for it in 0..iters {
+                    // SAFETY: as above.
+                    unsafe { unpacked(&us[it % tiles], &panel, &mut out) };
+                    std::hint::black_box(&out);
+                }
+                let s = t0.elapsed().as_secs_f64();
+                println!(
+                    "{dtype} unpacked once: {:.1} GMAC/s on one thread",
+                    macs / s / 1e9
+                );
+            }
         }
     }
 }
