@@ -651,6 +651,12 @@ mod tests {
             (DType::Q6_K, 16, 512, 8),
             (DType::Q5_K, 9, 256, 10),
             (DType::Q5_1, 40, 96, 17),
+            // Several panels on tiles unpacked once per task, over several tasks (each
+            // prefetching the next's rows, the buffers reused between them).
+            (DType::Q4_K, 48, 512, 25),
+            (DType::Q6_K, 35, 256, 21),
+            (DType::Q8_0, 300, 64, 23),
+            (DType::Q4_0, 517, 128, 31),
         ] {
             let rb = dtype.row_bytes(cols).unwrap();
             let mut data: Vec<u8> = (0..rows * rb)
