@@ -651,8 +651,8 @@ mod tests {
             (DType::Q6_K, 16, 512, 8),
             (DType::Q5_K, 9, 256, 10),
             (DType::Q5_1, 40, 96, 17),
-            // Several panels on tiles unpacked once per task, over several tasks (each
-            // prefetching the next's rows, the buffers reused between them).
+            // Several panels on tiles unpacked once per task, over several tasks (the
+            // thread's buffers reused between them, for tasks of different tile counts).
             (DType::Q4_K, 48, 512, 25),
             (DType::Q6_K, 35, 256, 21),
             (DType::Q8_0, 300, 64, 23),
