@@ -405,14 +405,23 @@ fn unpacked_rows<const N: usize>(
             // CPU; the slice is ROWS whole rows of `w.dtype` blocks.
             unsafe { unpack(&w.data[start..start + ROWS * rb], rb, tile) };
         }
+        // The rows after this task's, which this thread most likely takes next (rayon hands a
+        // thread the neighbouring chunks of its range): asked into L2 a share per kernel call
+        // while the panels meet this task's tiles, so the next unpack does not wait on memory.
+        let next = w.data.get((first + n) * rb..).unwrap_or_default();
+        let next = &next[..next.len().min(n * rb)];
+        let calls = (panels.len() * (whole / ROWS)).max(1);
+        let share = next.len().div_ceil(calls).next_multiple_of(64).max(64);
+        let mut ahead = next.chunks(share);
         for (pi, panel) in panels.iter().enumerate() {
             let g = pi * N;
             let real = N.min(t - g);
             for (k, tile) in tiles.iter().take(whole / ROWS).enumerate() {
                 let mut res = [[0f32; ROWS]; N];
+                let part = ahead.next().unwrap_or_default();
                 // SAFETY: as above, for the kernel; the tile was unpacked from rows of
                 // `w.cols` values and the panel filled for `w.dtype` from rows as long.
-                unsafe { kernel(tile, panel, &mut res) };
+                unsafe { kernel(tile, panel, part, &mut res) };
                 for (i, res_i) in res.iter().enumerate().take(real) {
                     out[(g + i) * n + k * ROWS..][..ROWS].copy_from_slice(res_i);
                 }

@@ -563,6 +563,7 @@ unsafe fn unpack_legacy<L: Legacy>(w: &[u8], row_bytes: usize, dst: &mut Vec<__m
 unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
     u: &[__m512i],
     p: &Panel,
+    ahead: &[u8],
     out: &mut [[f32; ROWS]; N],
 ) {
     let per = unpacked_per_block::<L>();
@@ -576,6 +577,7 @@ unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
     let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_m = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(per).enumerate() {
+        prefetch_share(ahead, i, n);
         let wt: &[__m512i; 8] = blk[..8].try_into().expect("eight weight vectors");
         let dw = _mm512_castsi512_ps(blk[8]);
         let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
@@ -604,9 +606,24 @@ unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
 
 /// Unpacks a tile for [`UnpackedTileFn`].
 pub(crate) type UnpackFn = unsafe fn(&[u8], usize, &mut Vec<__m512i>);
-/// A tile kernel on an unpacked tile.
+/// A tile kernel on an unpacked tile; it also asks for the bytes of its third argument to be
+/// brought into L2, a share per block, so weights a later unpack reads arrive while this
+/// one computes.
 pub(crate) type UnpackedTileFn<const N: usize> =
-    unsafe fn(&[__m512i], &Panel, &mut [[f32; ROWS]; N]);
+    unsafe fn(&[__m512i], &Panel, &[u8], &mut [[f32; ROWS]; N]);
+
+/// Block `i` of `n`'s share of `ahead`: its cache lines asked into L2, spread evenly so the
+/// requests never pile up (a burst of them stalls on the fill buffers, as demand loads do).
+#[inline(always)]
+fn prefetch_share(ahead: &[u8], i: usize, n: usize) {
+    let lines = ahead.len().div_ceil(64);
+    let (from, to) = (lines * i / n, lines * (i + 1) / n);
+    for line in from..to {
+        let p = ahead.as_ptr().wrapping_add(64 * line);
+        // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) };
+    }
+}
 
 /// The unpack-once kernels for `dtype` (the 32-weight types), if this CPU has their features.
 pub(crate) fn unpacked_kernels<const N: usize>(
@@ -1032,7 +1049,12 @@ unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
 /// # Safety
 /// The CPU must have the features this function is compiled for.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn k4_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32; ROWS]; N]) {
+unsafe fn k4_unpacked<const N: usize>(
+    u: &[__m512i],
+    p: &Panel,
+    ahead: &[u8],
+    out: &mut [[f32; ROWS]; N],
+) {
     let n = u.len() / K4_PER_BLOCK;
     assert_eq!(u.len(), n * K4_PER_BLOCK, "whole unpacked blocks");
     assert_eq!(
@@ -1042,6 +1064,7 @@ unsafe fn k4_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32;
     );
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(K4_PER_BLOCK).enumerate() {
+        prefetch_share(ahead, i, n);
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
         for j in 0..8 {
@@ -1110,7 +1133,12 @@ unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m512i>) {
 /// # Safety
 /// The CPU must have the features this function is compiled for.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6k_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32; ROWS]; N]) {
+unsafe fn q6k_unpacked<const N: usize>(
+    u: &[__m512i],
+    p: &Panel,
+    ahead: &[u8],
+    out: &mut [[f32; ROWS]; N],
+) {
     let n = u.len() / Q6K_PER_BLOCK;
     assert_eq!(u.len(), n * Q6K_PER_BLOCK, "whole unpacked blocks");
     assert_eq!(
@@ -1120,6 +1148,7 @@ unsafe fn q6k_unpacked<const N: usize>(u: &[__m512i], p: &Panel, out: &mut [[f32
     );
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(Q6K_PER_BLOCK).enumerate() {
+        prefetch_share(ahead, i, n);
         let q: &[i8] = &p.qs[i * QK_K * N..][..QK_K * N];
         let init: &[i32] = &p.ints[i * 16 * N..][..16 * N];
         let mut block_acc = [_mm512_setzero_ps(); N];
@@ -1294,7 +1323,7 @@ pub(crate) mod tests {
                     // SAFETY: as above; the panel was filled for `dtype` from rows as long.
                     unsafe {
                         tile(&w, row_bytes, &panel, &mut want);
-                        unpacked(&u, &panel, &mut got);
+                        unpacked(&u, &panel, &w, &mut got);
                     }
                     assert_eq!(got, want, "{dtype}, {blocks} blocks");
                 }
@@ -1341,7 +1370,7 @@ pub(crate) mod tests {
                 let t0 = std::time::Instant::now();
                 for it in 0..iters {
                     // SAFETY: as above.
-                    unsafe { unpacked(&us[it % tiles], &panel, &mut out) };
+                    unsafe { unpacked(&us[it % tiles], &panel, &[], &mut out) };
                     std::hint::black_box(&out);
                 }
                 let s = t0.elapsed().as_secs_f64();
