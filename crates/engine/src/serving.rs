@@ -627,8 +627,6 @@ pub fn serve_loop(
     stats: Arc<ServeStats>,
 ) {
     stats.kv_blocks_total.store(opts.kv_blocks, Relaxed);
-    // Steps of a few sequences run the tiled kernels (throughput over llama.cpp's order).
-    bora_kernels::matmul::use_tiles_for_small_batches(true);
     let mut sched = Scheduler {
         pool: KvPool::new(model.kv_layout(opts.block_size), opts.kv_blocks),
         model,

@@ -13,6 +13,12 @@ pub enum Activations {
     /// Quantized to 8 bits per block of 32, integer dot products: llama.cpp's numerics.
     #[default]
     Q8,
+    /// As [`Activations::Q8`], but matmuls of 4 to 9 activation rows take the tiled kernels
+    /// too (where the CPU has them): about twice the row kernels' speed there, with the f32
+    /// additions in another order than the row kernels', which follow llama.cpp's (what keeps
+    /// a short prompt's greedy run on llama.cpp's at near-ties). For steps that batch separate
+    /// sequences, which are throughput-bound.
+    Q8Batched,
     /// Kept in f32; weights dequantized block by block: the exact product of the stored weights.
     F32,
 }
@@ -79,8 +85,8 @@ pub fn matmul(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
 
 /// [`matmul`], with quantized weights meeting activations as `act` says.
 pub fn matmul_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], act: Activations) {
-    if act == Activations::Q8 && w.dtype.is_quantized() {
-        return matmul_q8(w, x, out);
+    if act != Activations::F32 && w.dtype.is_quantized() {
+        return matmul_q8(w, x, out, act == Activations::Q8Batched);
     }
     let (rows, cols) = (w.rows, w.cols);
     let t = batch_rows(w, x, out);
@@ -174,38 +180,30 @@ struct Q8Scratch {
 
 thread_local! {
     static Q8_SCRATCH: std::cell::RefCell<Q8Scratch> = Default::default();
-    static SMALL_BATCH_TILES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// On the calling thread, matmuls of 4 to 9 activation rows take the tiled kernels too (where
-/// the CPU has them): about twice the row kernels' speed there, but their additions run in
-/// another order than the row kernels', which follow llama.cpp's (what keeps a short prompt's
-/// greedy run on llama.cpp's at near-ties). The serving engine, whose steps batch separate
-/// sequences and are throughput-bound, turns it on for its thread.
-pub fn use_tiles_for_small_batches(on: bool) {
-    SMALL_BATCH_TILES.with(|c| c.set(on));
-}
-
-/// Whether [`use_tiles_for_small_batches`] is on for the calling thread.
-pub fn tiles_for_small_batches() -> bool {
-    SMALL_BATCH_TILES.with(|c| c.get())
-}
-
-/// Each activation row quantized once, then integer dot products with every weight row.
-fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32]) {
+/// Each activation row quantized once, then integer dot products with every weight row;
+/// `small_tiles`: 4 to 9 rows take the tiled kernels too ([`Activations::Q8Batched`]).
+fn matmul_q8(w: &MatRef<'_>, x: &[f32], out: &mut [f32], small_tiles: bool) {
     let t = batch_rows(w, x, out);
     if t == 0 {
         return;
     }
     Q8_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => matmul_q8_with(w, x, out, &mut s),
+        Ok(mut s) => matmul_q8_with(w, x, out, small_tiles, &mut s),
         // A matmul already running on this thread (rayon ran another job while it waited):
         // this one gets buffers of its own.
-        Err(_) => matmul_q8_with(w, x, out, &mut Q8Scratch::default()),
+        Err(_) => matmul_q8_with(w, x, out, small_tiles, &mut Q8Scratch::default()),
     })
 }
 
-fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch) {
+fn matmul_q8_with(
+    w: &MatRef<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    small_tiles: bool,
+    s: &mut Q8Scratch,
+) {
     let (rows, cols) = (w.rows, w.cols);
     let t = x.len() / cols;
     s.xq.truncate(t);
@@ -256,10 +254,9 @@ fn matmul_q8_with(w: &MatRef<'_>, x: &[f32], out: &mut [f32], s: &mut Q8Scratch)
         // which unpacks each weight block for more tokens). Each token's sums are its own, so
         // the tile width never changes a result.
         let padded = t.div_ceil(TOKENS) * TOKENS;
-        let small = SMALL_BATCH_TILES.with(|c| c.get());
         let tiled = match t {
-            4 if small => tiled::<4>(w, xq, &mut s.panels, out_t, isa, chunk),
-            5..TOKENS if small => tiled::<8>(w, xq, &mut s.panels, out_t, isa, chunk),
+            4 if small_tiles => tiled::<4>(w, xq, &mut s.panels, out_t, isa, chunk),
+            5..TOKENS if small_tiles => tiled::<8>(w, xq, &mut s.panels, out_t, isa, chunk),
             _ if t < TOKENS => None,
             _ if crate::x86_amx::amx().is_some() && crate::x86_amx::supports(w.dtype) => {
                 amx_tiled(w, xq, &mut s.panels, out_t, isa, chunk)

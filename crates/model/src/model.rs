@@ -73,7 +73,7 @@ impl Model {
             .first()
             .is_some_and(|l| l.wq.dtype.is_quantized());
         match self.activations {
-            Activations::Q8 if quantized => KvType::F16,
+            Activations::Q8 | Activations::Q8Batched if quantized => KvType::F16,
             _ => KvType::F32,
         }
     }
@@ -129,21 +129,19 @@ impl Model {
         // shares its work out through its own queue. Started from this thread, every op (about
         // 225 a decoded token for a 32-layer model) was handed to the pool while this thread
         // slept until it was done: a sleep and a wake-up per op.
-        // The tiles-for-small-batches choice is a setting of the calling thread (the serving
-        // engine's): it goes along to the pool thread, and is put back after. Left behind, the
-        // serving engine's steps of 4–9 sequences ran on the row kernels at half the speed
-        // (4 streams, Q4_0 7B: 4.1 vs 7.2 tok/s).
-        let small_tiles = bora_kernels::matmul::tiles_for_small_batches();
+        // A step that batches separate sequences is throughput-bound: its matmuls of a few
+        // rows take the tiled kernels too. One sequence's rows keep llama.cpp's order.
+        let act = match self.activations {
+            Activations::Q8 if steps.len() > 1 => Activations::Q8Batched,
+            a => a,
+        };
         let stepping = AtomicBool::new(true);
         let logits = rayon::scope(|scope| -> Result<_> {
             for _ in 1..rayon::current_num_threads() {
                 scope.spawn(|_| stay_ready(&stepping));
             }
-            let before = bora_kernels::matmul::tiles_for_small_batches();
-            bora_kernels::matmul::use_tiles_for_small_batches(small_tiles);
-            let run = self.run_layers(pool, steps);
-            let logits = run.map(|hidden| self.logits(steps, &hidden));
-            bora_kernels::matmul::use_tiles_for_small_batches(before);
+            let run = self.run_layers(pool, steps, act);
+            let logits = run.map(|hidden| self.logits(steps, &hidden, act));
             stepping.store(false, Ordering::Release);
             logits
         })?;
@@ -154,9 +152,14 @@ impl Model {
     }
 
     /// Embedding and every layer; returns the residual stream `[T, hidden]`.
-    fn run_layers(&self, pool: &mut KvPool, steps: &[SeqStep<'_>]) -> Result<Vec<f32>> {
+    fn run_layers(
+        &self,
+        pool: &mut KvPool,
+        steps: &[SeqStep<'_>],
+        act: Activations,
+    ) -> Result<Vec<f32>> {
         let h = self.config.hidden_size;
-        let meta = StepMeta::new(steps, &self.rope, pool.layout().block_size);
+        let meta = StepMeta::new(steps, &self.rope, pool.layout().block_size, act);
         let embed = self.weights.embed.mat();
         let mut x = vec![0f32; meta.rows.len() * h]; // [T, hidden] residual stream
         for (xr, &id) in x.chunks_exact_mut(h).zip(&meta.tokens) {
@@ -173,7 +176,7 @@ impl Model {
         scratch.resize(&self.config, meta.rows.len());
         for (li, layer) in self.weights.layers.iter().enumerate() {
             self.attention_block(li, layer, pool, &meta, &mut x, scratch);
-            self.ffn_block(layer, &mut x, scratch);
+            self.ffn_block(layer, &mut x, scratch, act);
         }
         Ok(x)
     }
@@ -189,7 +192,7 @@ impl Model {
         s: &mut Scratch,
     ) {
         let cfg = &self.config;
-        let (qd, kvd, hd, act) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim, self.activations);
+        let (qd, kvd, hd, act) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim, meta.act);
         rms_norm_rows(x, &layer.attn_norm, cfg.rms_eps, &mut s.xn);
         matmul_with(&layer.wq.mat(), &s.xn, &mut s.q, act);
         matmul_with(&layer.wk.mat(), &s.xn, &mut s.k, act);
@@ -220,8 +223,7 @@ impl Model {
     }
 
     /// x += FFN(n(x)): SwiGLU, or the router's top-k experts for a mixture.
-    fn ffn_block(&self, layer: &LayerWeights, x: &mut [f32], s: &mut Scratch) {
-        let act = self.activations;
+    fn ffn_block(&self, layer: &LayerWeights, x: &mut [f32], s: &mut Scratch, act: Activations) {
         rms_norm_rows(x, &layer.ffn_norm, self.config.rms_eps, &mut s.xn);
         match &layer.ffn {
             Ffn::Dense(mlp) => mlp_forward(mlp, &s.xn, &mut s.delta, act, &mut s.mlp),
@@ -234,7 +236,7 @@ impl Model {
     }
 
     /// Final norm and LM head, only for the rows that want logits.
-    fn logits(&self, steps: &[SeqStep<'_>], x: &[f32]) -> Vec<Vec<f32>> {
+    fn logits(&self, steps: &[SeqStep<'_>], x: &[f32], act: Activations) -> Vec<Vec<f32>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
         let mut picked: Vec<(usize, usize)> = Vec::new(); // (step index, row in x)
         let mut row = 0;
@@ -260,7 +262,7 @@ impl Model {
         }
         let mut all = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {
-            matmul_with(&self.weights.lm_head.mat(), &xn, &mut all, self.activations);
+            matmul_with(&self.weights.lm_head.mat(), &xn, &mut all, act);
         }
         let mut out = vec![Vec::new(); steps.len()];
         for (lr, &(si, _)) in all.chunks_exact(vocab).zip(&picked) {
@@ -278,10 +280,12 @@ struct StepMeta<'a> {
     /// Where each row's K and V go: (physical block, slot).
     slots: Vec<(u32, usize)>,
     angles: RopeAngles,
+    /// How the step's matmuls meet quantized weights.
+    act: Activations,
 }
 
 impl<'a> StepMeta<'a> {
-    fn new(steps: &'a [SeqStep<'_>], rope: &Rope, block_size: usize) -> Self {
+    fn new(steps: &'a [SeqStep<'_>], rope: &Rope, block_size: usize, act: Activations) -> Self {
         let rows: Vec<QueryRow<'a>> = steps
             .iter()
             .flat_map(|s| {
@@ -304,6 +308,7 @@ impl<'a> StepMeta<'a> {
                 .collect(),
             angles: rope.angles(&positions),
             rows,
+            act,
         }
     }
 }
