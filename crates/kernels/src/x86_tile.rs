@@ -521,6 +521,19 @@ fn unpack_bounds(w: &[u8], row_bytes: usize, block: usize) -> usize {
     row_bytes / block
 }
 
+/// Checks an unpacked tile against its panel: whole blocks of `per` vectors, as many as the
+/// panel has. Returns the blocks.
+fn unpacked_blocks(u: &[__m512i], per: usize, p: &Panel) -> usize {
+    let n = u.len() / per;
+    assert_eq!(u.len(), n * per, "whole unpacked blocks");
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    n
+}
+
 /// Vectors per block of an unpacked tile ([`unpack_legacy`]): the eight weight vectors, the
 /// scales as f32 and, for the min types, the mins.
 const fn unpacked_per_block<L: Legacy>() -> usize {
@@ -567,13 +580,7 @@ unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
     out: &mut [[f32; ROWS]; N],
 ) {
     let per = unpacked_per_block::<L>();
-    let n = u.len() / per;
-    assert_eq!(u.len(), n * per, "whole unpacked blocks");
-    assert_eq!(
-        p.blocks(),
-        n,
-        "activations and weights have the same length"
-    );
+    let n = unpacked_blocks(u, per, p);
     let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_m = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(per).enumerate() {
@@ -1055,13 +1062,7 @@ unsafe fn k4_unpacked<const N: usize>(
     ahead: &[u8],
     out: &mut [[f32; ROWS]; N],
 ) {
-    let n = u.len() / K4_PER_BLOCK;
-    assert_eq!(u.len(), n * K4_PER_BLOCK, "whole unpacked blocks");
-    assert_eq!(
-        p.blocks(),
-        n,
-        "activations and weights have the same length"
-    );
+    let n = unpacked_blocks(u, K4_PER_BLOCK, p);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(K4_PER_BLOCK).enumerate() {
         prefetch_share(ahead, i, n);
@@ -1139,13 +1140,7 @@ unsafe fn q6k_unpacked<const N: usize>(
     ahead: &[u8],
     out: &mut [[f32; ROWS]; N],
 ) {
-    let n = u.len() / Q6K_PER_BLOCK;
-    assert_eq!(u.len(), n * Q6K_PER_BLOCK, "whole unpacked blocks");
-    assert_eq!(
-        p.blocks(),
-        n,
-        "activations and weights have the same length"
-    );
+    let n = unpacked_blocks(u, Q6K_PER_BLOCK, p);
     let mut acc = [_mm512_setzero_ps(); N];
     for (i, blk) in u.chunks_exact(Q6K_PER_BLOCK).enumerate() {
         prefetch_share(ahead, i, n);
