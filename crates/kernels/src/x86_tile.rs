@@ -477,28 +477,15 @@ unsafe fn legacy<L: Legacy, const N: usize>(
 ) {
     let n = tile_blocks(w, row_bytes, L::SIZE, p);
     let offsets = row_offsets(row_bytes);
-    legacy_blocks::<L, N>(n, p, out, |i| {
-        // SAFETY: block i of every row is inside `w` (`tile_blocks`).
-        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, i * L::SIZE) };
-        (wt, f16_half::<false>(scales), f16_half::<true>(scales))
-    });
-}
-
-/// The block loop of [`legacy`] and [`legacy_unpacked`]: `block(i)` gives block i's weight
-/// vectors (as [`legacy_block`] leaves them), its scales and its mins as f32.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn legacy_blocks<L: Legacy, const N: usize>(
-    n: usize,
-    p: &Panel,
-    out: &mut [[f32; ROWS]; N],
-    mut block: impl FnMut(usize) -> ([__m512i; 8], __m512, __m512),
-) {
     let mut acc = [_mm512_setzero_ps(); N];
     // The min terms, summed apart and added at the end, as llama.cpp does.
     let mut acc_m = [_mm512_setzero_ps(); N];
     for i in 0..n {
-        let (wt, dw, mw) = block(i);
+        let at = i * L::SIZE;
+        // SAFETY: block i of every row is inside `w` (`tile_blocks`).
+        let (wt, scales) = unsafe { legacy_block::<L>(w, row_bytes, offsets, at) };
+        let dw = f16_half::<false>(scales);
+        let mw = f16_half::<true>(scales);
         let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
         let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
         let init: &[i32; N] = p.ints[i * N..][..N].try_into().expect("a sum per token");
@@ -594,17 +581,34 @@ unsafe fn legacy_unpacked<L: Legacy, const N: usize>(
 ) {
     let per = unpacked_per_block::<L>();
     let n = unpacked_blocks(u, per, p);
-    legacy_blocks::<L, N>(n, p, out, |i| {
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc_m = [_mm512_setzero_ps(); N];
+    for (i, blk) in u.chunks_exact(per).enumerate() {
         prefetch_share(ahead, i, n);
-        let blk = &u[i * per..][..per];
-        let wt: [__m512i; 8] = blk[..8].try_into().expect("eight weight vectors");
-        let mw = if L::MIN {
-            blk[9]
-        } else {
-            _mm512_setzero_si512()
-        };
-        (wt, _mm512_castsi512_ps(blk[8]), _mm512_castsi512_ps(mw))
-    });
+        let wt: &[__m512i; 8] = blk[..8].try_into().expect("eight weight vectors");
+        let dw = _mm512_castsi512_ps(blk[8]);
+        let q: &[i8] = &p.qs[i * 32 * N..][..32 * N];
+        let d: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let init: &[i32; N] = p.ints[i * N..][..N].try_into().expect("a sum per token");
+        let sums = dots!(init.map(|v| _mm512_set1_epi32(v)), wt, 0..8, q, 32, 0);
+        each_token!(t => {
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(d[t]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
+        });
+        if L::MIN {
+            let mw = _mm512_castsi512_ps(blk[9]);
+            let s: &[f32; N] = p.s[i * N..][..N].try_into().expect("an s per token");
+            each_token!(t => {
+                acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[t]), acc_m[t]);
+            });
+        }
+    }
+    if L::MIN {
+        each_token!(t => {
+            acc[t] = _mm512_add_ps(acc[t], acc_m[t]);
+        });
+    }
+    store(out, acc);
 }
 
 /// Unpacks a tile for [`UnpackedTileFn`].
@@ -852,55 +856,27 @@ unsafe fn k4<const SIZE: usize, const QS: usize, const FIFTH: usize, const N: us
         // SAFETY: as above.
         unsafe {
             k4_groups::<QS, FIFTH>(w, row_bytes, at, |j, wt| {
-                k4_group(q, j, wt, ds[j], &mut block_acc)
+                let zero = [_mm512_setzero_si512(); N];
+                let sums = dots!(zero, wt, 0..8, q, 32, 32 * N * j);
+                each_token!(t => {
+                    block_acc[t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds[j], block_acc[t]);
+                });
             })
         };
-        k4_block_end(p, i, &pairs, dmin, &block_acc, &mut acc);
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
+        each_token!(t => {
+            let y = _mm512_set1_ps(dy[t]);
+            let mut mins = _mm512_setzero_si512();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                mins = _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(sums[4 * t + pr]));
+            }
+            acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, y), acc[t]);
+        });
     }
     store(out, acc);
-}
-
-/// Group `j` of a Q4_K/Q5_K block (`wt` as [`k4_groups`] gives it, `ds_j` its `d·sc`) met by
-/// every token of the block's quants `q`, into `block_acc`: for [`k4`] and [`k4_unpacked`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn k4_group<const N: usize>(
-    q: &[i8],
-    j: usize,
-    wt: &[__m512i; 8],
-    ds_j: __m512,
-    block_acc: &mut [__m512; N],
-) {
-    let zero = [_mm512_setzero_si512(); N];
-    let sums = dots!(zero, wt, 0..8, q, 32, 32 * N * j);
-    each_token!(t => {
-        block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), ds_j, block_acc[t]);
-    });
-}
-
-/// Block `i` of a Q4_K/Q5_K tile done: its sums scaled by each token's `d`, less the min terms
-/// (`pairs`, `dmin` as [`k4_scales`] gives them), into `acc`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn k4_block_end<const N: usize>(
-    p: &Panel,
-    i: usize,
-    pairs: &[__m512i],
-    dmin: __m512,
-    block_acc: &[__m512; N],
-    acc: &mut [__m512; N],
-) {
-    let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
-    let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
-    each_token!(t => {
-        let y = _mm512_set1_ps(dy[t]);
-        let mut mins = _mm512_setzero_si512();
-        for (pr, &mp) in pairs.iter().enumerate() {
-            mins = _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(sums[4 * t + pr]));
-        }
-        acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
-        acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, y), acc[t]);
-    });
 }
 
 /// Q4_K tiles.
@@ -1094,10 +1070,26 @@ unsafe fn k4_unpacked<const N: usize>(
         let mut block_acc = [_mm512_setzero_ps(); N];
         for j in 0..8 {
             let wt: &[__m512i; 8] = blk[8 * j..8 * j + 8].try_into().expect("a group");
-            k4_group(q, j, wt, _mm512_castsi512_ps(blk[64 + j]), &mut block_acc);
+            let dsj = _mm512_castsi512_ps(blk[64 + j]);
+            let zero = [_mm512_setzero_si512(); N];
+            let sums = dots!(zero, wt, 0..8, q, 32, 32 * N * j);
+            each_token!(t => {
+                block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), dsj, block_acc[t]);
+            });
         }
+        let pairs = &blk[72..76];
         let dmin = _mm512_castsi512_ps(blk[76]);
-        k4_block_end(p, i, &blk[72..76], dmin, &block_acc, &mut acc);
+        let dy: &[f32; N] = p.d[i * N..][..N].try_into().expect("a scale per token");
+        let sums: &[i32] = &p.ints[i * 4 * N..][..4 * N];
+        each_token!(t => {
+            let y = _mm512_set1_ps(dy[t]);
+            let mut mins = _mm512_setzero_si512();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                mins = _mm512_dpwssd_epi32(mins, mp, _mm512_set1_epi32(sums[4 * t + pr]));
+            }
+            acc[t] = _mm512_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, y), acc[t]);
+        });
     }
     store(out, acc);
 }
