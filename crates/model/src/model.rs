@@ -176,7 +176,7 @@ impl Model {
         scratch.resize(&self.config, meta.rows.len());
         for (li, layer) in self.weights.layers.iter().enumerate() {
             self.attention_block(li, layer, pool, &meta, &mut x, scratch);
-            self.ffn_block(layer, &mut x, scratch, act);
+            self.ffn_block(layer, &mut x, scratch, meta.act);
         }
         Ok(x)
     }
