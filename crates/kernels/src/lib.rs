@@ -36,6 +36,8 @@ mod x86_amx;
 mod x86_decode;
 #[cfg(target_arch = "x86_64")]
 mod x86_tile;
+#[cfg(target_arch = "x86_64")]
+mod x86_tile_avx2;
 
 pub use dot::{dequantize_row, dot_f32, dot_row};
 pub use dtype::{DType, DTypeError};

@@ -266,6 +266,13 @@ fn matmul_q8_with(
             }
             _ => tiled::<TOKENS>(w, xq, &mut s.panels, out_t, isa, chunk),
         };
+        // Where the CPU has no VNNI tiles, the AVX2 ones, at the same token counts.
+        let tiled = match tiled {
+            None if t >= TOKENS || (small_tiles && t >= 4) => {
+                avx2_tiled(w, xq, &mut s.panels, out_t, isa, chunk)
+            }
+            done => done,
+        };
         if let Some(chunk) = tiled {
             if t > 1 {
                 // Each task filled its block of `out_t` as [T, its rows]: copied into `out`
@@ -426,6 +433,99 @@ fn unpacked_rows<const N: usize>(
         }
     };
     UNPACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut tiles) => run(&mut tiles),
+        Err(_) => run(&mut Vec::new()),
+    });
+    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
+}
+
+/// [`tiled`] on the AVX2 tiles ([`crate::x86_tile_avx2`]): each task unpacks its tiles once
+/// and meets every panel with them. Returns the rows per task, or `None` when this CPU or type
+/// has no such kernel (or has the VNNI tiles).
+#[cfg(target_arch = "x86_64")]
+fn avx2_tiled(
+    w: &MatRef<'_>,
+    xq: &[QuantizedRow],
+    panels: &mut Vec<crate::x86_tile::Panel>,
+    out_t: &mut [f32],
+    isa: crate::dispatch::Isa,
+    chunk: usize,
+) -> Option<usize> {
+    use crate::x86_tile_avx2::{self as avx2, ROWS, TOKENS};
+    let kernels = avx2::kernels(isa, w.dtype)?;
+    let t = xq.len();
+    fill_panels::<TOKENS>(w.dtype, xq, panels);
+    let panels = &panels[..];
+    let row_dot = crate::x86::row_dots(isa, w.dtype).map(|k| k.0);
+    // A task's unpacked tiles in half of a 512 KiB L2 (the smallest of the AVX2 cores that
+    // lack VNNI: Zen 2 and 3), so every panel finds them there.
+    const BUDGET: usize = 256 << 10;
+    let per_tile = avx2::tile_bytes(w.dtype, w.cols);
+    let chunk = chunk
+        .min(128)
+        .next_multiple_of(ROWS)
+        .min((BUDGET / per_tile).max(1) * ROWS);
+    out_t
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, o)| avx2_rows(w, ci * chunk, xq, panels, o, kernels, row_dot));
+    Some(chunk)
+}
+
+thread_local! {
+    /// A task's tiles unpacked by [`avx2_rows`], kept for the thread's next task.
+    #[cfg(target_arch = "x86_64")]
+    static UNPACKED_AVX2: std::cell::RefCell<Vec<Vec<std::arch::x86_64::__m256i>>> =
+        Default::default();
+}
+
+/// Rows `first..` against every token on the AVX2 tiles, each tile unpacked once: `out` =
+/// [T, rows of this task].
+#[cfg(target_arch = "x86_64")]
+fn avx2_rows(
+    w: &MatRef<'_>,
+    first: usize,
+    xq: &[QuantizedRow],
+    panels: &[crate::x86_tile::Panel],
+    out: &mut [f32],
+    (unpack, kernel): (crate::x86_tile_avx2::UnpackFn, crate::x86_tile_avx2::TileFn),
+    row_dot: Option<crate::x86::RowDot>,
+) {
+    use crate::x86_tile_avx2::{ROWS, TOKENS};
+    let t = xq.len();
+    let n = out.len() / t;
+    let whole = n / ROWS * ROWS;
+    let rb = w.row_bytes;
+    let mut run = |tiles: &mut Vec<Vec<std::arch::x86_64::__m256i>>| {
+        tiles.resize_with(tiles.len().max(whole / ROWS), Vec::new);
+        for (k, tile) in tiles.iter_mut().take(whole / ROWS).enumerate() {
+            let start = (first + k * ROWS) * rb;
+            // SAFETY: `kernels` gave `unpack` for features `isa()` detected on this CPU.
+            unsafe { unpack(&w.data[start..start + ROWS * rb], rb, tile) };
+        }
+        // The rows this thread most likely takes next, asked into L2 a share per kernel call
+        // (as in `unpacked_rows`).
+        let next = w.data.get((first + n) * rb..).unwrap_or_default();
+        let next = &next[..next.len().min(n * rb)];
+        let calls = (panels.len() * (whole / ROWS)).max(1);
+        let share = next.len().div_ceil(calls).next_multiple_of(64).max(64);
+        let mut ahead = next.chunks(share);
+        for (pi, panel) in panels.iter().enumerate() {
+            let g = pi * TOKENS;
+            let real = TOKENS.min(t - g);
+            for (k, tile) in tiles.iter().take(whole / ROWS).enumerate() {
+                let mut res = [[0f32; ROWS]; TOKENS];
+                let part = ahead.next().unwrap_or_default();
+                // SAFETY: as above, for the kernel; the tile was unpacked from rows of
+                // `w.cols` values and the panel filled for `w.dtype` from rows as long.
+                unsafe { kernel(tile, panel, part, &mut res) };
+                for (i, res_i) in res.iter().enumerate().take(real) {
+                    out[(g + i) * n + k * ROWS..][..ROWS].copy_from_slice(res_i);
+                }
+            }
+        }
+    };
+    UNPACKED_AVX2.with(|cell| match cell.try_borrow_mut() {
         Ok(mut tiles) => run(&mut tiles),
         Err(_) => run(&mut Vec::new()),
     });

@@ -181,6 +181,11 @@ impl Panel {
         }
     }
 
+    /// Per block, each token's `s` (Q4_1/Q5_1 panels; empty for other types).
+    pub(crate) fn s(&self) -> &[f32] {
+        &self.s
+    }
+
     pub(crate) fn tokens(&self) -> usize {
         self.tokens
     }

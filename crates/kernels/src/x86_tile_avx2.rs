@@ -1,0 +1,717 @@
+//! Register-tiled weight × activation kernels for prefill and batched decode on CPUs with
+//! AVX2 but no AVX-512 VNNI (AMD Zen 1–3, Intel before Ice Lake, and Intel's client cores).
+//!
+//! The layout is [`crate::x86_tile`]'s at half the width: the eight i32 lanes of a 256-bit
+//! vector are eight weight rows, a block of each row unpacked and transposed (dword k of row r
+//! in lane r of vector k), so a token meets all eight rows with one broadcast activation dword
+//! per four columns, and pays one conversion and one FMA per block for all eight rows where
+//! the row kernels pay one per row. A task unpacks its tiles once, into a per-thread buffer,
+//! and every panel of tokens then reads them ([`UnpackFn`], [`TileFn`]).
+//!
+//! Without `vpdpbusd`, a step is `vpmaddubsw` (u8 × i8 → i16 pair sums) and the pair sums are
+//! added in i16 for as many steps as cannot overflow before one `vpmaddwd` widens them to
+//! i32: all eight steps of a block for 4-bit weights, four for 5-bit, two for 6-bit
+//! ([`flush_steps`]). So the multiply port does a step and a fraction where VNNI does one,
+//! and the adds go to the other ports.
+//!
+//! Weights are unpacked to their unsigned values u; an offset (Q4_0's −8, Q5_0's −16, Q6_K's
+//! −32) is the panel's starting sum −offset · Σ q, exact in i32, as in the AVX-512 tiles.
+//! Q8_0's signed bytes cannot take the u8 side of `vpmaddubsw` without overflowing its i16
+//! pair sums, so Q8_0 stays on the row kernels.
+//!
+//! Results equal the scalar reference up to the order of f32 additions (the integer sums are
+//! exact); tests check them against it.
+
+use std::arch::x86_64::*;
+
+use crate::blocks::QK_K;
+use crate::dispatch::{Isa, Level};
+use crate::x86_tile::Panel;
+use crate::DType;
+
+/// Weight rows per tile: the eight i32 lanes of a 256-bit vector.
+pub(crate) const ROWS: usize = 8;
+/// Tokens per panel: four i32 and four f32 accumulators (and the K-quants' per-block sums)
+/// stay in the sixteen vector registers.
+pub(crate) const TOKENS: usize = 4;
+
+/// Unpacks a tile ([`ROWS`] rows of `row_bytes` bytes) into the buffer, cleared first.
+pub(crate) type UnpackFn = unsafe fn(&[u8], usize, &mut Vec<__m256i>);
+/// `out[t][r] = row r · token t` for an unpacked tile and a panel; it also asks for the bytes
+/// of its third argument to be brought into L2, a share per block, so weights the next unpack
+/// reads arrive while this one computes.
+pub(crate) type TileFn = unsafe fn(&[__m256i], &Panel, &[u8], &mut [[f32; ROWS]; TOKENS]);
+
+/// The unpack and tile kernels for `dtype`, where the CPU has AVX2 but not the AVX-512 VNNI
+/// tiles (which are faster where they exist).
+pub(crate) fn kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
+    if isa.level() < Level::Avx2
+        || (isa.level() >= Level::Avx512 && crate::dispatch::has_vnni())
+        || !crate::dispatch::tiles_enabled()
+    {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q4_0 => (unpack_legacy::<Q4_0>, legacy::<Q4_0>),
+        DType::Q4_1 => (unpack_legacy::<Q4_1>, legacy::<Q4_1>),
+        DType::Q5_0 => (unpack_legacy::<Q5_0>, legacy::<Q5_0>),
+        DType::Q5_1 => (unpack_legacy::<Q5_1>, legacy::<Q5_1>),
+        DType::Q4_K => (unpack_k4::<144, 16, 0>, k4::<8>),
+        DType::Q5_K => (unpack_k4::<176, 48, 16>, k4::<4>),
+        DType::Q6_K => (unpack_q6k, q6k),
+        _ => return None,
+    })
+}
+
+/// Bytes of one unpacked tile of `dtype` rows of `cols` values: to size tasks whose tiles
+/// stay in L2.
+pub(crate) fn tile_bytes(dtype: DType, cols: usize) -> usize {
+    let per_block = match dtype {
+        DType::Q4_1 | DType::Q5_1 => LEGACY_PER_BLOCK + 1,
+        DType::Q4_K | DType::Q5_K => K4_PER_BLOCK,
+        DType::Q6_K => Q6K_PER_BLOCK,
+        _ => LEGACY_PER_BLOCK,
+    };
+    cols / dtype.block_elems() * per_block * 32
+}
+
+/// Steps of `vpmaddubsw` whose i16 pair sums can be added before one overflows: a pair sum
+/// is at most 2 · max_u · 128.
+const fn flush_steps(max_u: i32) -> usize {
+    (i16::MAX as i32 / (2 * max_u * 128)) as usize
+}
+
+/// For each token t, `init[t] + Σ_k Σ (w[k] · dword k of token t's quants)` over the steps
+/// `w` holds, token t's quants at `q[stride · t..]`, the i16 pair sums widened every `FLUSH`
+/// steps. Always inlined, so the accumulators stay in registers.
+///
+/// # Safety
+/// The CPU must have AVX2; `q` must hold `stride · (TOKENS − 1) + 4 · w.len()` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sums<const FLUSH: usize>(
+    init: [__m256i; TOKENS],
+    w: &[__m256i],
+    q: &[i8],
+    stride: usize,
+) -> [__m256i; TOKENS] {
+    debug_assert!(q.len() >= stride * (TOKENS - 1) + 4 * w.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = init;
+    for (c, ws) in w.chunks(FLUSH).enumerate() {
+        let mut pairs = [_mm256_setzero_si256(); TOKENS];
+        for (k, &wk) in ws.iter().enumerate() {
+            let o = 4 * (c * FLUSH + k);
+            for (t, pair) in pairs.iter_mut().enumerate() {
+                // SAFETY: `stride · t + o + 4 ≤ q.len()` (the caller's contract); the read
+                // is unaligned.
+                let b = unsafe { (q.as_ptr().add(stride * t + o) as *const i32).read_unaligned() };
+                let p = _mm256_maddubs_epi16(wk, _mm256_set1_epi32(b));
+                *pair = if k == 0 {
+                    p
+                } else {
+                    _mm256_add_epi16(*pair, p)
+                };
+            }
+        }
+        for (a, p) in acc.iter_mut().zip(pairs) {
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(p, ones));
+        }
+    }
+    acc
+}
+
+/// Vector d holds dword d of every row (row r in lane r), from vector r holding row r.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+    let lo32 = |a, b| _mm256_unpacklo_epi32(a, b);
+    let hi32 = |a, b| _mm256_unpackhi_epi32(a, b);
+    let t = [
+        lo32(r[0], r[1]),
+        hi32(r[0], r[1]),
+        lo32(r[2], r[3]),
+        hi32(r[2], r[3]),
+        lo32(r[4], r[5]),
+        hi32(r[4], r[5]),
+        lo32(r[6], r[7]),
+        hi32(r[6], r[7]),
+    ];
+    // u[k] (k < 4): dwords k and k + 4 of rows 0..4; u[4 + k]: the same of rows 4..8.
+    let u = [
+        _mm256_unpacklo_epi64(t[0], t[2]),
+        _mm256_unpackhi_epi64(t[0], t[2]),
+        _mm256_unpacklo_epi64(t[1], t[3]),
+        _mm256_unpackhi_epi64(t[1], t[3]),
+        _mm256_unpacklo_epi64(t[4], t[6]),
+        _mm256_unpackhi_epi64(t[4], t[6]),
+        _mm256_unpacklo_epi64(t[5], t[7]),
+        _mm256_unpackhi_epi64(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2x128_si256::<0x20>(u[0], u[4]),
+        _mm256_permute2x128_si256::<0x20>(u[1], u[5]),
+        _mm256_permute2x128_si256::<0x20>(u[2], u[6]),
+        _mm256_permute2x128_si256::<0x20>(u[3], u[7]),
+        _mm256_permute2x128_si256::<0x31>(u[0], u[4]),
+        _mm256_permute2x128_si256::<0x31>(u[1], u[5]),
+        _mm256_permute2x128_si256::<0x31>(u[2], u[6]),
+        _mm256_permute2x128_si256::<0x31>(u[3], u[7]),
+    ]
+}
+
+/// 32 bytes at `at` of a row, unaligned.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load32(row: &[u8], at: usize) -> __m256i {
+    let b: &[u8; 32] = row[at..at + 32].try_into().expect("32 bytes");
+    // SAFETY: `b` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
+}
+
+/// 16 bytes at `at` of a row, as the low nibbles (low lane) and high nibbles (high lane).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles16(row: &[u8], at: usize) -> __m256i {
+    let b: &[u8; 16] = row[at..at + 16].try_into().expect("16 bytes");
+    // SAFETY: `b` is 16 readable bytes; the load is unaligned.
+    let lo = unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) };
+    let hi = _mm_srli_epi16(lo, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+/// The f16 at byte `at` of each row's block, as f32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_lanes(rows: &[&[u8]; ROWS], at: usize) -> __m256 {
+    let h: [u16; ROWS] =
+        std::array::from_fn(|r| u16::from_le_bytes([rows[r][at], rows[r][at + 1]]));
+    // SAFETY: `h` is 16 readable bytes; the load is unaligned.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr() as *const __m128i) })
+}
+
+/// f32 lanes from one value per row.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f32_lanes(v: [f32; ROWS]) -> __m256 {
+    // SAFETY: `v` is 8 readable f32; the load is unaligned.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+/// The tile's rows, each `row_bytes` long, after checking the tile holds exactly ROWS of them
+/// of whole `block`-byte blocks. Returns the rows and the blocks per row.
+fn tile_rows(w: &[u8], row_bytes: usize, block: usize) -> ([&[u8]; ROWS], usize) {
+    assert_eq!(w.len(), ROWS * row_bytes, "a tile is {ROWS} whole rows");
+    assert_eq!(row_bytes % block, 0, "rows hold whole blocks");
+    let rows = std::array::from_fn(|r| &w[r * row_bytes..(r + 1) * row_bytes]);
+    (rows, row_bytes / block)
+}
+
+/// Checks an unpacked tile against its panel: whole blocks of `per` vectors, as many as the
+/// panel has, and a panel of [`TOKENS`]. Returns the blocks.
+fn unpacked_blocks(u: &[__m256i], per: usize, p: &Panel) -> usize {
+    let n = u.len() / per;
+    assert_eq!(u.len(), n * per, "whole unpacked blocks");
+    assert_eq!(p.tokens(), TOKENS, "a panel of {TOKENS} tokens");
+    assert_eq!(
+        p.blocks(),
+        n,
+        "activations and weights have the same length"
+    );
+    n
+}
+
+/// Block `i`'s share of `ahead` (`per` cache lines a block), asked into L2 (see
+/// [`crate::x86_tile`]). The share is computed once per call: two divisions a block cost a
+/// third of a 32-weight block's time.
+#[inline(always)]
+fn prefetch_share(ahead: &[u8], i: usize, per: usize) {
+    let lines = ahead.len().div_ceil(64);
+    let (from, to) = ((i * per).min(lines), ((i + 1) * per).min(lines));
+    for line in from..to {
+        let p = ahead.as_ptr().wrapping_add(64 * line);
+        // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) };
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store(out: &mut [[f32; ROWS]; TOKENS], acc: [__m256; TOKENS]) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// A 32-weight type's block layout.
+pub(crate) trait Legacy {
+    /// Block size in bytes.
+    const SIZE: usize;
+    /// Byte offset of the 16 bytes of nibbles.
+    const QS: usize;
+    /// Byte offset of Q5's 32 fifth bits.
+    const QH: Option<usize>;
+    /// Whether the block carries a min (f16 at byte 2), met by the activations' `s`.
+    const MIN: bool;
+}
+
+macro_rules! legacy_layout {
+    ($name:ident, $size:expr, $qs:expr, $qh:expr, $min:expr) => {
+        pub(crate) struct $name;
+        impl Legacy for $name {
+            const SIZE: usize = $size;
+            const QS: usize = $qs;
+            const QH: Option<usize> = $qh;
+            const MIN: bool = $min;
+        }
+    };
+}
+
+legacy_layout!(Q4_0, 18, 2, None, false);
+legacy_layout!(Q4_1, 20, 4, None, true);
+legacy_layout!(Q5_0, 22, 6, Some(2), false);
+legacy_layout!(Q5_1, 24, 8, Some(4), true);
+
+/// Vectors per unpacked 32-weight block: eight of weights and the scales; the min types add
+/// their mins.
+const LEGACY_PER_BLOCK: usize = 9;
+
+const fn legacy_per_block<L: Legacy>() -> usize {
+    LEGACY_PER_BLOCK + L::MIN as usize
+}
+
+/// Bit e of a Q5 block's `qh` (at byte `at` of the row) as 0x10 in byte e, else 0.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fifth_bits(row: &[u8], at: usize) -> __m256i {
+    let qh = u32::from_le_bytes(row[at..at + 4].try_into().expect("4 bytes"));
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Every block of a tile of a 32-weight type: its eight transposed weight vectors (unsigned
+/// values u, element order), the scales as f32 and, for the min types, the mins.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_legacy<L: Legacy>(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
+    let (rows, n) = tile_rows(w, row_bytes, L::SIZE);
+    dst.clear();
+    dst.reserve(n * legacy_per_block::<L>());
+    for i in 0..n {
+        let at = i * L::SIZE;
+        let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+            let u = nibbles16(rows[r], at + L::QS);
+            match L::QH {
+                Some(qh) => _mm256_or_si256(u, fifth_bits(rows[r], at + qh)),
+                None => u,
+            }
+        });
+        dst.extend_from_slice(&transpose(values));
+        dst.push(_mm256_castps_si256(f16_lanes(&rows, at)));
+        if L::MIN {
+            dst.push(_mm256_castps_si256(f16_lanes(&rows, at + 2)));
+        }
+    }
+}
+
+/// A 32-weight type's tile: per block, `w = d·(u − o)` (the offset in the panel's starting
+/// sums) or `w = d·u + m`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_legacy`] for `L`, `p` a
+/// panel filled for `L`'s type from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy<L: Legacy>(
+    u: &[__m256i],
+    p: &Panel,
+    ahead: &[u8],
+    out: &mut [[f32; ROWS]; TOKENS],
+) {
+    let per = legacy_per_block::<L>();
+    let n = unpacked_blocks(u, per, p);
+    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    let mut acc_m = [_mm256_setzero_ps(); TOKENS];
+    for (i, blk) in u.chunks_exact(per).enumerate() {
+        prefetch_share(ahead, i, per_block);
+        let q = &p.qs[i * 32 * TOKENS..][..32 * TOKENS];
+        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale a token");
+        let init: &[i32; TOKENS] = p.ints[i * TOKENS..][..TOKENS].try_into().expect("a sum");
+        let init = init.map(|v| _mm256_set1_epi32(v));
+        // SAFETY: `q` holds the panel's 32 quants of each token for this block.
+        let s = unsafe {
+            if L::QH.is_some() {
+                sums::<{ flush_steps(31) }>(init, &blk[..8], q, 32)
+            } else {
+                sums::<{ flush_steps(15) }>(init, &blk[..8], q, 32)
+            }
+        };
+        let dw = _mm256_castsi256_ps(blk[8]);
+        for t in 0..TOKENS {
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), scale, acc[t]);
+        }
+        if L::MIN {
+            let mw = _mm256_castsi256_ps(blk[9]);
+            let sx = &p.s()[i * TOKENS..][..TOKENS];
+            for t in 0..TOKENS {
+                acc_m[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[t]), acc_m[t]);
+            }
+        }
+    }
+    if L::MIN {
+        for t in 0..TOKENS {
+            acc[t] = _mm256_add_ps(acc[t], acc_m[t]);
+        }
+    }
+    store(out, acc);
+}
+
+/// Vectors per unpacked Q4_K/Q5_K block: eight per 32-group, its eight `d·sc` (f32), the
+/// four min pairs (i16, group 2p low, 2p + 1 high), `dmin`.
+const K4_PER_BLOCK: usize = 8 * 8 + 8 + 4 + 1;
+
+/// Q4_K and Q5_K tiles: blocks of `SIZE` bytes with d/dmin at 0, the 6-bit scales at 4 and
+/// quants at `QS`; for Q5_K (`FIFTH > 0`) bit j of the 32 bytes at `FIFTH` is 32-group j's
+/// fifth bit.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    dst: &mut Vec<__m256i>,
+) {
+    let (rows, n) = tile_rows(w, row_bytes, SIZE);
+    let nib = _mm256_set1_epi8(0x0F);
+    dst.clear();
+    dst.reserve(n * K4_PER_BLOCK);
+    for i in 0..n {
+        let at = i * SIZE;
+        let scales: [crate::kquants::Scales16; ROWS] = std::array::from_fn(|r| {
+            let s: &[u8; 12] = rows[r][at + 4..at + 16].try_into().expect("12 bytes");
+            crate::kquants::unpack_scales_q4_k(s)
+        });
+        for j in 0..8 {
+            let (pair, shift) = (j / 2, _mm_cvtsi32_si128(4 * (j % 2) as i32));
+            let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+                let raw = load32(rows[r], at + QS + 32 * pair);
+                let u = _mm256_and_si256(_mm256_srl_epi16(raw, shift), nib);
+                if FIFTH > 0 {
+                    let hb =
+                        _mm256_srl_epi16(load32(rows[r], at + FIFTH), _mm_cvtsi32_si128(j as i32));
+                    let b = _mm256_and_si256(hb, _mm256_set1_epi8(1));
+                    _mm256_or_si256(u, _mm256_slli_epi16::<4>(b))
+                } else {
+                    u
+                }
+            });
+            dst.extend_from_slice(&transpose(values));
+        }
+        let d = f16_lanes(&rows, at);
+        for j in 0..8 {
+            let sc = f32_lanes(std::array::from_fn(|r| scales[r].scale[2 * j] as f32));
+            dst.push(_mm256_castps_si256(_mm256_mul_ps(sc, d)));
+        }
+        for pr in 0..4 {
+            let m: [i32; ROWS] = std::array::from_fn(|r| {
+                let (a, b) = (scales[r].min[4 * pr], scales[r].min[4 * pr + 2]);
+                (a as i32 & 0xFFFF) | ((b as i32) << 16)
+            });
+            // SAFETY: `m` is 8 readable i32; the load is unaligned.
+            dst.push(unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) });
+        }
+        dst.push(_mm256_castps_si256(f16_lanes(&rows, at + 2)));
+    }
+}
+
+/// Q4_K/Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`; `MAX_U_BITS`-bit values u.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_k4`] for the type, `p` a
+/// panel filled for it from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4<const FLUSH: usize>(
+    u: &[__m256i],
+    p: &Panel,
+    ahead: &[u8],
+    out: &mut [[f32; ROWS]; TOKENS],
+) {
+    let n = unpacked_blocks(u, K4_PER_BLOCK, p);
+    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    for (i, blk) in u.chunks_exact(K4_PER_BLOCK).enumerate() {
+        prefetch_share(ahead, i, per_block);
+        let q = &p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS];
+        let mut block_acc = [_mm256_setzero_ps(); TOKENS];
+        for j in 0..8 {
+            let zero = [_mm256_setzero_si256(); TOKENS];
+            // SAFETY: group j's quants of the panel's tokens, 32 each back to back.
+            let s =
+                unsafe { sums::<FLUSH>(zero, &blk[8 * j..8 * j + 8], &q[32 * TOKENS * j..], 32) };
+            let dsj = _mm256_castsi256_ps(blk[64 + j]);
+            for t in 0..TOKENS {
+                block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsj, block_acc[t]);
+            }
+        }
+        let pairs = &blk[72..76];
+        let dmin = _mm256_castsi256_ps(blk[76]);
+        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale a token");
+        let group_sums = &p.ints[i * 4 * TOKENS..][..4 * TOKENS];
+        for t in 0..TOKENS {
+            let y = _mm256_set1_ps(dy[t]);
+            let mut mins = _mm256_setzero_si256();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                let gs = _mm256_set1_epi32(group_sums[4 * t + pr]);
+                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mp, gs));
+            }
+            acc[t] = _mm256_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, y), acc[t]);
+        }
+    }
+    store(out, acc);
+}
+
+/// Vectors per unpacked Q6_K block: eight per 32-element chunk, then its sixteen `d·sc`.
+const Q6K_PER_BLOCK: usize = 8 * 8 + 16;
+
+/// Q6_K tiles: per block, the eight 32-element chunks' 6-bit values q (4 bits of `ql`, 2 of
+/// `qh`), in element order, then `d·sc_g` of the sixteen 16-groups.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
+    const SIZE: usize = 210;
+    let (rows, n) = tile_rows(w, row_bytes, SIZE);
+    let (nib, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    dst.clear();
+    dst.reserve(n * Q6K_PER_BLOCK);
+    for i in 0..n {
+        let at = i * SIZE;
+        for c in 0..8 {
+            // Chunk 4h + part: nibble part / 2 of ql[64h + 32·(part % 2)..], bits 2·part of
+            // qh[32h..].
+            let (h, part) = (c / 4, c % 4);
+            let lshift = _mm_cvtsi32_si128(4 * (part / 2) as i32);
+            let hshift = _mm_cvtsi32_si128(2 * part as i32);
+            let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+                let l = load32(rows[r], at + 64 * h + 32 * (part % 2));
+                let hb = load32(rows[r], at + 128 + 32 * h);
+                let lo4 = _mm256_and_si256(_mm256_srl_epi16(l, lshift), nib);
+                let hi2 = _mm256_and_si256(_mm256_srl_epi16(hb, hshift), two);
+                _mm256_or_si256(lo4, _mm256_slli_epi16::<4>(hi2))
+            });
+            dst.extend_from_slice(&transpose(values));
+        }
+        let d = f16_lanes(&rows, at + 208);
+        for g in 0..16 {
+            let sc = f32_lanes(std::array::from_fn(|r| rows[r][at + 192 + g] as i8 as f32));
+            dst.push(_mm256_castps_si256(_mm256_mul_ps(sc, d)));
+        }
+    }
+}
+
+/// Q6_K: per 16-group g, `w = d·sc_g·(q − 32)`, the −32 in the panel's starting sums.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_q6k`], `p` a panel filled
+/// for Q6_K from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
+    let n = unpacked_blocks(u, Q6K_PER_BLOCK, p);
+    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    for (i, blk) in u.chunks_exact(Q6K_PER_BLOCK).enumerate() {
+        prefetch_share(ahead, i, per_block);
+        let q = &p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS];
+        let init = &p.ints[i * 16 * TOKENS..][..16 * TOKENS];
+        let mut block_acc = [_mm256_setzero_ps(); TOKENS];
+        for g in 0..16 {
+            let (c, half) = (g / 2, g % 2);
+            let start = std::array::from_fn(|t| _mm256_set1_epi32(init[16 * t + g]));
+            let ws = &blk[8 * c + 4 * half..8 * c + 4 * half + 4];
+            // SAFETY: chunk c's quants of the panel's tokens, 32 each back to back; this
+            // 16-group's are the 16 bytes at 16·half of each.
+            let s = unsafe {
+                sums::<{ flush_steps(63) }>(start, ws, &q[32 * TOKENS * c + 16 * half..], 32)
+            };
+            let dsg = _mm256_castsi256_ps(blk[64 + g]);
+            for t in 0..TOKENS {
+                block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsg, block_acc[t]);
+            }
+        }
+        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale a token");
+        for t in 0..TOKENS {
+            acc[t] = _mm256_fmadd_ps(block_acc[t], _mm256_set1_ps(dy[t]), acc[t]);
+        }
+    }
+    store(out, acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act_quant::QuantizedRow;
+    use crate::blocks::f16_bytes;
+
+    const TYPES: [DType; 7] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
+    /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
+    fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+        let bytes = dtype.block_bytes();
+        let mut w: Vec<u8> = (0..ROWS * blocks * bytes)
+            .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for (k, blk) in w.chunks_exact_mut(bytes).enumerate() {
+            let d = ((k as u32 * 7 + seed) % 97) as f32 / 97.0 * 0.05 + 0.001;
+            for (f, &off) in dtype.scale_fields().iter().enumerate() {
+                let v = if f == 0 { d } else { -d * 4.0 };
+                blk[off..off + 2].copy_from_slice(&f16_bytes(v));
+            }
+        }
+        w
+    }
+
+    /// Activation rows with outliers, an all-zero first block in token 1, and all of token 2
+    /// at the end of the 8-bit range (which, with the largest weights, bounds the i16 sums).
+    fn activations(dtype: DType, cols: usize, seed: usize) -> Vec<QuantizedRow> {
+        (0..TOKENS)
+            .map(|t| {
+                let mut x: Vec<f32> = (0..cols)
+                    .map(|i| {
+                        (((i * 7919 + t * 31 + seed) % 2001) as f32 / 1000.0 - 1.0)
+                            * (1.0 + (i % 13) as f32)
+                    })
+                    .collect();
+                match t {
+                    1 => x[..dtype.block_elems()].iter_mut().for_each(|v| *v = 0.0),
+                    2 => x.fill(1.0),
+                    _ => {}
+                }
+                QuantizedRow::for_weight(dtype, &x).unwrap()
+            })
+            .collect()
+    }
+
+    /// Every kernel against the scalar reference dot of each (row, token), for weights whose
+    /// values reach their type's maximum (all bits set) as well as random ones.
+    #[test]
+    fn tiles_match_the_scalar_reference() {
+        let isa = crate::dispatch::isa();
+        for dtype in TYPES {
+            let Some((unpack, kernel)) = kernels(isa, dtype) else {
+                eprintln!("no AVX2 tile for {dtype} on this CPU: skipped");
+                continue;
+            };
+            for blocks in [1usize, 2, 3, 9] {
+                let mut w = random_rows(dtype, blocks, blocks as u32);
+                let row_bytes = w.len() / ROWS;
+                // Row 3: every quant bit set, the largest u of the type.
+                let scales = dtype.scale_fields();
+                for (k, blk) in w[3 * row_bytes..4 * row_bytes]
+                    .chunks_exact_mut(dtype.block_bytes())
+                    .enumerate()
+                {
+                    let keep: Vec<[u8; 2]> = scales.iter().map(|&f| [blk[f], blk[f + 1]]).collect();
+                    blk.fill(0xFF);
+                    for (&f, v) in scales.iter().zip(keep) {
+                        blk[f..f + 2].copy_from_slice(&v);
+                    }
+                    if dtype == DType::Q6_K {
+                        blk[192..208].fill(if k % 2 == 0 { 127 } else { 0x80 });
+                    }
+                }
+                let cols = blocks * dtype.block_elems();
+                let xs = activations(dtype, cols, blocks);
+                let mut panel = Panel::default();
+                panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+                let mut u = Vec::new();
+                let mut out = [[0f32; ROWS]; TOKENS];
+                // SAFETY: `kernels` checked the CPU; rows and panel are of `dtype`.
+                unsafe {
+                    unpack(&w, row_bytes, &mut u);
+                    kernel(&u, &panel, &w, &mut out);
+                }
+                assert_eq!(u.len() * 32, tile_bytes(dtype, cols));
+                for (t, x) in xs.iter().enumerate() {
+                    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                        let want = x.dot(dtype, row);
+                        let mut wf = vec![0f32; cols];
+                        crate::dot::dequantize_row(dtype, row, &mut wf);
+                        let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
+                        let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
+                        let got = out[t][r];
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{dtype} blocks={blocks} token {t} row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "a speed probe: [COLS=4096] cargo test --release -p bora-kernels avx2_tile_speed -- --ignored --nocapture"]
+    fn avx2_tile_speed() {
+        let isa = crate::dispatch::isa();
+        for dtype in [DType::Q4_0, DType::Q4_K, DType::Q6_K] {
+            let Some((unpack, kernel)) = kernels(isa, dtype) else {
+                continue;
+            };
+            let cols: usize = std::env::var("COLS").map_or(4096, |v| v.parse().unwrap());
+            let w = random_rows(dtype, cols / dtype.block_elems(), 1);
+            let xs = activations(dtype, cols, 0);
+            let mut panel = Panel::default();
+            panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
+            let mut u = Vec::new();
+            let mut out = [[0f32; ROWS]; TOKENS];
+            let iters = 4_000_000 / cols;
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                // SAFETY: as in the test above.
+                unsafe { unpack(&w, w.len() / ROWS, &mut u) };
+                std::hint::black_box(&u);
+            }
+            let unpack_s = t0.elapsed().as_secs_f64();
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                // SAFETY: as in the test above.
+                unsafe { kernel(&u, &panel, &[], &mut out) };
+                std::hint::black_box(&out);
+            }
+            let s = t0.elapsed().as_secs_f64();
+            let macs = (iters * ROWS * TOKENS * cols) as f64;
+            println!(
+                "{dtype}: {:.1} GMAC/s on one thread; an unpack costs {:.2} panels",
+                macs / s / 1e9,
+                unpack_s / s
+            );
+        }
+    }
+}
