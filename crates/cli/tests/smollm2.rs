@@ -90,15 +90,47 @@ fn exact_numerics_match_transformers_on_the_same_weights() {
     }
 }
 
+/// The largest difference between llama.cpp's and bora's top-2 margins at one position
+/// (measured: at most 0.42 along the greedy paths; 0.23 at the prompt position where they
+/// parted on an AVX2 CPU, with the row kernels): where llama.cpp's
+/// margin is wider, both must pick the same token.
+const CLEAR_MARGIN: f32 = 0.5;
+
+/// At every prompt position, bora's top-1 is llama.cpp's where llama.cpp's top-2 margin is
+/// clear of the engines' rounding difference; where it is not (a near-tie, which the order
+/// of f32 additions can tip either way: it differs between instruction sets), llama.cpp's
+/// top-1 is within that difference of bora's. The last position's logits are within 1.5.
 #[test]
 fn llama_cpp_numerics_match_llama_cpp_logits() {
     let e = llama_cpp_numerics();
     let vocab = e.model.config.vocab_size;
+    let (mut clear, mut agree) = (0, 0);
     for p in fixture("reference.json")["prompts"].as_array().unwrap() {
         let prompt = ids(&p["prompt_ids"]);
         let all = all_positions(&e, &prompt);
-        let top1: Vec<u32> = all.chunks_exact(vocab).map(argmax).collect();
-        assert_eq!(top1, ids(&p["top1_per_position"]), "{:?}", p["text"]);
+        let want_top1 = ids(&p["top1_per_position"]);
+        let margins = p["top1_margin_per_position"].as_array().unwrap();
+        assert_eq!(margins.len(), prompt.len());
+        for (i, row) in all.chunks_exact(vocab).enumerate() {
+            let (got, want) = (argmax(row), want_top1[i]);
+            let margin = margins[i].as_f64().unwrap() as f32;
+            agree += usize::from(got == want);
+            if margin > CLEAR_MARGIN {
+                clear += 1;
+                assert_eq!(
+                    got, want,
+                    "{:?} position {i}: llama.cpp margin {margin}",
+                    p["text"]
+                );
+            } else {
+                let behind = row[got as usize] - row[want as usize];
+                assert!(
+                    behind <= CLEAR_MARGIN,
+                    "{:?} position {i}: llama.cpp's top-1 {want} is {behind} below bora's {got}",
+                    p["text"]
+                );
+            }
+        }
         let want = read_f32(
             &fixtures()
                 .join("smollm2")
@@ -111,6 +143,8 @@ fn llama_cpp_numerics_match_llama_cpp_logits() {
             p["text"]
         );
     }
+    assert!(clear >= 20, "only {clear} clear positions");
+    assert!(agree >= 30, "top-1 agrees at only {agree} of 33 positions");
 }
 
 /// Along llama.cpp's own 64-token greedy path (teacher-forced), bora picks llama.cpp's token
@@ -138,7 +172,7 @@ fn greedy_choices_match_llama_cpp_along_its_path() {
             let got = argmax(row);
             total += 1;
             agree_all += usize::from(got == want);
-            if margin > 0.5 {
+            if margin > f64::from(CLEAR_MARGIN) {
                 clear += 1;
                 assert_eq!(
                     got, want,

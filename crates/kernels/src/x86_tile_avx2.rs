@@ -45,10 +45,17 @@ pub(crate) type TileFn = unsafe fn(&[__m256i], &Panel, &[u8], &mut [[f32; ROWS];
 /// The unpack and tile kernels for `dtype`, where the CPU has AVX2 but not the AVX-512 VNNI
 /// tiles (which are faster where they exist).
 pub(crate) fn kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
-    if isa.level() < Level::Avx2
-        || (isa.level() >= Level::Avx512 && crate::dispatch::has_vnni())
+    if (isa.level() >= Level::Avx512 && crate::dispatch::has_vnni())
         || !crate::dispatch::tiles_enabled()
     {
+        return None;
+    }
+    avx2_kernels(isa, dtype)
+}
+
+/// The kernels for `dtype` wherever the CPU has AVX2 (tests run them on VNNI CPUs too).
+fn avx2_kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
+    if isa.level() < Level::Avx2 {
         return None;
     }
     Some(match dtype {
@@ -624,8 +631,8 @@ mod tests {
     fn tiles_match_the_scalar_reference() {
         let isa = crate::dispatch::isa();
         for dtype in TYPES {
-            let Some((unpack, kernel)) = kernels(isa, dtype) else {
-                eprintln!("no AVX2 tile for {dtype} on this CPU: skipped");
+            let Some((unpack, kernel)) = avx2_kernels(isa, dtype) else {
+                eprintln!("no AVX2 on this CPU: skipped");
                 continue;
             };
             for blocks in [1usize, 2, 3, 9] {
@@ -652,7 +659,7 @@ mod tests {
                 panel.fill(dtype, &xs.iter().collect::<Vec<_>>());
                 let mut u = Vec::new();
                 let mut out = [[0f32; ROWS]; TOKENS];
-                // SAFETY: `kernels` checked the CPU; rows and panel are of `dtype`.
+                // SAFETY: `avx2_kernels` checked the CPU; rows and panel are of `dtype`.
                 unsafe {
                     unpack(&w, row_bytes, &mut u);
                     kernel(&u, &panel, &w, &mut out);
@@ -681,7 +688,7 @@ mod tests {
     fn avx2_tile_speed() {
         let isa = crate::dispatch::isa();
         for dtype in [DType::Q4_0, DType::Q4_K, DType::Q6_K] {
-            let Some((unpack, kernel)) = kernels(isa, dtype) else {
+            let Some((unpack, kernel)) = avx2_kernels(isa, dtype) else {
                 continue;
             };
             let cols: usize = std::env::var("COLS").map_or(4096, |v| v.parse().unwrap());
