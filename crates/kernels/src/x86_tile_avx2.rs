@@ -16,8 +16,10 @@
 //!
 //! Weights are unpacked to their unsigned values u; an offset (Q4_0's −8, Q5_0's −16, Q6_K's
 //! −32) is the panel's starting sum −offset · Σ q, exact in i32, as in the AVX-512 tiles.
-//! Q8_0's signed bytes cannot take the u8 side of `vpmaddubsw` without overflowing its i16
-//! pair sums, so Q8_0 stays on the row kernels.
+//! Q8_0's signed bytes cannot take the u8 side of `vpmaddubsw` (+128 would overflow its i16
+//! pair sums), so its tiles keep |w| and w, and each step gives the activations w's sign
+//! (`vpsignb`, as llama.cpp's kernels do) and widens at once: two multiplies a step, as the
+//! row kernels, but one conversion and FMA per block for eight rows.
 //!
 //! Results equal the scalar reference up to the order of f32 additions (the integer sums are
 //! exact); tests check them against it.
@@ -63,6 +65,7 @@ fn avx2_kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
         DType::Q4_1 => (unpack_legacy::<Q4_1>, legacy::<Q4_1>),
         DType::Q5_0 => (unpack_legacy::<Q5_0>, legacy::<Q5_0>),
         DType::Q5_1 => (unpack_legacy::<Q5_1>, legacy::<Q5_1>),
+        DType::Q8_0 => (unpack_q8_0, q8_0),
         DType::Q4_K => (unpack_k4::<144, 16, 0>, k4::<8>),
         DType::Q5_K => (unpack_k4::<176, 48, 16>, k4::<4>),
         DType::Q6_K => (unpack_q6k, q6k),
@@ -77,6 +80,7 @@ pub(crate) fn tile_bytes(dtype: DType, cols: usize) -> usize {
         DType::Q4_1 | DType::Q5_1 => LEGACY_PER_BLOCK + 1,
         DType::Q4_K | DType::Q5_K => K4_PER_BLOCK,
         DType::Q6_K => Q6K_PER_BLOCK,
+        DType::Q8_0 => Q8_0_PER_BLOCK,
         _ => LEGACY_PER_BLOCK,
     };
     cols / dtype.block_elems() * per_block * 32
@@ -385,6 +389,66 @@ unsafe fn legacy<L: Legacy>(
     store(out, acc);
 }
 
+/// Vectors per unpacked Q8_0 block: the eight weight vectors, their magnitudes, the scales.
+const Q8_0_PER_BLOCK: usize = 8 + 8 + 1;
+
+/// Q8_0 tiles: per block, the 32 signed weights transposed, then their magnitudes, then the
+/// scales as f32.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q8_0(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
+    const SIZE: usize = 34;
+    let (rows, n) = tile_rows(w, row_bytes, SIZE);
+    dst.clear();
+    dst.reserve(n * Q8_0_PER_BLOCK);
+    for i in 0..n {
+        let at = i * SIZE;
+        let wt = transpose(std::array::from_fn(|r| load32(rows[r], at + 2)));
+        dst.extend_from_slice(&wt);
+        dst.extend(wt.map(|v| _mm256_sign_epi8(v, v)));
+        dst.push(_mm256_castps_si256(f16_lanes(&rows, at)));
+    }
+}
+
+/// Q8_0: per block `w = d·q`, q signed; the panel's starting sums (for the VNNI tiles'
+/// +128) are not used.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_q8_0`], `p` a panel filled
+/// for Q8_0 from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
+    let n = unpacked_blocks(u, Q8_0_PER_BLOCK, p);
+    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    for (i, blk) in u.chunks_exact(Q8_0_PER_BLOCK).enumerate() {
+        prefetch_share(ahead, i, per_block);
+        let q = &p.qs[i * 32 * TOKENS..][..32 * TOKENS];
+        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
+            .try_into()
+            .expect("a scale a token");
+        let mut s = [_mm256_setzero_si256(); TOKENS];
+        for k in 0..8 {
+            let (wk, ak) = (blk[k], blk[8 + k]);
+            for (t, st) in s.iter_mut().enumerate() {
+                let b = i32::from_le_bytes(std::array::from_fn(|j| q[32 * t + 4 * k + j] as u8));
+                let y = _mm256_sign_epi8(_mm256_set1_epi32(b), wk);
+                let pairs = _mm256_maddubs_epi16(ak, y);
+                *st = _mm256_add_epi32(*st, _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        let dw = _mm256_castsi256_ps(blk[16]);
+        for t in 0..TOKENS {
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), scale, acc[t]);
+        }
+    }
+    store(out, acc);
+}
+
 /// Vectors per unpacked Q4_K/Q5_K block: eight per 32-group, its eight `d·sc` (f32), the
 /// four min pairs (i16, group 2p low, 2p + 1 high), `dmin`.
 const K4_PER_BLOCK: usize = 8 * 8 + 8 + 4 + 1;
@@ -578,8 +642,9 @@ mod tests {
     use crate::act_quant::QuantizedRow;
     use crate::blocks::f16_bytes;
 
-    const TYPES: [DType; 7] = [
+    const TYPES: [DType; 8] = [
         DType::Q4_0,
+        DType::Q8_0,
         DType::Q4_1,
         DType::Q5_0,
         DType::Q5_1,
@@ -687,7 +752,7 @@ mod tests {
     #[ignore = "a speed probe: [COLS=4096] cargo test --release -p bora-kernels avx2_tile_speed -- --ignored --nocapture"]
     fn avx2_tile_speed() {
         let isa = crate::dispatch::isa();
-        for dtype in [DType::Q4_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             let Some((unpack, kernel)) = avx2_kernels(isa, dtype) else {
                 continue;
             };
