@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_gguf import FT, QT, hf_to_gguf, hparams, load_hf_tensors, write_gguf  # noqa: E402
-from tinylib import TINY_DIR, full_logits, load_hf, setup_torch, write_json  # noqa: E402
 
 
 def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
@@ -47,6 +45,10 @@ def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
 
 
 def main() -> None:
+    # Here, not at the top: other scripts import llama_logits without torch installed.
+    from convert_gguf import FT, QT, hf_to_gguf, hparams, load_hf_tensors, write_gguf
+    from tinylib import TINY_DIR, full_logits, load_hf, setup_torch, write_json
+
     setup_torch()
     report = {}
     for name in ("mistral_nowin", "llama_tied", "mixtral", "mistral_swa"):

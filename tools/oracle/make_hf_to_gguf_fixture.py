@@ -16,6 +16,14 @@ Inputs, each with the Mistral v1 tokenizer.model:
   ranks, instead of the v1 tokenizer.model), giving hf_to_gguf_tekken.json and
   hf_to_gguf_tekken.{f32,q8_0}.logits.f32.bin; mistral-common's Tekkenizer on that file must
   give the prompt the ids llama.cpp gives it from the GGUF vocabulary;
+- tests/fixtures/eval/tiny_tekken again, its tekken.json replaced by the tokenizer.json (and
+  tokenizer_config.json) transformers converts it to (`convert_tekken_tokenizer`, kept in
+  tests/fixtures/eval/tekken_tokenizer_json): a byte-level BPE, written as llama.cpp's `gpt2`
+  vocabulary with the `tekken` pre-tokenizer, giving hf_to_gguf_bytelevel.json and its
+  logits; llama.cpp's ids from that GGUF must equal transformers' from the tokenizer.json (kept
+  in the fixture, for the prompt and the plain texts of tokenizer_v1/cases.json) and, for the
+  prompt, mistral-common's from the tekken.json (less its BOS: the converted tokenizer adds
+  none, and the GGUF says so);
 - tests/fixtures/eval/tiny_mistral again, with no tokenizer.model: its tokenizer.json (the v1
   vocabulary as transformers writes it) is written as a `llama` vocabulary with scores from the
   merge ranks, giving hf_to_gguf_tokenizer_json.json and its logits; llama.cpp's ids from that
@@ -92,35 +100,56 @@ def make_tiny_tekken(folder: Path) -> None:
     (folder / "tekken.json").write_text(json.dumps(cut, ensure_ascii=False) + "\n")
 
 
+def make_tekken_tokenizer_json(dst: Path) -> None:
+    """transformers' conversion of tiny_tekken's tekken.json to a tokenizer.json."""
+    from transformers.integrations.mistral import convert_tekken_tokenizer
+
+    tok = convert_tekken_tokenizer(str(EVAL / "tiny_tekken/tekken.json"))
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(Path(d) / name, dst / name)
+
+
 def main() -> None:
     only = set(sys.argv[1:])
     if not only:
         make_tiny_mixtral(EVAL / "tiny_mixtral")
         make_tiny_tekken(EVAL / "tiny_tekken")
+    if not only or "hf_to_gguf_bytelevel" in only:
+        make_tekken_tokenizer_json(EVAL / "tekken_tokenizer_json")
     v1 = ROOT / "tests/fixtures/tokenizer_v1/tokenizer.model"
     for src, name, spm in [(EVAL / "tiny_mistral", "hf_to_gguf", v1),
                            (EVAL / "tiny_mixtral", "hf_to_gguf_mixtral", v1),
                            (EVAL / "tiny_tekken", "hf_to_gguf_tekken", None),
-                           (EVAL / "tiny_mistral", "hf_to_gguf_tokenizer_json", None)]:
+                           (EVAL / "tiny_mistral", "hf_to_gguf_tokenizer_json", None),
+                           (EVAL / "tiny_tekken", "hf_to_gguf_bytelevel", None)]:
         if not only or name in only:
             write_fixture(src, name, spm)
 
 
-def transformers_ids_agree(folder: Path, gguf: Path) -> int:
+def transformers_ids_agree(folder: Path, gguf: Path, keep: list | None = None) -> int:
     """llama.cpp's ids from the GGUF against transformers' from the folder's tokenizer.json,
-    for the prompt and every text of tokenizer_v1/cases.json (but those spelling a special
-    token, which transformers reads as that token even in plain text); returns how many."""
+    for the prompt and every text of tokenizer_v1/cases.json (but those spelling one of this
+    tokenizer's special tokens, which transformers reads as that token even in plain text);
+    returns how many, and
+    appends each text with its ids to `keep`."""
     from llama_cpp import Llama
     from transformers import PreTrainedTokenizerFast
     hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    specials = [t.content for t in hf.added_tokens_decoder.values() if t.special]
     texts = [PROMPT] + [c["text"] for c in json.loads(
         (ROOT / "tests/fixtures/tokenizer_v1/cases.json").read_text())
-        if c["text"] and "contains_special_literal" not in c]
+        if c["text"] and "contains_special_literal" not in c
+        and not any(sp in c["text"] for sp in specials)]
     for text in texts:
         ours = llm.tokenize(text.encode(), add_bos=False, special=False)
         want = hf.encode(text, add_special_tokens=False)
         assert ours == want, f"{text!r}: llama.cpp {ours} vs transformers {want}"
+        if keep is not None:
+            keep.append({"text": text, "ids": want})
     return len(texts)
 
 
@@ -130,6 +159,10 @@ def write_fixture(src: Path, name: str, spm: Path | None) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "model"
         shutil.copytree(src, folder)
+        if name == "hf_to_gguf_bytelevel":
+            (folder / "tekken.json").unlink()
+            for f in (EVAL / "tekken_tokenizer_json").iterdir():
+                shutil.copy(f, folder / f.name)
         if spm is not None:
             shutil.copy(spm, folder / "tokenizer.model")
         for ftype in ["f32", "q8_0"]:
@@ -139,7 +172,21 @@ def write_fixture(src: Path, name: str, spm: Path | None) -> None:
             llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
             ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
             del llm
-            if (folder / "tokenizer.json").is_file() and spm is None:
+            if name == "hf_to_gguf_bytelevel":
+                # The converted tokenizer adds no BOS (no add_bos_token, a ByteLevel
+                # post-processor), and the GGUF says so: llama.cpp's ids are transformers'
+                # (special tokens on) and mistral-common's without its BOS.
+                from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+                from transformers import PreTrainedTokenizerFast
+                hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+                assert ids == hf.encode(PROMPT), f"llama.cpp {ids} vs transformers"
+                want = Tekkenizer.from_file(EVAL / "tiny_tekken/tekken.json").encode(
+                    PROMPT, bos=False, eos=False)
+                assert ids == want, f"llama.cpp {ids} vs mistral-common {want}"
+                texts: list = []
+                out["transformers_texts_agreeing"] = transformers_ids_agree(folder, gguf, texts)
+                out["transformers_ids"] = texts
+            elif (folder / "tokenizer.json").is_file() and spm is None:
                 out["transformers_texts_agreeing"] = transformers_ids_agree(folder, gguf)
             elif spm is None:
                 from mistral_common.tokens.tokenizers.tekken import Tekkenizer

@@ -194,12 +194,45 @@ fn tokenizer_json_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
     );
 }
 
+/// The same tiny model with, instead of its tekken.json, the tokenizer.json transformers
+/// converts that file to (a byte-level BPE; tests/fixtures/eval/tekken_tokenizer_json):
+/// written as llama.cpp's `gpt2` vocabulary with the `tekken` pre-tokenizer. The oracle script
+/// checked llama.cpp's ids from that file against transformers' from the tokenizer.json (kept
+/// in the fixture) and, for the prompt, mistral-common's from the tekken.json; here bora,
+/// reading the file it wrote, gives transformers' ids for every one of those texts.
+#[test]
+fn byte_level_tokenizer_json_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
+    let fx = read_json(&fixtures().join("eval/hf_to_gguf_bytelevel.json"));
+    let texts = fx["transformers_ids"].as_array().unwrap();
+    assert!(texts.len() >= 250, "{} texts", texts.len());
+    let transformers_ids = |gguf: &Path| {
+        for c in texts {
+            let text = c["text"].as_str().unwrap();
+            let o = Command::new(env!("CARGO_BIN_EXE_bora"))
+                .args(["tokenize", gguf.to_str().unwrap()])
+                .arg(format!("--text={text}"))
+                .args(["--json", "--no-bos"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(ids(&got["ids"]), ids(&c["ids"]), "{text:?}");
+        }
+    };
+    hf_folder_to_gguf_matches_llama_cpp_then(
+        "tiny_tekken",
+        "hf_to_gguf_bytelevel",
+        &transformers_ids,
+    );
+}
+
 fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {
     hf_folder_to_gguf_matches_llama_cpp_then(model, fixture, &|_| {})
 }
 
 /// Quantizes the model folder `model` (with Mistral's v1 tokenizer.model added unless the
-/// fixture is the tokenizer.json one, or the folder has a tekken.json), checks the written
+/// fixture is a tokenizer.json one, or the folder has a tekken.json; for the byte-level one,
+/// its tekken.json replaced by the converted tokenizer.json), checks the written
 /// files against the oracle fixture, and hands each file to `more`.
 fn hf_folder_to_gguf_matches_llama_cpp_then(model: &str, fixture: &str, more: &dyn Fn(&Path)) {
     use sha2::Digest;
@@ -212,7 +245,18 @@ fn hf_folder_to_gguf_matches_llama_cpp_then(model: &str, fixture: &str, more: &d
         let p = e.unwrap().path();
         std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
     }
-    if !folder.join("tekken.json").is_file() && fixture != "hf_to_gguf_tokenizer_json" {
+    if fixture == "hf_to_gguf_bytelevel" {
+        std::fs::remove_file(folder.join("tekken.json")).unwrap();
+        for e in std::fs::read_dir(fixtures().join("eval/tekken_tokenizer_json")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let tokenizer_json_only = matches!(
+        fixture,
+        "hf_to_gguf_tokenizer_json" | "hf_to_gguf_bytelevel"
+    );
+    if !folder.join("tekken.json").is_file() && !tokenizer_json_only {
         std::fs::copy(
             fixtures().join("tokenizer_v1/tokenizer.model"),
             folder.join("tokenizer.model"),

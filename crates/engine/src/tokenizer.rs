@@ -417,6 +417,14 @@ fn post_processor_adds(tk: &tokenizers::Tokenizer, bos: Option<u32>) -> bool {
     with.get_ids().len() == without.get_ids().len() + 1 && with.get_ids().first() == Some(&bos)
 }
 
+/// The `tokenizer.ggml.pre` whose split is the single regex `pattern` (a tokenizer.json's
+/// `Split` before a `ByteLevel` that does not split again): what a GGUF writer names it by.
+pub fn pre_tokenizer_named_by_regex(pattern: &str) -> Option<&'static str> {
+    ["llama-bpe", "tekken"]
+        .into_iter()
+        .find(|name| pre_tokenizer_regexes(name).is_some_and(|r| r == [pattern]))
+}
+
 /// The split regexes llama.cpp uses for each `tokenizer.ggml.pre`, in order.
 fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";

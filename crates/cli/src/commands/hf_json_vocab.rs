@@ -1,6 +1,8 @@
-//! A tokenizer.json in SentencePiece's style (BPE with byte fallback and `▁` for spaces: what
-//! transformers writes for a Mistral or Llama 2 `tokenizer.model`) as llama.cpp's `llama`
-//! vocabulary, for folders that ship no tokenizer.model.
+//! A tokenizer.json as a GGUF vocabulary, for folders that ship no tokenizer.model or
+//! tekken.json. In SentencePiece's style (BPE with byte fallback and `▁` for spaces: what
+//! transformers writes for a Mistral or Llama 2 `tokenizer.model`) it becomes llama.cpp's
+//! `llama` vocabulary; byte-level (GPT-2's byte alphabet: Tekken, Llama 3, SmolLM) it becomes
+//! `gpt2`, with the pre-tokenizer named as llama.cpp knows it.
 //!
 //! llama.cpp's SentencePiece tokenizer merges, at each step, the adjacent pair whose joined
 //! text is the vocabulary piece with the highest score. BPE applies the lowest-ranked merge
@@ -23,20 +25,62 @@ const USER_DEFINED: i32 = 4;
 const BYTE: i32 = 6;
 
 /// Writes the vocabulary of `path` (a tokenizer.json; its tokenizer_config.json beside it, if
-/// any, gives BOS/EOS/UNK and `add_bos_token`) into `md`.
-pub fn spm_style_vocab(
+/// any, gives BOS/EOS/UNK and `add_bos_token`) into `md`. The SentencePiece-style scores are
+/// described below.
+pub fn tokenizer_json_vocab(
     path: &Path,
     vocab_size: usize,
     md: &mut BTreeMap<String, Value>,
 ) -> Result<()> {
     let json = read(path)?;
     let model = &json["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] != true {
+    if model["type"] != "BPE" {
         bail!(
-            "{}: only a SentencePiece-style tokenizer.json (BPE with byte_fallback) can be written as GGUF; a byte-level one needs llama.cpp's pre-tokenizer name, which its converter finds by hashing tokenizer output",
-            path.display()
+            "{}: model.type is {}; only BPE tokenizer.json files can be written as GGUF",
+            path.display(),
+            model["type"]
         );
     }
+    if model["byte_fallback"] != true {
+        return byte_level_vocab(path, &json, vocab_size, md);
+    }
+    let (pieces, types) = pieces_and_types(path, &json, vocab_size, true)?;
+    let scores = merge_scores(path, &pieces, &types, &model["merges"])?;
+
+    let config = read(&path.with_file_name("tokenizer_config.json")).ok();
+    let id_of = |key: &str, default: &str| special_id(config.as_ref(), &pieces, key, default);
+    let add_bos = config
+        .as_ref()
+        .and_then(|c| c["add_bos_token"].as_bool())
+        .unwrap_or(true);
+    let (bos, eos, unk) = (
+        id_of("bos_token", "<s>"),
+        id_of("eos_token", "</s>"),
+        id_of("unk_token", "<unk>"),
+    );
+    super::hf_to_gguf::LlamaVocab {
+        pieces,
+        scores,
+        types,
+        bos,
+        eos,
+        unk,
+        add_bos,
+        add_space_prefix: prepends_space(&json),
+    }
+    .write(md);
+    Ok(())
+}
+
+/// Every token of the tokenizer.json (`model.vocab`, then `added_tokens`) by id, with its
+/// llama.cpp token type; SentencePiece-style files (`byte_tokens`) mark `<0xNN>` as bytes.
+fn pieces_and_types(
+    path: &Path,
+    json: &Json,
+    vocab_size: usize,
+    byte_tokens: bool,
+) -> Result<(Vec<String>, Vec<i32>)> {
+    let model = &json["model"];
     let mut pieces: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![NORMAL; vocab_size];
     let mut place = |piece: &str, id: &Json, ty: i32| -> Result<()> {
@@ -57,7 +101,8 @@ pub fn spm_style_vocab(
         .as_object()
         .with_context(|| format!("{}: model.vocab is not an object", path.display()))?;
     for (piece, id) in vocab {
-        let byte = piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
+        let byte =
+            byte_tokens && piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
         place(piece, id, if byte { BYTE } else { NORMAL })?;
     }
     let unk = model["unk_token"].as_str();
@@ -82,39 +127,131 @@ pub fn spm_style_vocab(
             })
         })
         .collect::<Result<_>>()?;
-    let scores = merge_scores(path, &pieces, &types, &model["merges"])?;
+    Ok((pieces, types))
+}
 
+/// The id of the special token `key` names in tokenizer_config.json (a string, or an object
+/// with `content`), else of the piece `default`.
+fn special_id(config: Option<&Json>, pieces: &[String], key: &str, default: &str) -> Option<u32> {
+    let named = config.and_then(|c| match &c[key] {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    });
+    let name = named.unwrap_or_else(|| default.to_string());
+    pieces.iter().position(|p| *p == name).map(|i| i as u32)
+}
+
+/// A byte-level BPE tokenizer.json (GPT-2's byte alphabet, no byte fallback: what
+/// transformers writes for Tekken, Llama 3 or SmolLM) as llama.cpp's `gpt2` vocabulary: the
+/// tokens and merges as they are, and `tokenizer.ggml.pre` named from the pre-tokenizer, for
+/// the splits llama.cpp knows by name.
+fn byte_level_vocab(
+    path: &Path,
+    json: &Json,
+    vocab_size: usize,
+    md: &mut BTreeMap<String, Value>,
+) -> Result<()> {
+    let pre = byte_level_pre_name(&json["pre_tokenizer"]).with_context(|| {
+        format!(
+            "{}: a byte-level tokenizer.json with a pre-tokenizer llama.cpp has no name for \
+             (known: ByteLevel alone = gpt2; Digits + ByteLevel = smollm; the Llama 3 or Tekken \
+             split regex + ByteLevel = llama-bpe, tekken): {}",
+            path.display(),
+            json["pre_tokenizer"]
+        )
+    })?;
+    let (pieces, types) = pieces_and_types(path, json, vocab_size, false)?;
+    let merges = json["model"]["merges"]
+        .as_array()
+        .with_context(|| format!("{}: model.merges is not a list", path.display()))?
+        .iter()
+        .enumerate()
+        .map(|(rank, m)| {
+            match m {
+                Json::String(s) if s.contains(' ') => Some(s.clone()),
+                Json::Array(ab) => match (
+                    ab.first().and_then(Json::as_str),
+                    ab.get(1).and_then(Json::as_str),
+                ) {
+                    (Some(a), Some(b)) => Some(format!("{a} {b}")),
+                    _ => None,
+                },
+                _ => None,
+            }
+            .map(Value::Str)
+            .with_context(|| format!("{}: merge {rank} is not a pair: {m}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let config = read(&path.with_file_name("tokenizer_config.json")).ok();
-    let id_of = |key: &str, default: &str| -> Option<u32> {
-        let named = config.as_ref().and_then(|c| match &c[key] {
-            Json::String(s) => Some(s.clone()),
-            Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
-            _ => None,
-        });
-        let name = named.unwrap_or_else(|| default.to_string());
-        pieces.iter().position(|p| *p == name).map(|i| i as u32)
-    };
+    let id_of = |key: &str| special_id(config.as_ref(), &pieces, key, "");
+    let (bos, eos, unk, pad) = (
+        id_of("bos_token"),
+        id_of("eos_token"),
+        id_of("unk_token"),
+        id_of("pad_token"),
+    );
+    // tokenizer_config.json's flag, else whether the post-processor puts BOS first.
     let add_bos = config
         .as_ref()
         .and_then(|c| c["add_bos_token"].as_bool())
-        .unwrap_or(true);
-    let (bos, eos, unk) = (
-        id_of("bos_token", "<s>"),
-        id_of("eos_token", "</s>"),
-        id_of("unk_token", "<unk>"),
+        .unwrap_or_else(|| {
+            let first = &json["post_processor"]["single"][0]["SpecialToken"]["id"];
+            bos.is_some_and(|b| first.as_str() == Some(pieces[b as usize].as_str()))
+        });
+    let mut put = |k: &str, v: Value| {
+        md.insert(k.to_string(), v);
+    };
+    put("tokenizer.ggml.model", Value::Str("gpt2".into()));
+    put("tokenizer.ggml.pre", Value::Str(pre.into()));
+    put(
+        "tokenizer.ggml.tokens",
+        Value::Array(pieces.into_iter().map(Value::Str).collect()),
     );
-    super::hf_to_gguf::LlamaVocab {
-        pieces,
-        scores,
-        types,
-        bos,
-        eos,
-        unk,
-        add_bos,
-        add_space_prefix: prepends_space(&json),
+    put(
+        "tokenizer.ggml.token_type",
+        Value::Array(types.into_iter().map(Value::I32).collect()),
+    );
+    put("tokenizer.ggml.merges", Value::Array(merges));
+    for (key, id) in [
+        ("tokenizer.ggml.bos_token_id", bos),
+        ("tokenizer.ggml.eos_token_id", eos),
+        ("tokenizer.ggml.unknown_token_id", unk),
+        ("tokenizer.ggml.padding_token_id", pad),
+    ] {
+        if let Some(id) = id {
+            put(key, Value::U32(id));
+        }
     }
-    .write(md);
+    put("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
+    put("tokenizer.ggml.add_eos_token", Value::Bool(false));
     Ok(())
+}
+
+/// llama.cpp's name for a byte-level tokenizer.json's pre-tokenizer, where it has one.
+fn byte_level_pre_name(pre: &Json) -> Option<&'static str> {
+    let byte_level = |v: &Json, splits: bool| {
+        v["type"] == "ByteLevel" && v["use_regex"].as_bool().unwrap_or(true) == splits
+    };
+    if byte_level(pre, true) {
+        return Some("gpt2");
+    }
+    let steps = pre["pretokenizers"]
+        .as_array()
+        .filter(|_| pre["type"] == "Sequence")?;
+    match steps.as_slice() {
+        [digits, last] if digits["type"] == "Digits" && digits["individual_digits"] == true => {
+            byte_level(last, true).then_some("smollm")
+        }
+        [split, last] if split["type"] == "Split" && byte_level(last, false) => {
+            let isolated = split["behavior"] == "Isolated" && split["invert"] != true;
+            let regex = split["pattern"]["Regex"].as_str()?;
+            isolated
+                .then(|| bora_engine::tokenizer::pre_tokenizer_named_by_regex(regex))
+                .flatten()
+        }
+        _ => None,
+    }
 }
 
 fn read(path: &Path) -> Result<Json> {
@@ -182,4 +319,54 @@ fn prepends_space(json: &Json) -> bool {
                 || v["add_prefix_space"] == true)
     };
     any(&json["normalizer"], &prepend) || any(&json["pre_tokenizer"], &metaspace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sequence(steps: Json) -> Json {
+        serde_json::json!({"type": "Sequence", "pretokenizers": steps})
+    }
+
+    /// The pre-tokenizers transformers writes for each byte-level family, and what llama.cpp
+    /// names them; any other split has no name, so the conversion is refused.
+    #[test]
+    fn byte_level_pre_tokenizers_get_llama_cpps_names() {
+        let byte_level = |use_regex: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": use_regex});
+        let split = |regex: &str| {
+            serde_json::json!({"type": "Split", "pattern": {"Regex": regex},
+                               "behavior": "Isolated", "invert": false})
+        };
+        let tekken = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        let llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        let digits = serde_json::json!({"type": "Digits", "individual_digits": true});
+        for (pre, want) in [
+            (byte_level(true), Some("gpt2")),
+            (
+                sequence(serde_json::json!([digits, byte_level(true)])),
+                Some("smollm"),
+            ),
+            (
+                sequence(serde_json::json!([split(tekken), byte_level(false)])),
+                Some("tekken"),
+            ),
+            (
+                sequence(serde_json::json!([split(llama3), byte_level(false)])),
+                Some("llama-bpe"),
+            ),
+            (
+                sequence(serde_json::json!([split(r"\p{N}+"), byte_level(false)])),
+                None,
+            ),
+            (
+                sequence(serde_json::json!([split(tekken), byte_level(true)])),
+                None,
+            ),
+            (byte_level(false), None),
+            (serde_json::json!({"type": "Metaspace"}), None),
+        ] {
+            assert_eq!(byte_level_pre_name(&pre), want, "{pre}");
+        }
+    }
 }

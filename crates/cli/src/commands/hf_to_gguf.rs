@@ -222,7 +222,7 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
             Some(spm) => spm_vocab(&spm, c.vocab_size, &mut md)?,
             None if dir.join("tokenizer.json").is_file() => {
                 let path = dir.join("tokenizer.json");
-                super::hf_json_vocab::spm_style_vocab(&path, c.vocab_size, &mut md)?
+                super::hf_json_vocab::tokenizer_json_vocab(&path, c.vocab_size, &mut md)?
             }
             None => bail!(
                 "{}: no tokenizer.model, tekken.json or tokenizer.json to write into the GGUF",
