@@ -66,8 +66,8 @@ fn avx2_kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
         DType::Q5_0 => (unpack_legacy::<Q5_0>, legacy::<Q5_0>),
         DType::Q5_1 => (unpack_legacy::<Q5_1>, legacy::<Q5_1>),
         DType::Q8_0 => (unpack_q8_0, q8_0),
-        DType::Q4_K => (unpack_k4::<144, 16, 0>, k4::<8>),
-        DType::Q5_K => (unpack_k4::<176, 48, 16>, k4::<4>),
+        DType::Q4_K => (unpack_k4::<144, 16, 0>, k4::<{ flush_steps(15) }>),
+        DType::Q5_K => (unpack_k4::<176, 48, 16>, k4::<{ flush_steps(31) }>),
         DType::Q6_K => (unpack_q6k, q6k),
         _ => return None,
     })
@@ -97,7 +97,8 @@ const fn flush_steps(max_u: i32) -> usize {
 /// steps. Always inlined, so the accumulators stay in registers.
 ///
 /// # Safety
-/// The CPU must have AVX2; `q` must hold `stride · (TOKENS − 1) + 4 · w.len()` bytes.
+/// The CPU must have AVX2. (`q` must hold `stride · (TOKENS − 1) + 4 · w.len()` bytes: this
+/// is asserted.)
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn sums<const FLUSH: usize>(
@@ -106,7 +107,8 @@ unsafe fn sums<const FLUSH: usize>(
     q: &[i8],
     stride: usize,
 ) -> [__m256i; TOKENS] {
-    debug_assert!(q.len() >= stride * (TOKENS - 1) + 4 * w.len());
+    // Checked, not assumed: one compare per 32 products keeps every read below inside `q`.
+    assert!(q.len() >= stride * (TOKENS - 1) + 4 * w.len());
     let ones = _mm256_set1_epi16(1);
     let mut acc = init;
     for (c, ws) in w.chunks(FLUSH).enumerate() {
@@ -114,8 +116,8 @@ unsafe fn sums<const FLUSH: usize>(
         for (k, &wk) in ws.iter().enumerate() {
             let o = 4 * (c * FLUSH + k);
             for (t, pair) in pairs.iter_mut().enumerate() {
-                // SAFETY: `stride · t + o + 4 ≤ q.len()` (the caller's contract); the read
-                // is unaligned.
+                // SAFETY: `stride · t + o + 4 ≤ q.len()` (asserted above); the read is
+                // unaligned.
                 let b = unsafe { (q.as_ptr().add(stride * t + o) as *const i32).read_unaligned() };
                 let p = _mm256_maddubs_epi16(wk, _mm256_set1_epi32(b));
                 *pair = if k == 0 {
@@ -508,7 +510,8 @@ unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
     }
 }
 
-/// Q4_K/Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`; `MAX_U_BITS`-bit values u.
+/// Q4_K/Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`; the pair sums widened every `FLUSH`
+/// steps ([`flush_steps`] of the type's largest u: 8 for Q4_K, 4 for Q5_K).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_k4`] for the type, `p` a
