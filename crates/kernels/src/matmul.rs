@@ -397,46 +397,70 @@ fn unpacked_rows<const N: usize>(
     row_dot: Option<crate::x86::RowDot>,
 ) {
     use crate::x86_tile::ROWS;
+    let tile = |u: &[_], p: &_, ahead: &[u8], res: &mut _| {
+        // SAFETY: `unpacked_kernels` gave the kernel for features `isa()` detected on this
+        // CPU; the tile was unpacked from rows of `w.cols` values and the panel filled for
+        // `w.dtype` from rows as long.
+        unsafe { kernel(u, p, ahead, res) }
+    };
+    // SAFETY: as above, for `unpack`, given ROWS whole rows of `w.dtype` blocks.
+    let unpack = |rows: &[u8], tile: &mut Vec<_>| unsafe { unpack(rows, w.row_bytes, tile) };
     let t = xq.len();
-    let n = out.len() / t;
-    let whole = n / ROWS * ROWS;
-    let rb = w.row_bytes;
-    let mut run = |tiles: &mut Vec<Vec<std::arch::x86_64::__m512i>>| {
-        tiles.resize_with(tiles.len().max(whole / ROWS), Vec::new);
-        for (k, tile) in tiles.iter_mut().take(whole / ROWS).enumerate() {
-            let start = (first + k * ROWS) * rb;
-            // SAFETY: `unpacked_kernels` gave `unpack` for features `isa()` detected on this
-            // CPU; the slice is ROWS whole rows of `w.dtype` blocks.
-            unsafe { unpack(&w.data[start..start + ROWS * rb], rb, tile) };
+    UNPACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut tiles) => {
+            unpacked_panels::<_, ROWS, N>(w, first, t, panels, out, &mut tiles, unpack, tile)
         }
-        // The rows after this task's, which this thread most likely takes next (rayon hands a
-        // thread the neighbouring chunks of its range): asked into L2 a share per kernel call
-        // while the panels meet this task's tiles, so the next unpack does not wait on memory.
-        let next = w.data.get((first + n) * rb..).unwrap_or_default();
-        let next = &next[..next.len().min(n * rb)];
-        let calls = (panels.len() * (whole / ROWS)).max(1);
-        let share = next.len().div_ceil(calls).next_multiple_of(64).max(64);
-        let mut ahead = next.chunks(share);
-        for (pi, panel) in panels.iter().enumerate() {
-            let g = pi * N;
-            let real = N.min(t - g);
-            for (k, tile) in tiles.iter().take(whole / ROWS).enumerate() {
-                let mut res = [[0f32; ROWS]; N];
-                let part = ahead.next().unwrap_or_default();
-                // SAFETY: as above, for the kernel; the tile was unpacked from rows of
-                // `w.cols` values and the panel filled for `w.dtype` from rows as long.
-                unsafe { kernel(tile, panel, part, &mut res) };
-                for (i, res_i) in res.iter().enumerate().take(real) {
-                    out[(g + i) * n + k * ROWS..][..ROWS].copy_from_slice(res_i);
-                }
+        // A matmul already running on this thread: this one gets a buffer of its own.
+        Err(_) => {
+            let mut tiles = Vec::new();
+            unpacked_panels::<_, ROWS, N>(w, first, t, panels, out, &mut tiles, unpack, tile)
+        }
+    });
+    let whole = out.len() / t / ROWS * ROWS;
+    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
+}
+
+/// The task's whole tiles of `R` rows unpacked once into `tiles` (kept for the thread's next
+/// task), then every panel of N tokens met by each: `out` = [T, rows of this task]. Each
+/// kernel call also asks a share of the rows this thread most likely takes next (rayon hands
+/// a thread the neighbouring chunks of its range) into L2, so the next unpack does not wait
+/// on memory.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn unpacked_panels<V, const R: usize, const N: usize>(
+    w: &MatRef<'_>,
+    first: usize,
+    t: usize,
+    panels: &[crate::x86_tile::Panel],
+    out: &mut [f32],
+    tiles: &mut Vec<Vec<V>>,
+    unpack: impl Fn(&[u8], &mut Vec<V>),
+    kernel: impl Fn(&[V], &crate::x86_tile::Panel, &[u8], &mut [[f32; R]; N]),
+) {
+    let n = out.len() / t;
+    let whole = n / R * R;
+    let rb = w.row_bytes;
+    tiles.resize_with(tiles.len().max(whole / R), Vec::new);
+    for (k, tile) in tiles.iter_mut().take(whole / R).enumerate() {
+        let start = (first + k * R) * rb;
+        unpack(&w.data[start..start + R * rb], tile);
+    }
+    let next = w.data.get((first + n) * rb..).unwrap_or_default();
+    let next = &next[..next.len().min(n * rb)];
+    let calls = (panels.len() * (whole / R)).max(1);
+    let share = next.len().div_ceil(calls).next_multiple_of(64).max(64);
+    let mut ahead = next.chunks(share);
+    for (pi, panel) in panels.iter().enumerate() {
+        let g = pi * N;
+        let real = N.min(t - g);
+        for (k, tile) in tiles.iter().take(whole / R).enumerate() {
+            let mut res = [[0f32; R]; N];
+            kernel(tile, panel, ahead.next().unwrap_or_default(), &mut res);
+            for (i, res_i) in res.iter().enumerate().take(real) {
+                out[(g + i) * n + k * R..][..R].copy_from_slice(res_i);
             }
         }
-    };
-    UNPACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut tiles) => run(&mut tiles),
-        Err(_) => run(&mut Vec::new()),
-    });
-    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
+    }
 }
 
 /// [`tiled`] on the AVX2 tiles ([`crate::x86_tile_avx2`]): each task unpacks its tiles once
@@ -492,43 +516,26 @@ fn avx2_rows(
     row_dot: Option<crate::x86::RowDot>,
 ) {
     use crate::x86_tile_avx2::{ROWS, TOKENS};
-    let t = xq.len();
-    let n = out.len() / t;
-    let whole = n / ROWS * ROWS;
-    let rb = w.row_bytes;
-    let mut run = |tiles: &mut Vec<Vec<std::arch::x86_64::__m256i>>| {
-        tiles.resize_with(tiles.len().max(whole / ROWS), Vec::new);
-        for (k, tile) in tiles.iter_mut().take(whole / ROWS).enumerate() {
-            let start = (first + k * ROWS) * rb;
-            // SAFETY: `kernels` gave `unpack` for features `isa()` detected on this CPU.
-            unsafe { unpack(&w.data[start..start + ROWS * rb], rb, tile) };
-        }
-        // The rows this thread most likely takes next, asked into L2 a share per kernel call
-        // (as in `unpacked_rows`).
-        let next = w.data.get((first + n) * rb..).unwrap_or_default();
-        let next = &next[..next.len().min(n * rb)];
-        let calls = (panels.len() * (whole / ROWS)).max(1);
-        let share = next.len().div_ceil(calls).next_multiple_of(64).max(64);
-        let mut ahead = next.chunks(share);
-        for (pi, panel) in panels.iter().enumerate() {
-            let g = pi * TOKENS;
-            let real = TOKENS.min(t - g);
-            for (k, tile) in tiles.iter().take(whole / ROWS).enumerate() {
-                let mut res = [[0f32; ROWS]; TOKENS];
-                let part = ahead.next().unwrap_or_default();
-                // SAFETY: as above, for the kernel; the tile was unpacked from rows of
-                // `w.cols` values and the panel filled for `w.dtype` from rows as long.
-                unsafe { kernel(tile, panel, part, &mut res) };
-                for (i, res_i) in res.iter().enumerate().take(real) {
-                    out[(g + i) * n + k * ROWS..][..ROWS].copy_from_slice(res_i);
-                }
-            }
-        }
+    let tile = |u: &[_], p: &_, ahead: &[u8], res: &mut _| {
+        // SAFETY: `kernels` gave the kernel for features `isa()` detected on this CPU; the
+        // tile was unpacked from rows of `w.cols` values and the panel filled for `w.dtype`
+        // from rows as long.
+        unsafe { kernel(u, p, ahead, res) }
     };
+    // SAFETY: as above, for `unpack`, given ROWS whole rows of `w.dtype` blocks.
+    let unpack = |rows: &[u8], tile: &mut Vec<_>| unsafe { unpack(rows, w.row_bytes, tile) };
+    let t = xq.len();
     UNPACKED_AVX2.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut tiles) => run(&mut tiles),
-        Err(_) => run(&mut Vec::new()),
+        Ok(mut tiles) => {
+            unpacked_panels::<_, ROWS, TOKENS>(w, first, t, panels, out, &mut tiles, unpack, tile)
+        }
+        // A matmul already running on this thread: this one gets a buffer of its own.
+        Err(_) => {
+            let mut tiles = Vec::new();
+            unpacked_panels::<_, ROWS, TOKENS>(w, first, t, panels, out, &mut tiles, unpack, tile)
+        }
     });
+    let whole = out.len() / t / ROWS * ROWS;
     rest_on_row_kernel(w, first, whole, xq, out, row_dot);
 }
 
