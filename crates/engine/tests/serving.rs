@@ -131,32 +131,61 @@ fn alone(m: &Arc<Model>, o: ServeOptions, prompts: &[Vec<u32>], n: usize) -> Vec
         .collect()
 }
 
-/// Largest difference between two runs' log-probabilities; the tokens must be the same.
-fn compare(a: &[Outcome], b: &[Outcome]) -> f32 {
-    let mut worst = 0f32;
+/// Largest difference between two runs' log-probabilities, over each request's steps while
+/// their tokens agree, and how many requests parted. Greedy runs may part only at a near-tie:
+/// where the two chosen tokens' log-probabilities are within `tie` of each other (with `tie`
+/// 0, never), which float noise between kernels can tip; after that the runs are not compared.
+fn compare(a: &[Outcome], b: &[Outcome], tie: f32) -> (f32, usize) {
+    let (mut worst, mut parted) = (0f32, 0);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.error, None);
-        assert_eq!(x.tokens, y.tokens, "request {i}: different tokens");
-        assert_eq!(x.reason, y.reason);
-        for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+        assert_eq!(y.error, None);
+        let same = x
+            .tokens
+            .iter()
+            .zip(&y.tokens)
+            .take_while(|(p, q)| p == q)
+            .count();
+        for (p, q) in x.logprobs[..same].iter().zip(&y.logprobs[..same]) {
             worst = worst.max((p - q).abs());
         }
+        if same == x.tokens.len() && same == y.tokens.len() {
+            assert_eq!(x.reason, y.reason, "request {i}");
+            continue;
+        }
+        let (Some(p), Some(q)) = (x.logprobs.get(same), y.logprobs.get(same)) else {
+            panic!("request {i}: one run stopped at step {same}, the other did not");
+        };
+        let gap = (p - q).abs();
+        assert!(
+            tie > 0.0 && gap <= tie,
+            "request {i}: different tokens from step {same}, where their log-probabilities \
+             differ by {gap}: {:?} vs {:?}",
+            x.tokens,
+            y.tokens
+        );
+        parted += 1;
     }
-    worst
+    (worst, parted)
 }
 
 /// Batched greedy decoding equals decoding alone. For float weights exactly: every batch size
-/// takes the same f32 kernels. For quantized weights the tokens are the same and the
-/// log-probabilities agree within float noise (90 % of them within 1e-5), except that a step
-/// of many rows takes the matrix-matrix kernel, which adds in another order than the one-row
-/// kernel: an activation that then lands on the other side of an 8-bit rounding step moves
-/// later values by a quantization step, up to 0.1 in log-probability here (measured: 0.056;
-/// llama.cpp's batches behave the same way).
+/// takes the same f32 kernels. For quantized weights the log-probabilities agree within float
+/// noise, 90 % of them within 5e-3 (measured: within 1e-5 on an AVX-512 VNNI CPU, whose row
+/// and tile kernels scale whole blocks in the same order; 2.0e-3 on an AVX2 CPU, whose row
+/// kernels scale eight partial sums a block), except that a step of many rows takes the
+/// matrix-matrix kernel, which adds in another order than the one-row kernel: an activation
+/// that then lands on the other side of an 8-bit rounding step moves later values by a
+/// quantization step, up to 0.1 in log-probability here (measured: 0.056 with the VNNI tiles,
+/// 0.054 with the AVX2 ones; llama.cpp's batches behave the same way). So the tokens are the same, but where two
+/// candidates are within that 0.1 (a near-tie, common in a random-weight model): there the
+/// runs may part, as one request of 32 did with the AVX2 tiles (its two tokens 0.02 apart),
+/// and at most 2 of 32 may.
 #[test]
 fn a_batch_of_32_gives_each_request_its_answer_alone() {
     for (name, tol_p90, tol) in [
         ("mistral_nowin", 0.0f32, 0.0f32),
-        ("mistral_swa.q4_0.gguf", 1e-5, 0.1),
+        ("mistral_swa.q4_0.gguf", 5e-3, 0.1),
     ] {
         let m = model(name);
         let prompts: Vec<Vec<u32>> = (0..32)
@@ -169,7 +198,11 @@ fn a_batch_of_32_gives_each_request_its_answer_alone() {
             assert_eq!(b.tokens.len(), 24);
             assert_eq!(b.reason, Some(FinishReason::Length));
         }
-        let worst = compare(&batched, &single);
+        let (worst, parted) = compare(&batched, &single, tol);
+        assert!(
+            parted <= 2,
+            "{name}: {parted} of 32 requests parted at near-ties"
+        );
         let mut diffs: Vec<f32> = batched
             .iter()
             .zip(&single)
@@ -227,7 +260,7 @@ fn the_prefix_cache_skips_shared_blocks_and_changes_no_answer() {
             "{name}"
         );
         assert!(fresh.iter().all(|o| o.cached == 0));
-        let worst = compare(&cached, &fresh);
+        let (worst, _) = compare(&cached, &fresh, 0.0);
         assert!(worst <= 1e-5, "{name}: {worst}");
     }
 }
@@ -270,7 +303,7 @@ fn an_exhausted_pool_preempts_and_recomputes_without_changing_answers() {
         let o = opts(14, caching);
         let (batched, stats) = serve_all(&m, o, &prompts, 24);
         let single = alone(&m, opts(4096, false), &prompts, 24);
-        let worst = compare(&batched, &single);
+        let (worst, _) = compare(&batched, &single, 0.0);
         assert!(worst <= 1e-5, "{name}: {worst}");
         if name == "mistral_nowin" {
             assert!(
