@@ -173,20 +173,7 @@ fn tokenizer_json_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
         .filter(|c| c["text"] != "" && c.get("contains_special_literal").is_none())
         .collect();
     assert!(plain.len() >= 250, "{} texts", plain.len());
-    let sentencepiece_ids = |gguf: &Path| {
-        for c in &plain {
-            let text = c["text"].as_str().unwrap();
-            let o = Command::new(env!("CARGO_BIN_EXE_bora"))
-                .args(["tokenize", gguf.to_str().unwrap()])
-                .arg(format!("--text={text}"))
-                .args(["--json", "--no-bos"])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            assert_eq!(ids(&got["ids"]), ids(&c["ids"]), "{text:?}");
-        }
-    };
+    let sentencepiece_ids = |gguf: &Path| tokenizes_as(gguf, plain.iter().copied());
     hf_folder_to_gguf_matches_llama_cpp_then(
         "tiny_mistral",
         "hf_to_gguf_tokenizer_json",
@@ -205,25 +192,28 @@ fn byte_level_tokenizer_json_folder_to_gguf_runs_in_llama_cpp_as_in_bora() {
     let fx = read_json(&fixtures().join("eval/hf_to_gguf_bytelevel.json"));
     let texts = fx["transformers_ids"].as_array().unwrap();
     assert!(texts.len() >= 250, "{} texts", texts.len());
-    let transformers_ids = |gguf: &Path| {
-        for c in texts {
-            let text = c["text"].as_str().unwrap();
-            let o = Command::new(env!("CARGO_BIN_EXE_bora"))
-                .args(["tokenize", gguf.to_str().unwrap()])
-                .arg(format!("--text={text}"))
-                .args(["--json", "--no-bos"])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            assert_eq!(ids(&got["ids"]), ids(&c["ids"]), "{text:?}");
-        }
-    };
+    let transformers_ids = |gguf: &Path| tokenizes_as(gguf, texts.iter());
     hf_folder_to_gguf_matches_llama_cpp_then(
         "tiny_tekken",
         "hf_to_gguf_bytelevel",
         &transformers_ids,
     );
+}
+
+/// `bora tokenize` on `gguf`, without BOS, gives each case's `ids` for its `text`.
+fn tokenizes_as<'a>(gguf: &Path, cases: impl Iterator<Item = &'a serde_json::Value>) {
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_bora"))
+            .args(["tokenize", gguf.to_str().unwrap()])
+            .arg(format!("--text={text}"))
+            .args(["--json", "--no-bos"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(ids(&got["ids"]), ids(&c["ids"]), "{text:?}");
+    }
 }
 
 fn hf_folder_to_gguf_matches_llama_cpp(model: &str, fixture: &str) {

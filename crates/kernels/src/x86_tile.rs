@@ -1198,8 +1198,13 @@ pub(crate) mod tests {
 
     /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
     pub(crate) fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
+        random_tile(dtype, ROWS, blocks, seed)
+    }
+
+    /// `rows` random rows of `blocks` blocks each, back to back, with sane f16 scales.
+    pub(crate) fn random_tile(dtype: DType, rows: usize, blocks: usize, seed: u32) -> Vec<u8> {
         let bytes = dtype.block_bytes();
-        let mut w: Vec<u8> = (0..ROWS * blocks * bytes)
+        let mut w: Vec<u8> = (0..rows * blocks * bytes)
             .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         for (k, blk) in w.chunks_exact_mut(bytes).enumerate() {

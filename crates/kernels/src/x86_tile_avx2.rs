@@ -643,7 +643,6 @@ unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TO
 mod tests {
     use super::*;
     use crate::act_quant::QuantizedRow;
-    use crate::blocks::f16_bytes;
 
     const TYPES: [DType; 8] = [
         DType::Q4_0,
@@ -656,20 +655,8 @@ mod tests {
         DType::Q6_K,
     ];
 
-    /// ROWS random rows of `blocks` blocks each, back to back, with sane f16 scales.
     fn random_rows(dtype: DType, blocks: usize, seed: u32) -> Vec<u8> {
-        let bytes = dtype.block_bytes();
-        let mut w: Vec<u8> = (0..ROWS * blocks * bytes)
-            .map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        for (k, blk) in w.chunks_exact_mut(bytes).enumerate() {
-            let d = ((k as u32 * 7 + seed) % 97) as f32 / 97.0 * 0.05 + 0.001;
-            for (f, &off) in dtype.scale_fields().iter().enumerate() {
-                let v = if f == 0 { d } else { -d * 4.0 };
-                blk[off..off + 2].copy_from_slice(&f16_bytes(v));
-            }
-        }
-        w
+        crate::x86_tile::tests::random_tile(dtype, ROWS, blocks, seed)
     }
 
     /// Activation rows with outliers, an all-zero first block in token 1, and all of token 2

@@ -168,19 +168,9 @@ fn byte_level_vocab(
         .iter()
         .enumerate()
         .map(|(rank, m)| {
-            match m {
-                Json::String(s) if s.contains(' ') => Some(s.clone()),
-                Json::Array(ab) => match (
-                    ab.first().and_then(Json::as_str),
-                    ab.get(1).and_then(Json::as_str),
-                ) {
-                    (Some(a), Some(b)) => Some(format!("{a} {b}")),
-                    _ => None,
-                },
-                _ => None,
-            }
-            .map(Value::Str)
-            .with_context(|| format!("{}: merge {rank} is not a pair: {m}", path.display()))
+            merge_pair(m)
+                .map(|(a, b)| Value::Str(format!("{a} {b}")))
+                .with_context(|| format!("{}: merge {rank} is not a pair: {m}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
     let config = read(&path.with_file_name("tokenizer_config.json")).ok();
@@ -271,19 +261,9 @@ fn merge_scores(path: &Path, pieces: &[String], types: &[i32], merges: &Json) ->
         .collect();
     let mut scores: Vec<Option<f32>> = vec![None; pieces.len()];
     for (rank, m) in merges.iter().enumerate() {
-        // Older files write a merge as "left right", newer ones as ["left", "right"].
-        let joined = match m {
-            Json::String(s) => s.split_once(' ').map(|(a, b)| format!("{a}{b}")),
-            Json::Array(ab) => match (
-                ab.first().and_then(Json::as_str),
-                ab.get(1).and_then(Json::as_str),
-            ) {
-                (Some(a), Some(b)) => Some(format!("{a}{b}")),
-                _ => None,
-            },
-            _ => None,
-        }
-        .with_context(|| format!("{}: merge {rank} is not a pair: {m}", path.display()))?;
+        let joined = merge_pair(m)
+            .map(|(a, b)| format!("{a}{b}"))
+            .with_context(|| format!("{}: merge {rank} is not a pair: {m}", path.display()))?;
         if let Some(&i) = id.get(joined.as_str()) {
             scores[i].get_or_insert(-(rank as f32));
         }
@@ -298,6 +278,16 @@ fn merge_scores(path: &Path, pieces: &[String], types: &[i32], merges: &Json) ->
             None => unmade,
         })
         .collect())
+}
+
+/// A merge's two tokens: older files write a merge as "left right", newer ones as
+/// ["left", "right"].
+fn merge_pair(m: &Json) -> Option<(&str, &str)> {
+    match m {
+        Json::String(s) => s.split_once(' '),
+        Json::Array(ab) => Some((ab.first()?.as_str()?, ab.get(1)?.as_str()?)),
+        _ => None,
+    }
 }
 
 /// Whether the tokenizer puts `▁` before the text: a `Prepend` normalizer, or a `Metaspace`
