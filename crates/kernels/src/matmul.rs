@@ -405,37 +405,49 @@ fn unpacked_rows<const N: usize>(
     };
     // SAFETY: as above, for `unpack`, given ROWS whole rows of `w.dtype` blocks.
     let unpack = |rows: &[u8], tile: &mut Vec<_>| unsafe { unpack(rows, w.row_bytes, tile) };
+    unpacked_panels::<_, ROWS, N>(w, first, xq, panels, out, &UNPACKED, unpack, tile, row_dot);
+}
+
+/// The task's whole tiles of `R` rows unpacked once into the thread's buffer (`buffers`, kept
+/// for its next task), then every panel of N tokens met by each, and the rows short of a
+/// tile on the row kernel: `out` = [T, rows of this task]. Each kernel call also asks a share
+/// of the rows this thread most likely takes next (rayon hands a thread the neighbouring
+/// chunks of its range) into L2, so the next unpack does not wait on memory.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn unpacked_panels<V: 'static, const R: usize, const N: usize>(
+    w: &MatRef<'_>,
+    first: usize,
+    xq: &[QuantizedRow],
+    panels: &[crate::x86_tile::Panel],
+    out: &mut [f32],
+    buffers: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<V>>>>,
+    unpack: impl Fn(&[u8], &mut Vec<V>),
+    kernel: impl Fn(&[V], &crate::x86_tile::Panel, &[u8], &mut [[f32; R]; N]),
+    row_dot: Option<crate::x86::RowDot>,
+) {
     let t = xq.len();
-    UNPACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut tiles) => {
-            unpacked_panels::<_, ROWS, N>(w, first, t, panels, out, &mut tiles, unpack, tile)
-        }
+    let whole = out.len() / t / R * R;
+    buffers.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut tiles) => tile_panels(w, first, t, panels, out, &mut tiles, &unpack, &kernel),
         // A matmul already running on this thread: this one gets a buffer of its own.
-        Err(_) => {
-            let mut tiles = Vec::new();
-            unpacked_panels::<_, ROWS, N>(w, first, t, panels, out, &mut tiles, unpack, tile)
-        }
+        Err(_) => tile_panels(w, first, t, panels, out, &mut Vec::new(), &unpack, &kernel),
     });
-    let whole = out.len() / t / ROWS * ROWS;
     rest_on_row_kernel(w, first, whole, xq, out, row_dot);
 }
 
-/// The task's whole tiles of `R` rows unpacked once into `tiles` (kept for the thread's next
-/// task), then every panel of N tokens met by each: `out` = [T, rows of this task]. Each
-/// kernel call also asks a share of the rows this thread most likely takes next (rayon hands
-/// a thread the neighbouring chunks of its range) into L2, so the next unpack does not wait
-/// on memory.
+/// [`unpacked_panels`]' tiles, with the buffer in hand.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn unpacked_panels<V, const R: usize, const N: usize>(
+fn tile_panels<V, const R: usize, const N: usize>(
     w: &MatRef<'_>,
     first: usize,
     t: usize,
     panels: &[crate::x86_tile::Panel],
     out: &mut [f32],
     tiles: &mut Vec<Vec<V>>,
-    unpack: impl Fn(&[u8], &mut Vec<V>),
-    kernel: impl Fn(&[V], &crate::x86_tile::Panel, &[u8], &mut [[f32; R]; N]),
+    unpack: &impl Fn(&[u8], &mut Vec<V>),
+    kernel: &impl Fn(&[V], &crate::x86_tile::Panel, &[u8], &mut [[f32; R]; N]),
 ) {
     let n = out.len() / t;
     let whole = n / R * R;
@@ -524,19 +536,8 @@ fn avx2_rows(
     };
     // SAFETY: as above, for `unpack`, given ROWS whole rows of `w.dtype` blocks.
     let unpack = |rows: &[u8], tile: &mut Vec<_>| unsafe { unpack(rows, w.row_bytes, tile) };
-    let t = xq.len();
-    UNPACKED_AVX2.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut tiles) => {
-            unpacked_panels::<_, ROWS, TOKENS>(w, first, t, panels, out, &mut tiles, unpack, tile)
-        }
-        // A matmul already running on this thread: this one gets a buffer of its own.
-        Err(_) => {
-            let mut tiles = Vec::new();
-            unpacked_panels::<_, ROWS, TOKENS>(w, first, t, panels, out, &mut tiles, unpack, tile)
-        }
-    });
-    let whole = out.len() / t / ROWS * ROWS;
-    rest_on_row_kernel(w, first, whole, xq, out, row_dot);
+    let buffers = &UNPACKED_AVX2;
+    unpacked_panels::<_, ROWS, TOKENS>(w, first, xq, panels, out, buffers, unpack, tile, row_dot);
 }
 
 /// `xq` packed N tokens to a panel for `dtype`'s tiled kernels, the last panel padded with

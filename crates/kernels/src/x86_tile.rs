@@ -1258,20 +1258,35 @@ pub(crate) mod tests {
                 let mut out = [[0f32; ROWS]; N];
                 // SAFETY: `tile_kernel` checked the CPU; rows and panel match `dtype`.
                 unsafe { kernel(&w, row_bytes, &panel, &mut out) };
-                for (t, x) in xs.iter().enumerate() {
-                    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
-                        let want = x.dot(dtype, row);
-                        let mut wf = vec![0f32; cols];
-                        crate::dot::dequantize_row(dtype, row, &mut wf);
-                        let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
-                        let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
-                        let got = out[t][r];
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{dtype} N={N} blocks={blocks} token {t} row {r}: {got} vs {want}"
-                        );
-                    }
-                }
+                let what = format!("N={N} blocks={blocks}");
+                assert_matches_reference(dtype, &w, cols, &xs, |t, r| out[t][r], &what);
+            }
+        }
+    }
+
+    /// `got(t, r)` is the scalar reference dot of token t's activations with row r of `w`
+    /// (rows of `cols` values back to back), to float rounding bounded by the row's magnitude.
+    pub(crate) fn assert_matches_reference(
+        dtype: DType,
+        w: &[u8],
+        cols: usize,
+        xs: &[QuantizedRow],
+        got: impl Fn(usize, usize) -> f32,
+        what: &str,
+    ) {
+        let row_bytes = dtype.row_bytes(cols).unwrap();
+        for (t, x) in xs.iter().enumerate() {
+            for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                let want = x.dot(dtype, row);
+                let mut wf = vec![0f32; cols];
+                crate::dot::dequantize_row(dtype, row, &mut wf);
+                let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
+                let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
+                let got = got(t, r);
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{dtype} {what} token {t} row {r}: {got} vs {want}"
+                );
             }
         }
     }

@@ -720,20 +720,15 @@ mod tests {
                     kernel(&u, &panel, &w, &mut out);
                 }
                 assert_eq!(u.len() * 32, tile_bytes(dtype, cols));
-                for (t, x) in xs.iter().enumerate() {
-                    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
-                        let want = x.dot(dtype, row);
-                        let mut wf = vec![0f32; cols];
-                        crate::dot::dequantize_row(dtype, row, &mut wf);
-                        let magnitude: f32 = wf.iter().map(|v| v.abs() * 13.0).sum();
-                        let tol = 1e-5 * want.abs().max(1.0) + 1e-6 * magnitude;
-                        let got = out[t][r];
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{dtype} blocks={blocks} token {t} row {r}: {got} vs {want}"
-                        );
-                    }
-                }
+                let what = format!("blocks={blocks}");
+                crate::x86_tile::tests::assert_matches_reference(
+                    dtype,
+                    &w,
+                    cols,
+                    &xs,
+                    |t, r| out[t][r],
+                    &what,
+                );
             }
         }
     }
