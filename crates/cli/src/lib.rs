@@ -9,3 +9,4 @@ pub use bora_engine as engine;
 pub use bora_eval as eval;
 pub use bora_kernels as kernels;
 pub use bora_model as model;
+pub use bora_server as server;

@@ -12,8 +12,8 @@ use bora_engine::chat::Message;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{bad_request, rejection, ApiResult};
-use super::App;
+use crate::error::{bad_request, rejection, ApiResult};
+use crate::App;
 
 /// A text (BOS added unless `add_special_tokens` is false) or a conversation (rendered with the
 /// chat format, which writes its own BOS and ends where the answer begins; a chat template

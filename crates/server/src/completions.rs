@@ -9,13 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::api::{
-    bad_request, finish_name, rejection, ApiResult, CompletionRequest, PromptInput, MAX_CHOICES,
-};
-use super::generate::{
+use crate::error::{bad_request, rejection, ApiResult};
+use crate::generate::{
     collect, stream, submit, total_usage, Chunk, Envelope, Job, ShownToken, Spec,
 };
-use super::App;
+use crate::request::{finish_name, CompletionRequest, PromptInput, MAX_CHOICES};
+use crate::App;
 
 /// OpenAI's default for completions.
 const DEFAULT_MAX_TOKENS: usize = 16;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use super::App;
+use crate::App;
 
 /// Counters the HTTP side keeps.
 #[derive(Default)]

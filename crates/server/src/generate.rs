@@ -16,8 +16,8 @@ use bora_engine::{SamplingParams, StreamDecoder, Tokenizer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::api::{bad_request, error, ApiResult};
-use super::App;
+use crate::error::{bad_request, error, ApiError, ApiResult};
+use crate::App;
 
 /// One choice to compute: a prompt and how to sample it.
 pub struct Job {
@@ -118,7 +118,7 @@ pub fn submit(app: &App, jobs: Vec<Job>, spec: &Spec) -> ApiResult<Vec<Submitted
     Ok(out)
 }
 
-fn stopped() -> super::api::ApiError {
+fn stopped() -> ApiError {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "server_error",
@@ -345,7 +345,7 @@ pub async fn collect(app: &App, subs: Vec<Submitted>, stops: &[String]) -> ApiRe
     Ok(out)
 }
 
-fn engine_failed(msg: impl Into<String>) -> super::api::ApiError {
+fn engine_failed(msg: impl Into<String>) -> ApiError {
     error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg)
 }
 
@@ -389,7 +389,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(app: &App, id_prefix: &str, object: &'static str) -> Self {
-        let created = super::api::now();
+        let created = crate::request::now();
         Self {
             id: format!("{id_prefix}-{created}"),
             object,

@@ -1,18 +1,19 @@
-//! `bora serve`: an OpenAI-compatible HTTP server (axum) in front of the continuous-batching
-//! loop. Handlers tokenize, hand the request to the engine thread, and turn its token events
-//! into a JSON answer or a server-sent-event stream.
+//! bora's OpenAI-compatible HTTP server (axum) in front of the continuous-batching loop:
+//! `bora serve`. Handlers tokenize, hand the request to the engine thread, and turn its token
+//! events into a JSON answer or a server-sent-event stream. One module per route, plus the
+//! request bodies (`request`), the error objects (`error`) and the token pump (`generate`).
 
-mod api;
 mod chat;
 mod completions;
+mod error;
 mod generate;
 mod metrics;
+mod request;
 mod tokenize;
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,11 +21,47 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bora_engine::chat::ChatFormat;
 use bora_engine::serving::{spawn, Request, ServeOptions, ServeStats};
-use bora_engine::Tokenizer;
+use bora_engine::{Engine, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::ServeArgs;
-use api::error;
+use error::error;
+
+/// How `serve` listens and schedules.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0: any free port (the one chosen is printed).
+    pub port: u16,
+    /// Sequences running at once.
+    pub parallel: usize,
+    /// Most tokens per forward step (at least `parallel`).
+    pub step_tokens: usize,
+    /// KV cache memory; `None`: what `parallel` sequences need at full context, at most half
+    /// the memory available.
+    pub kv_memory_bytes: Option<usize>,
+    pub prefix_caching: bool,
+    /// Requests queued or running before new ones get 429.
+    pub max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on the /v1 endpoints.
+    pub api_key: Option<String>,
+    /// The id `/v1/models` lists.
+    pub model_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the model has no tokenizer: the server needs one")]
+    NoTokenizer,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
 
 pub struct App {
     /// Requests in the engine now, and how many it may hold before answering 429.
@@ -115,48 +152,43 @@ fn default_kv_bytes(parallel: usize, context: usize, block_bytes: usize, block: 
     wanted.min(available).max(block_bytes * 64)
 }
 
-pub fn run(a: ServeArgs) -> Result<()> {
-    let engine = super::load(&a.model, false)?;
-    let tokenizer = engine.tokenizer()?;
-    let format = ChatFormat::for_tokenizer(tokenizer);
+/// Serves `engine` until Ctrl-C or SIGTERM, then finishes the requests in flight.
+pub fn serve(engine: Engine, config: ServerConfig) -> Result<(), ServerError> {
+    let format =
+        ChatFormat::for_tokenizer(engine.tokenizer().map_err(|_| ServerError::NoTokenizer)?);
     let stop_tokens = engine.stop_tokens();
-    let bora_engine::Engine {
+    let Engine {
         model, tokenizer, ..
     } = engine;
-    let tokenizer = tokenizer.context("the model has no tokenizer: the server needs one")?;
+    let tokenizer = tokenizer.ok_or(ServerError::NoTokenizer)?;
     let model = Arc::new(model);
     let layout = model.kv_layout(bora_model::DEFAULT_BLOCK_SIZE);
     let block_bytes = layout.block_bytes();
     let context = model.config.max_context;
-    let kv_bytes = match a.kv_memory_mib {
-        Some(mib) => (mib as usize) << 20,
-        None => default_kv_bytes(a.parallel.max(1), context, block_bytes, layout.block_size),
-    };
+    let parallel = config.parallel.max(1);
+    let kv_bytes = config
+        .kv_memory_bytes
+        .unwrap_or_else(|| default_kv_bytes(parallel, context, block_bytes, layout.block_size));
     let kv_blocks = kv_bytes / block_bytes.max(1);
     let opts = ServeOptions {
-        max_seqs: a.parallel.max(1),
-        step_tokens: a.batch.max(a.parallel).max(1),
+        max_seqs: parallel,
+        step_tokens: config.step_tokens.max(parallel),
         block_size: bora_model::DEFAULT_BLOCK_SIZE,
         kv_blocks,
-        prefix_caching: !a.no_prefix_caching,
+        prefix_caching: config.prefix_caching,
     };
     let vocab = model.config.vocab_size;
     let engine_stats = Arc::new(ServeStats::default());
     let app = Arc::new(App {
         in_flight: Default::default(),
-        max_queue: a.max_queue.max(1),
+        max_queue: config.max_queue.max(1),
         engine_stats: engine_stats.clone(),
         http: Default::default(),
-        api_key: a.api_key.clone(),
+        api_key: config.api_key.clone(),
         tokenizer,
         format,
         engine: std::sync::Mutex::new(spawn(model, opts, engine_stats)),
-        model_name: a
-            .model
-            .model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "bora".into()),
+        model_name: config.model_name.clone(),
         stop_tokens,
         context,
         vocab,
@@ -181,12 +213,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(ServerError::Runtime)?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+        let bind_error = |source| ServerError::Bind {
+            addr: format!("{}:{}", config.host, config.port),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-        let addr = listener.local_addr()?;
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         eprintln!(
             "bora: serving on http://{addr} ({} sequences at once, {} tokens per step, {kv_blocks} KV blocks = {} MiB{})",
             opts.max_seqs,
@@ -212,6 +249,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 eprintln!("bora: shutting down: finishing the requests in flight");
             })
             .await
-            .context("the server failed")
+            .map_err(ServerError::Serve)
     })
 }
