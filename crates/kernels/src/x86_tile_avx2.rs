@@ -234,17 +234,36 @@ fn unpacked_blocks(u: &[__m256i], per: usize, p: &Panel) -> usize {
     n
 }
 
-/// Block `i`'s share of `ahead` (`per` cache lines a block), asked into L2 (see
-/// [`crate::x86_tile`]). The share is computed once per call: two divisions a block cost a
-/// third of a 32-weight block's time.
-#[inline(always)]
-fn prefetch_share(ahead: &[u8], i: usize, per: usize) {
-    let lines = ahead.len().div_ceil(64);
-    let (from, to) = ((i * per).min(lines), ((i + 1) * per).min(lines));
-    for line in from..to {
-        let p = ahead.as_ptr().wrapping_add(64 * line);
-        // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) };
+/// Walks `ahead` (the next tile's weights) into L2 while a tile computes, a share of cache
+/// lines per block (see [`crate::x86_tile`]). A pointer and a count: the division and the
+/// bounds of each share cost more than the hints themselves (a profile of the Q4_0 tile
+/// found three dozen scalar instructions a block in them).
+struct Ahead {
+    next: *const i8,
+    end: *const i8,
+    per_block: usize,
+}
+
+impl Ahead {
+    fn new(ahead: &[u8], blocks: usize) -> Self {
+        let range = ahead.as_ptr_range();
+        Ahead {
+            next: range.start.cast(),
+            end: range.end.cast(),
+            per_block: ahead.len().div_ceil(64).div_ceil(blocks.max(1)),
+        }
+    }
+
+    /// One block's share. Its last hints may point past `ahead`: a hint never faults.
+    #[inline(always)]
+    fn step(&mut self) {
+        if self.next < self.end {
+            for line in 0..self.per_block {
+                // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.next.wrapping_add(64 * line)) };
+            }
+            self.next = self.next.wrapping_add(64 * self.per_block);
+        }
     }
 }
 
@@ -351,16 +370,15 @@ unsafe fn legacy<L: Legacy>(
 ) {
     let per = legacy_per_block::<L>();
     let n = unpacked_blocks(u, per, p);
-    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut ahead = Ahead::new(ahead, n);
     let mut acc = [_mm256_setzero_ps(); TOKENS];
     let mut acc_m = [_mm256_setzero_ps(); TOKENS];
-    for (i, blk) in u.chunks_exact(per).enumerate() {
-        prefetch_share(ahead, i, per_block);
-        let q = &p.qs[i * 32 * TOKENS..][..32 * TOKENS];
-        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale a token");
-        let init: &[i32; TOKENS] = p.ints[i * TOKENS..][..TOKENS].try_into().expect("a sum");
+    let blocks = u.chunks_exact(per).zip(p.qs.chunks_exact(32 * TOKENS));
+    let per_token = p.d.chunks_exact(TOKENS).zip(p.ints.chunks_exact(TOKENS));
+    for (i, ((blk, q), (d, init))) in blocks.zip(per_token).enumerate() {
+        ahead.step();
+        let d: &[f32; TOKENS] = d.try_into().expect("a scale a token");
+        let init: &[i32; TOKENS] = init.try_into().expect("a sum a token");
         let init = init.map(|v| _mm256_set1_epi32(v));
         // SAFETY: `q` holds the panel's 32 quants of each token for this block.
         let s = unsafe {
@@ -423,15 +441,16 @@ unsafe fn unpack_q8_0(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
     let n = unpacked_blocks(u, Q8_0_PER_BLOCK, p);
-    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut ahead = Ahead::new(ahead, n);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); TOKENS];
-    for (i, blk) in u.chunks_exact(Q8_0_PER_BLOCK).enumerate() {
-        prefetch_share(ahead, i, per_block);
-        let q = &p.qs[i * 32 * TOKENS..][..32 * TOKENS];
-        let d: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale a token");
+    let blocks = u
+        .chunks_exact(Q8_0_PER_BLOCK)
+        .zip(p.qs.chunks_exact(32 * TOKENS));
+    for ((blk, q), d) in blocks.zip(p.d.chunks_exact(TOKENS)) {
+        ahead.step();
+        let q: &[i8; 32 * TOKENS] = q.try_into().expect("32 quants a token");
+        let d: &[f32; TOKENS] = d.try_into().expect("a scale a token");
         let mut s = [_mm256_setzero_si256(); TOKENS];
         for k in 0..8 {
             let (wk, ak) = (blk[k], blk[8 + k]);
@@ -524,11 +543,16 @@ unsafe fn k4<const FLUSH: usize>(
     out: &mut [[f32; ROWS]; TOKENS],
 ) {
     let n = unpacked_blocks(u, K4_PER_BLOCK, p);
-    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut ahead = Ahead::new(ahead, n);
     let mut acc = [_mm256_setzero_ps(); TOKENS];
-    for (i, blk) in u.chunks_exact(K4_PER_BLOCK).enumerate() {
-        prefetch_share(ahead, i, per_block);
-        let q = &p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS];
+    let blocks = u
+        .chunks_exact(K4_PER_BLOCK)
+        .zip(p.qs.chunks_exact(QK_K * TOKENS));
+    let per_token =
+        p.d.chunks_exact(TOKENS)
+            .zip(p.ints.chunks_exact(4 * TOKENS));
+    for ((blk, q), (dy, group_sums)) in blocks.zip(per_token) {
+        ahead.step();
         let mut block_acc = [_mm256_setzero_ps(); TOKENS];
         for j in 0..8 {
             let zero = [_mm256_setzero_si256(); TOKENS];
@@ -542,10 +566,8 @@ unsafe fn k4<const FLUSH: usize>(
         }
         let pairs = &blk[72..76];
         let dmin = _mm256_castsi256_ps(blk[76]);
-        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale a token");
-        let group_sums = &p.ints[i * 4 * TOKENS..][..4 * TOKENS];
+        let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
+        let group_sums: &[i32; 4 * TOKENS] = group_sums.try_into().expect("4 sums a token");
         for t in 0..TOKENS {
             let y = _mm256_set1_ps(dy[t]);
             let mut mins = _mm256_setzero_si256();
@@ -608,12 +630,17 @@ unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
     let n = unpacked_blocks(u, Q6K_PER_BLOCK, p);
-    let per_block = ahead.len().div_ceil(64).div_ceil(n.max(1));
+    let mut ahead = Ahead::new(ahead, n);
     let mut acc = [_mm256_setzero_ps(); TOKENS];
-    for (i, blk) in u.chunks_exact(Q6K_PER_BLOCK).enumerate() {
-        prefetch_share(ahead, i, per_block);
-        let q = &p.qs[i * QK_K * TOKENS..][..QK_K * TOKENS];
-        let init = &p.ints[i * 16 * TOKENS..][..16 * TOKENS];
+    let blocks = u
+        .chunks_exact(Q6K_PER_BLOCK)
+        .zip(p.qs.chunks_exact(QK_K * TOKENS));
+    let per_token =
+        p.d.chunks_exact(TOKENS)
+            .zip(p.ints.chunks_exact(16 * TOKENS));
+    for ((blk, q), (dy, init)) in blocks.zip(per_token) {
+        ahead.step();
+        let init: &[i32; 16 * TOKENS] = init.try_into().expect("16 sums a token");
         let mut block_acc = [_mm256_setzero_ps(); TOKENS];
         for g in 0..16 {
             let (c, half) = (g / 2, g % 2);
@@ -629,9 +656,7 @@ unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TO
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsg, block_acc[t]);
             }
         }
-        let dy: &[f32; TOKENS] = p.d[i * TOKENS..][..TOKENS]
-            .try_into()
-            .expect("a scale a token");
+        let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
         for t in 0..TOKENS {
             acc[t] = _mm256_fmadd_ps(block_acc[t], _mm256_set1_ps(dy[t]), acc[t]);
         }
@@ -759,7 +784,8 @@ mod tests {
             let t0 = std::time::Instant::now();
             for _ in 0..iters {
                 // SAFETY: as in the test above.
-                unsafe { kernel(&u, &panel, &[], &mut out) };
+                // The tile's own bytes as the ones to prefetch: as many as a matmul passes.
+                unsafe { kernel(&u, &panel, &w, &mut out) };
                 std::hint::black_box(&out);
             }
             let s = t0.elapsed().as_secs_f64();
