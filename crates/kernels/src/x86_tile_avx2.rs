@@ -527,40 +527,63 @@ unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
     let nib = _mm256_set1_epi8(0x0F);
     dst.clear();
     dst.reserve(n * K4_PER_BLOCK);
+    let low16 = _mm256_set1_epi32(0xFFFF);
     for i in 0..n {
         let at = i * SIZE;
         let scales: [crate::kquants::Scales16; ROWS] = std::array::from_fn(|r| {
             let s: &[u8; 12] = rows[r][at + 4..at + 16].try_into().expect("12 bytes");
             crate::kquants::unpack_scales_q4_k(s)
         });
-        for j in 0..8 {
-            let (pair, shift) = (j / 2, _mm_cvtsi32_si128(4 * (j % 2) as i32));
-            let values: [__m256i; ROWS] = std::array::from_fn(|r| {
-                let raw = load32(rows[r], at + QS + 32 * pair);
-                let u = _mm256_and_si256(_mm256_srl_epi16(raw, shift), nib);
-                if FIFTH > 0 {
-                    let hb =
-                        _mm256_srl_epi16(load32(rows[r], at + FIFTH), _mm_cvtsi32_si128(j as i32));
-                    let b = _mm256_and_si256(hb, _mm256_set1_epi8(1));
-                    _mm256_or_si256(u, _mm256_slli_epi16::<4>(b))
-                } else {
-                    u
-                }
-            });
-            dst.extend_from_slice(&transpose(values));
+        let fifth: [__m256i; ROWS] = std::array::from_fn(|r| {
+            if FIFTH > 0 {
+                load32(rows[r], at + FIFTH)
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
+        // Each 32 bytes of quants hold two groups (low and high nibbles): loaded once.
+        for pair in 0..4 {
+            let raw: [__m256i; ROWS] =
+                std::array::from_fn(|r| load32(rows[r], at + QS + 32 * pair));
+            for half in 0..2 {
+                let j = 2 * pair + half;
+                let shift = _mm_cvtsi32_si128(4 * half as i32);
+                let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+                    let u = _mm256_and_si256(_mm256_srl_epi16(raw[r], shift), nib);
+                    if FIFTH > 0 {
+                        let hb = _mm256_srl_epi16(fifth[r], _mm_cvtsi32_si128(j as i32));
+                        let b = _mm256_and_si256(hb, _mm256_set1_epi8(1));
+                        _mm256_or_si256(u, _mm256_slli_epi16::<4>(b))
+                    } else {
+                        u
+                    }
+                });
+                dst.extend_from_slice(&transpose(values));
+            }
         }
+        // Scales and mins transposed in vectors, not lane by lane: each row's 16 i16 (every
+        // group's value twice) keep one i16 per dword, group j's in dword j.
+        // SAFETY: `scale` and `min` are 16 i16 = 32 readable bytes; the loads are unaligned.
+        let load16 = |v: &[i16; 16]| unsafe { _mm256_loadu_si256(v.as_ptr().cast()) };
+        let sc = transpose(
+            scales
+                .each_ref()
+                .map(|k| _mm256_and_si256(load16(&k.scale), low16)),
+        );
         let d = f16_lanes(&rows, at);
-        for j in 0..8 {
-            let sc = f32_lanes(std::array::from_fn(|r| scales[r].scale[2 * j] as f32));
-            dst.push(_mm256_castps_si256(_mm256_mul_ps(sc, d)));
+        for scj in sc {
+            dst.push(_mm256_castps_si256(_mm256_mul_ps(
+                _mm256_cvtepi32_ps(scj),
+                d,
+            )));
         }
+        // Group 2p's min and 2p + 1's as the two i16 of one dword (dword 2p of each row).
+        let mins = transpose(scales.each_ref().map(|k| {
+            let m = _mm256_and_si256(load16(&k.min), low16);
+            _mm256_or_si256(m, _mm256_srli_epi64::<16>(m))
+        }));
         for pr in 0..4 {
-            let m: [i32; ROWS] = std::array::from_fn(|r| {
-                let (a, b) = (scales[r].min[4 * pr], scales[r].min[4 * pr + 2]);
-                (a as i32 & 0xFFFF) | ((b as i32) << 16)
-            });
-            // SAFETY: `m` is 8 readable i32; the load is unaligned.
-            dst.push(unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) });
+            dst.push(mins[2 * pr]);
         }
         dst.push(_mm256_castps_si256(f16_lanes(&rows, at + 2)));
     }
