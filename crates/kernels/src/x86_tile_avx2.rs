@@ -241,14 +241,6 @@ fn f16_lanes(rows: &[&[u8]; ROWS], at: usize) -> __m256 {
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr() as *const __m128i) })
 }
 
-/// f32 lanes from one value per row.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn f32_lanes(v: [f32; ROWS]) -> __m256 {
-    // SAFETY: `v` is 8 readable f32; the load is unaligned.
-    unsafe { _mm256_loadu_ps(v.as_ptr()) }
-}
-
 /// The tile's rows, each `row_bytes` long, after checking the tile holds exactly ROWS of them
 /// of whole `block`-byte blocks. Returns the rows and the blocks per row.
 fn tile_rows(w: &[u8], row_bytes: usize, block: usize) -> ([&[u8]; ROWS], usize) {
@@ -675,9 +667,23 @@ unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
             dst.extend_from_slice(&transpose(values));
         }
         let d = f16_lanes(&rows, at + 208);
-        for g in 0..16 {
-            let sc = f32_lanes(std::array::from_fn(|r| rows[r][at + 192 + g] as i8 as f32));
-            dst.push(_mm256_castps_si256(_mm256_mul_ps(sc, d)));
+        // The sixteen i8 scales of each row, widened and transposed as vectors (not 128
+        // conversions lane by lane): groups 8h..8h + 8 from bytes 8h of each row.
+        for h in 0..2 {
+            let sc = transpose(std::array::from_fn(|r| {
+                let b: &[u8; 8] = rows[r][at + 192 + 8 * h..at + 200 + 8 * h]
+                    .try_into()
+                    .expect("8 scales");
+                // SAFETY: `b` is 8 readable bytes; the load is unaligned.
+                let v = unsafe { _mm_loadl_epi64(b.as_ptr().cast()) };
+                _mm256_cvtepi8_epi32(v)
+            }));
+            for scg in sc {
+                dst.push(_mm256_castps_si256(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(scg),
+                    d,
+                )));
+            }
         }
     }
 }
