@@ -63,7 +63,8 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-pub struct App {
+/// What every handler shares: the engine's queue, the tokenizer, limits and counters.
+pub(crate) struct App {
     /// Requests in the engine now, and how many it may hold before answering 429.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     max_queue: usize,
