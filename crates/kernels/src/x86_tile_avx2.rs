@@ -138,38 +138,18 @@ unsafe fn sums<const FLUSH: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
-    let lo32 = |a, b| _mm256_unpacklo_epi32(a, b);
-    let hi32 = |a, b| _mm256_unpackhi_epi32(a, b);
-    let t = [
-        lo32(r[0], r[1]),
-        hi32(r[0], r[1]),
-        lo32(r[2], r[3]),
-        hi32(r[2], r[3]),
-        lo32(r[4], r[5]),
-        hi32(r[4], r[5]),
-        lo32(r[6], r[7]),
-        hi32(r[6], r[7]),
-    ];
-    // u[k] (k < 4): dwords k and k + 4 of rows 0..4; u[4 + k]: the same of rows 4..8.
-    let u = [
-        _mm256_unpacklo_epi64(t[0], t[2]),
-        _mm256_unpackhi_epi64(t[0], t[2]),
-        _mm256_unpacklo_epi64(t[1], t[3]),
-        _mm256_unpackhi_epi64(t[1], t[3]),
-        _mm256_unpacklo_epi64(t[4], t[6]),
-        _mm256_unpackhi_epi64(t[4], t[6]),
-        _mm256_unpacklo_epi64(t[5], t[7]),
-        _mm256_unpackhi_epi64(t[5], t[7]),
-    ];
+    // u[k] (k < 4): dwords k and k + 4 of rows 0..4; v[k]: the same of rows 4..8.
+    let u = transpose_lanes([r[0], r[1], r[2], r[3]]);
+    let v = transpose_lanes([r[4], r[5], r[6], r[7]]);
     [
-        _mm256_permute2x128_si256::<0x20>(u[0], u[4]),
-        _mm256_permute2x128_si256::<0x20>(u[1], u[5]),
-        _mm256_permute2x128_si256::<0x20>(u[2], u[6]),
-        _mm256_permute2x128_si256::<0x20>(u[3], u[7]),
-        _mm256_permute2x128_si256::<0x31>(u[0], u[4]),
-        _mm256_permute2x128_si256::<0x31>(u[1], u[5]),
-        _mm256_permute2x128_si256::<0x31>(u[2], u[6]),
-        _mm256_permute2x128_si256::<0x31>(u[3], u[7]),
+        _mm256_permute2x128_si256::<0x20>(u[0], v[0]),
+        _mm256_permute2x128_si256::<0x20>(u[1], v[1]),
+        _mm256_permute2x128_si256::<0x20>(u[2], v[2]),
+        _mm256_permute2x128_si256::<0x20>(u[3], v[3]),
+        _mm256_permute2x128_si256::<0x31>(u[0], v[0]),
+        _mm256_permute2x128_si256::<0x31>(u[1], v[1]),
+        _mm256_permute2x128_si256::<0x31>(u[2], v[2]),
+        _mm256_permute2x128_si256::<0x31>(u[3], v[3]),
     ]
 }
 
