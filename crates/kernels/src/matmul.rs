@@ -173,7 +173,7 @@ struct Q8Scratch {
     /// Token groups packed for the tiled kernels.
     #[cfg(target_arch = "x86_64")]
     panels: Vec<crate::x86_tile::Panel>,
-    /// The one activation row of a decode matmul, laid out for the AVX-512 decode kernels.
+    /// The one activation row of a decode matmul, laid out for the decode kernels.
     #[cfg(target_arch = "x86_64")]
     decode: crate::x86_decode::DecodeRow,
 }
@@ -232,7 +232,7 @@ fn matmul_q8_with(
         use crate::x86_tile::TOKENS;
         if t == 1 {
             if let Some(kernel) = crate::x86_decode::kernel(isa, w.dtype) {
-                s.decode.fill(w.dtype, &xq[0]);
+                s.decode.fill(isa, w.dtype, &xq[0]);
                 let (x, rb) = (&s.decode, w.row_bytes);
                 out_t.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
                     let rows = &w.data[ci * chunk * rb..(ci * chunk + o.len()) * rb];

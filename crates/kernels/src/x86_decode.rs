@@ -1,5 +1,5 @@
 //! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
-//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`].
+//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for Q4_0 in [`avx2`].
 //!
 //! A decode step reads every weight once, so these kernels must keep up with memory: a core
 //! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
@@ -27,6 +27,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
+mod avx2;
 mod kquants;
 
 use crate::act_quant::{Q8Blocks, QuantizedRow};
@@ -56,6 +57,8 @@ struct Quants([i8; 64]);
 #[derive(Default)]
 pub(crate) struct DecodeRow {
     dtype: Option<DType>,
+    /// Laid out for the AVX2 kernels ([`avx2`]) rather than the AVX-512 ones.
+    avx2: bool,
     blocks: usize,
     qs: Vec<Quants>,
     offsets: Vec<Line<i32>>,
@@ -75,9 +78,10 @@ fn group_blocks(dtype: DType) -> usize {
 }
 
 impl DecodeRow {
-    /// Lays out `x` (quantized for `dtype`) for `dtype`'s kernel.
-    pub(crate) fn fill(&mut self, dtype: DType, x: &QuantizedRow) {
+    /// Lays out `x` (quantized for `dtype`) for the kernel [`kernel`] gives at `isa`.
+    pub(crate) fn fill(&mut self, isa: Isa, dtype: DType, x: &QuantizedRow) {
         self.dtype = Some(dtype);
+        self.avx2 = !wide(isa);
         let x = match x {
             QuantizedRow::Q8_0(x) => x,
             QuantizedRow::Q8K(x) => return kquants::fill(dtype, x, &mut self.k),
@@ -88,10 +92,15 @@ impl DecodeRow {
         self.offsets.clear();
         self.scales.clear();
         self.tail.clear();
-        let per = group_blocks(dtype);
+        let per = if self.avx2 {
+            avx2::GROUP_BLOCKS
+        } else {
+            group_blocks(dtype)
+        };
         let whole = self.blocks / per * per;
         for g in (0..whole).step_by(per) {
             match dtype {
+                _ if self.avx2 => avx2::push_q4_0_group(x, g / per, &mut self.qs, &mut self.scales),
                 DType::Q4_0 => self.push_q4_0_group(x, g),
                 _ => self.push_q8_0_group(x, g),
             }
@@ -153,10 +162,18 @@ fn has_vnni_vbmi() -> bool {
     })
 }
 
+/// Whether the AVX-512 kernels run at `isa` on this CPU.
+fn wide(isa: Isa) -> bool {
+    isa.level() >= Level::Avx512 && has_vnni_vbmi()
+}
+
 /// The kernel for `dtype`, where this CPU (at `isa`) has one.
 pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
-    if isa.level() < Level::Avx512 || !has_vnni_vbmi() {
-        return None;
+    if !wide(isa) {
+        return match dtype {
+            DType::Q4_0 if isa.level() >= Level::Avx2 => Some(avx2::q4_0_rows),
+            _ => None,
+        };
     }
     match dtype {
         DType::Q4_0 => Some(q4_0_rows),
@@ -224,7 +241,7 @@ fn prefetch(p: *const u8) {
 /// `row_bytes` bytes of Q4_0 blocks, `x` laid out for Q4_0 with as many blocks as a row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
-    debug_assert_eq!(x.dtype, Some(DType::Q4_0));
+    debug_assert!(x.dtype == Some(DType::Q4_0) && !x.avx2);
     assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 18);
     let quants = load_idx(&Q4_0_QUANTS);
     let scales = load_idx(&Q4_0_SCALES);
@@ -272,7 +289,7 @@ unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32
 /// As [`q4_0_rows`], for Q8_0 blocks and `x` laid out for Q8_0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
-    debug_assert_eq!(x.dtype, Some(DType::Q8_0));
+    debug_assert!(x.dtype == Some(DType::Q8_0) && !x.avx2);
     assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 34);
     let quants = load_idx(&Q8_0_QUANTS);
     let scales = load_idx(&Q8_0_SCALES);
@@ -344,8 +361,8 @@ mod tests {
         let isa = crate::dispatch::isa();
         for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
             let Some(kernel) = kernel(isa, dtype) else {
-                eprintln!("no AVX-512 VNNI/VBMI here: nothing to test");
-                return;
+                eprintln!("{dtype}: no decode kernel at this CPU's instruction set");
+                continue;
             };
             for blocks in [1usize, 2, 3, 4, 5, 7, 8, 18, 31, 32, 33, 128, 449] {
                 let rows = 5;
@@ -362,7 +379,7 @@ mod tests {
                 x[..32].iter_mut().for_each(|v| *v = 0.0);
                 let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
                 let mut lay = DecodeRow::default();
-                lay.fill(dtype, &xq);
+                lay.fill(isa, dtype, &xq);
                 let mut got = vec![0f32; rows];
                 // SAFETY: `kernel` checked the CPU; `data` holds `rows` rows of `rb` bytes of
                 // `dtype`, and `lay` was filled for `dtype` from as many blocks.

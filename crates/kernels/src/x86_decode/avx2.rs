@@ -1,0 +1,192 @@
+//! Decode's matrix × vector for Q4_0 weights on AVX2, where the CPU has no AVX-512 VNNI/VBMI.
+//!
+//! The AVX2 row kernel ([`crate::x86`]) works block by block: each 32-weight block pays for
+//! its own i32 → f32 conversion and its own scale broadcast and FMA, about nine vector
+//! instructions a block besides the loads. On a Zen 3 core that computed 10–13 GB/s of
+//! weights from L2, one thread, barely more than a core's share of the memory stream, so
+//! decode ran at three quarters of the read bandwidth. Here two blocks share a register:
+//!
+//! - a group is eight blocks (144 bytes); blocks j and j + 4 (j < 4) are paired, their 16
+//!   quant bytes each broadcast-loaded and blended into one register, so one AND gives both
+//!   blocks' low nibbles and one shift and AND their high nibbles;
+//! - the activation row is laid out once per matrix ([`fill_q4_0`]) to meet the pair as it
+//!   lies (block j's first sixteen quants, block j + 4's first sixteen, then their last
+//!   sixteen), so the two `vpmaddubsw` of a pair add in i16 (exact: |sum| ≤ 4·15·127) and
+//!   one `vpmaddwd` widens both blocks' sums into four i32 lanes each;
+//! - each lane's scale is the group's eight `d_w·d_x` products with element j broadcast
+//!   within each 128-bit half (one in-lane `vpermilps`), since the pair's halves are blocks j
+//!   and j + 4;
+//! - Q4_0's −8 offset is `−8·d_x·Σq` per activation block, precomputed, and meets the eight
+//!   weight scales in one FMA per group.
+//!
+//! Unsigned nibbles (0..15) are `vpmaddubsw`'s unsigned operand as they are, so no sign
+//! tricks are needed. The integer sums are exact; the f32 additions run in another order
+//! than the row kernels', so results agree with the scalar reference to float rounding,
+//! which the tests bound.
+
+use std::arch::x86_64::*;
+
+use super::{DecodeRow, Line, Quants};
+use crate::act_quant::Q8Blocks;
+use crate::blocks::{f16_le, BlockQ8_0};
+
+/// Blocks in a group: four pairs.
+pub(super) const GROUP_BLOCKS: usize = 8;
+const GROUP_BYTES: usize = GROUP_BLOCKS * 18;
+
+/// How far ahead of the group being read its row is prefetched into L2, and into L1: the
+/// distances the row kernels use (`crate::x86`), measured there.
+const FAR_BYTES: usize = 4096;
+const NEAR_BYTES: usize = 512;
+
+/// Lays out group `g` (blocks 8g..8g + 8) of `x`: per pair j, one line of 64 quants (block
+/// j's 0..16, block j + 4's 0..16, block j's 16..32, block j + 4's 16..32), and per group a
+/// line of the eight activation scales (lanes 0..8) and their offset terms −8·d_x·Σq
+/// (lanes 8..16).
+pub(super) fn push_q4_0_group(
+    x: &Q8Blocks<BlockQ8_0>,
+    g: usize,
+    qs: &mut Vec<Quants>,
+    scales: &mut Vec<Line<f32>>,
+) {
+    let first = g * GROUP_BLOCKS;
+    let blocks = &x.blocks[first..first + GROUP_BLOCKS];
+    for j in 0..GROUP_BLOCKS / 2 {
+        let (a, b) = (&blocks[j].qs, &blocks[j + 4].qs);
+        let mut line = [0i8; 64];
+        line[..16].copy_from_slice(&a[..16]);
+        line[16..32].copy_from_slice(&b[..16]);
+        line[32..48].copy_from_slice(&a[16..]);
+        line[48..].copy_from_slice(&b[16..]);
+        qs.push(Quants(line));
+    }
+    let mut line = [0f32; 16];
+    for (k, blk) in blocks.iter().enumerate() {
+        let d = x.d[first + k];
+        let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
+        line[k] = d;
+        line[8 + k] = -8.0 * d * sum as f32;
+    }
+    scales.push(Line(line));
+}
+
+/// The eight f16 scales of a group's blocks as f32 lanes. Built in general-purpose
+/// registers (word loads, shifts and ORs), which decode leaves idle, rather than by seven
+/// `vpinsrw`, which compete with the dot products for the vector ports.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn group_scales(group: &[u8; GROUP_BYTES]) -> __m256 {
+    let word = |k: usize| u16::from_le_bytes([group[18 * k], group[18 * k + 1]]) as u64;
+    let lo = word(0) | word(1) << 16 | word(2) << 32 | word(3) << 48;
+    let hi = word(4) | word(5) << 16 | word(6) << 32 | word(7) << 48;
+    _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
+}
+
+/// Block j's and block j + 4's quant bytes in the low and high halves of one register.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pair_bytes(group: &[u8; GROUP_BYTES], j: usize) -> __m256i {
+    let a: &[u8; 16] = group[18 * j + 2..][..16].try_into().expect("16 quant bytes");
+    let b: &[u8; 16] = group[18 * (j + 4) + 2..][..16]
+        .try_into()
+        .expect("16 quant bytes");
+    // SAFETY: `a` and `b` are 16 readable bytes each; the loads are unaligned.
+    let (a, b) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(a.as_ptr() as *const __m128i)),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(b.as_ptr() as *const __m128i)),
+        )
+    };
+    _mm256_blend_epi32::<0xF0>(a, b)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_quants(q: &Quants, half: usize) -> __m256i {
+    let q: &[i8; 32] = q.0[32 * half..][..32].try_into().expect("32 quants");
+    // SAFETY: `q` is 32 readable bytes, 32-byte aligned (`Quants` is 64-aligned).
+    unsafe { _mm256_load_si256(q.as_ptr() as *const __m256i) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_half(v: &Line<f32>, half: usize) -> __m256 {
+    let v: &[f32; 8] = v.0[8 * half..][..8].try_into().expect("8 lanes");
+    // SAFETY: `v` is 8 readable f32, 32-byte aligned (`Line` is 64-aligned).
+    unsafe { _mm256_load_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Pair j's four-lane scales: element j of each 128-bit half of `f` (the scales of blocks
+/// 0..4 and 4..8) across that half.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn spread(f: __m256, j: usize) -> __m256 {
+    match j {
+        0 => _mm256_permute_ps::<0x00>(f),
+        1 => _mm256_permute_ps::<0x55>(f),
+        2 => _mm256_permute_ps::<0xAA>(f),
+        _ => _mm256_permute_ps::<0xFF>(f),
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `rows` must hold `out.len()` rows of `row_bytes`
+/// bytes of Q4_0 blocks, `x` laid out for this kernel with as many blocks as a row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 18);
+    let groups = x.scales.len();
+    assert_eq!(x.qs.len(), 4 * groups);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        // Two accumulators: a pair's FMA (4 cycles) waits only for the pair before last.
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc_offset = _mm256_setzero_ps();
+        let lines = x.qs.chunks_exact(4).zip(&x.scales);
+        for (group, (qs, sc)) in row.chunks_exact(GROUP_BYTES).zip(lines) {
+            let group: &[u8; GROUP_BYTES] = group.try_into().expect("a whole group");
+            let p = group.as_ptr();
+            for line in (0..GROUP_BYTES).step_by(64) {
+                // A prefetch is a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR_BYTES + line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR_BYTES + line) as *const i8);
+            }
+            let dw = group_scales(group);
+            acc_offset = _mm256_fmadd_ps(dw, load_half(sc, 1), acc_offset);
+            let f = _mm256_mul_ps(dw, load_half(sc, 0));
+            for (pair, q) in qs.iter().enumerate() {
+                let v = pair_bytes(group, pair);
+                let lo = _mm256_and_si256(v, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                let s16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, load_quants(q, 0)),
+                    _mm256_maddubs_epi16(hi, load_quants(q, 1)),
+                );
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                acc[pair % 2] = _mm256_fmadd_ps(s, spread(f, pair), acc[pair % 2]);
+            }
+        }
+        let mut tail = 0f32;
+        for (k, (qs, dx)) in x.tail.iter().enumerate() {
+            let blk = &row[GROUP_BYTES * groups + 18 * k..][..18];
+            let sum: i32 = (0..16)
+                .map(|i| {
+                    let (l, h) = ((blk[2 + i] & 0x0F) as i32, (blk[2 + i] >> 4) as i32);
+                    (l - 8) * qs[i] as i32 + (h - 8) * qs[16 + i] as i32
+                })
+                .sum();
+            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
+        }
+        *o = hsum(_mm256_add_ps(acc[0], acc[1])) + hsum(acc_offset) + tail;
+    }
+}
