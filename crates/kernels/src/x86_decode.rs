@@ -1,5 +1,6 @@
 //! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
-//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for Q4_0 in [`avx2`].
+//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for Q4_0 and Q8_0 in
+//! [`avx2`].
 //!
 //! A decode step reads every weight once, so these kernels must keep up with memory: a core
 //! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
@@ -100,7 +101,10 @@ impl DecodeRow {
         let whole = self.blocks / per * per;
         for g in (0..whole).step_by(per) {
             match dtype {
-                _ if self.avx2 => avx2::push_q4_0_group(x, g / per, &mut self.qs, &mut self.scales),
+                DType::Q4_0 if self.avx2 => {
+                    avx2::push_q4_0_group(x, g / per, &mut self.qs, &mut self.scales)
+                }
+                _ if self.avx2 => avx2::push_q8_0_group(x, g / per, &mut self.qs, &mut self.scales),
                 DType::Q4_0 => self.push_q4_0_group(x, g),
                 _ => self.push_q8_0_group(x, g),
             }
@@ -172,6 +176,7 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
     if !wide(isa) {
         return match dtype {
             DType::Q4_0 if isa.level() >= Level::Avx2 => Some(avx2::q4_0_rows),
+            DType::Q8_0 if isa.level() >= Level::Avx2 => Some(avx2::q8_0_rows),
             _ => None,
         };
     }

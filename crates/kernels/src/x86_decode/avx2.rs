@@ -1,4 +1,5 @@
-//! Decode's matrix × vector for Q4_0 weights on AVX2, where the CPU has no AVX-512 VNNI/VBMI.
+//! Decode's matrix × vector for Q4_0 and Q8_0 weights on AVX2, where the CPU has no AVX-512
+//! VNNI/VBMI.
 //!
 //! The AVX2 row kernel ([`crate::x86`]) works block by block: each 32-weight block pays for
 //! its own i32 → f32 conversion and its own scale broadcast and FMA, about nine vector
@@ -20,9 +21,16 @@
 //!   weight scales in one FMA per group.
 //!
 //! Unsigned nibbles (0..15) are `vpmaddubsw`'s unsigned operand as they are, so no sign
-//! tricks are needed. The integer sums are exact; the f32 additions run in another order
-//! than the row kernels', so results agree with the scalar reference to float rounding,
-//! which the tests bound.
+//! tricks are needed.
+//!
+//! Q8_0 has no such saving (its signed quants need the sign trick, and two blocks' pair sums
+//! would overflow i16), so its kernel is the row kernel's arithmetic with the chain taken out:
+//! the row kernel's one accumulator waited on every block's FMA (4 cycles on Zen 3, about as
+//! long as the block's other work), where four accumulators here wait one block in four.
+//!
+//! The integer sums are exact; the f32 additions run in another order than the row
+//! kernels', so results agree with the scalar reference to float rounding, which the tests
+//! bound.
 
 use std::arch::x86_64::*;
 
@@ -30,9 +38,10 @@ use super::{DecodeRow, Line, Quants};
 use crate::act_quant::Q8Blocks;
 use crate::blocks::{f16_le, BlockQ8_0};
 
-/// Blocks in a group: four pairs.
+/// Blocks in a group: Q4_0's four pairs; the eight scales one F16C conversion gives.
 pub(super) const GROUP_BLOCKS: usize = 8;
 const GROUP_BYTES: usize = GROUP_BLOCKS * 18;
+const Q8_0_GROUP_BYTES: usize = GROUP_BLOCKS * 34;
 
 /// How far ahead of the group being read its row is prefetched into L2, and into L1: the
 /// distances the row kernels use (`crate::x86`), measured there.
@@ -70,13 +79,35 @@ pub(super) fn push_q4_0_group(
     scales.push(Line(line));
 }
 
-/// The eight f16 scales of a group's blocks as f32 lanes. Built in general-purpose
-/// registers (word loads, shifts and ORs), which decode leaves idle, rather than by seven
-/// `vpinsrw`, which compete with the dot products for the vector ports.
+/// Lays out group `g` of `x` for Q8_0: the blocks' quants in order, two blocks a line, and
+/// a line with the eight activation scales in lanes 0..8.
+pub(super) fn push_q8_0_group(
+    x: &Q8Blocks<BlockQ8_0>,
+    g: usize,
+    qs: &mut Vec<Quants>,
+    scales: &mut Vec<Line<f32>>,
+) {
+    let first = g * GROUP_BLOCKS;
+    for pair in x.blocks[first..first + GROUP_BLOCKS].chunks_exact(2) {
+        let mut line = [0i8; 64];
+        line[..32].copy_from_slice(&pair[0].qs);
+        line[32..].copy_from_slice(&pair[1].qs);
+        qs.push(Quants(line));
+    }
+    let mut line = [0f32; 16];
+    line[..GROUP_BLOCKS].copy_from_slice(&x.d[first..first + GROUP_BLOCKS]);
+    scales.push(Line(line));
+}
+
+/// The eight f16 scales of a group's `SIZE`-byte blocks (each block's first two bytes) as f32
+/// lanes. Built in general-purpose registers (word loads, shifts and ORs), which decode
+/// leaves idle, rather than by seven `vpinsrw`, which compete with the dot products for the
+/// vector ports.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn group_scales(group: &[u8; GROUP_BYTES]) -> __m256 {
-    let word = |k: usize| u16::from_le_bytes([group[18 * k], group[18 * k + 1]]) as u64;
+fn group_scales<const SIZE: usize>(group: &[u8]) -> __m256 {
+    let group = &group[..SIZE * GROUP_BLOCKS];
+    let word = |k: usize| u16::from_le_bytes([group[SIZE * k], group[SIZE * k + 1]]) as u64;
     let lo = word(0) | word(1) << 16 | word(2) << 32 | word(3) << 48;
     let hi = word(4) | word(5) << 16 | word(6) << 32 | word(7) << 48;
     _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
@@ -86,7 +117,9 @@ fn group_scales(group: &[u8; GROUP_BYTES]) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn pair_bytes(group: &[u8; GROUP_BYTES], j: usize) -> __m256i {
-    let a: &[u8; 16] = group[18 * j + 2..][..16].try_into().expect("16 quant bytes");
+    let a: &[u8; 16] = group[18 * j + 2..][..16]
+        .try_into()
+        .expect("16 quant bytes");
     let b: &[u8; 16] = group[18 * (j + 4) + 2..][..16]
         .try_into()
         .expect("16 quant bytes");
@@ -124,6 +157,30 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// `v`'s eight lanes, for broadcasting one at a time: a broadcast from memory is a load,
+/// where an in-register lane permute would compete with the dot products for the shuffle
+/// port.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lanes(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: `out` is 8 writable f32; the store is unaligned.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// Asks for a group's bytes `FAR_BYTES` ahead into L2 and `NEAR_BYTES` ahead into L1.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_group(group: &[u8]) {
+    let p = group.as_ptr();
+    for line in (0..group.len()).step_by(64) {
+        // A prefetch is a hint: it never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR_BYTES + line) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR_BYTES + line) as *const i8);
+    }
+}
+
 /// Pair j's four-lane scales: element j of each 128-bit half of `f` (the scales of blocks
 /// 0..4 and 4..8) across that half.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -155,13 +212,8 @@ pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
         let lines = x.qs.chunks_exact(4).zip(&x.scales);
         for (group, (qs, sc)) in row.chunks_exact(GROUP_BYTES).zip(lines) {
             let group: &[u8; GROUP_BYTES] = group.try_into().expect("a whole group");
-            let p = group.as_ptr();
-            for line in (0..GROUP_BYTES).step_by(64) {
-                // A prefetch is a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR_BYTES + line) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR_BYTES + line) as *const i8);
-            }
-            let dw = group_scales(group);
+            prefetch_group(group);
+            let dw = group_scales::<18>(group);
             acc_offset = _mm256_fmadd_ps(dw, load_half(sc, 1), acc_offset);
             let f = _mm256_mul_ps(dw, load_half(sc, 0));
             for (pair, q) in qs.iter().enumerate() {
@@ -188,5 +240,44 @@ pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
             tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
         }
         *o = hsum(_mm256_add_ps(acc[0], acc[1])) + hsum(acc_offset) + tail;
+    }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q8_0 blocks and `x` laid out for this kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 34);
+    let groups = x.scales.len();
+    assert_eq!(x.qs.len(), 4 * groups);
+    let ones = _mm256_set1_epi16(1);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let lines = x.qs.chunks_exact(4).zip(&x.scales);
+        for (group, (qs, sc)) in row.chunks_exact(Q8_0_GROUP_BYTES).zip(lines) {
+            prefetch_group(group);
+            let f = lanes(_mm256_mul_ps(group_scales::<34>(group), load_half(sc, 0)));
+            for k in 0..GROUP_BLOCKS {
+                let w: &[u8; 32] = group[34 * k + 2..][..32].try_into().expect("32 quants");
+                // SAFETY: `w` is 32 readable bytes; the load is unaligned.
+                let w = unsafe { _mm256_loadu_si256(w.as_ptr() as *const __m256i) };
+                // |w| and x carrying w's sign: the u8·i8 form of a signed product.
+                let x = _mm256_sign_epi8(load_quants(&qs[k / 2], k % 2), w);
+                let s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), x);
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                acc[k % 4] = _mm256_fmadd_ps(s, _mm256_set1_ps(f[k]), acc[k % 4]);
+            }
+        }
+        let mut tail = 0f32;
+        for (k, (qs, dx)) in x.tail.iter().enumerate() {
+            let blk = &row[Q8_0_GROUP_BYTES * groups + 34 * k..][..34];
+            let sum: i32 = (0..32)
+                .map(|i| blk[2 + i] as i8 as i32 * qs[i] as i32)
+                .sum();
+            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
+        }
+        let (a, b) = (_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        *o = hsum(_mm256_add_ps(a, b)) + tail;
     }
 }
