@@ -1,6 +1,6 @@
 //! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
-//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for Q4_0 and Q8_0 in
-//! [`avx2`].
+//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for the same four types
+//! in [`avx2`].
 //!
 //! A decode step reads every weight once, so these kernels must keep up with memory: a core
 //! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
@@ -177,6 +177,8 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
         return match dtype {
             DType::Q4_0 if isa.level() >= Level::Avx2 => Some(avx2::q4_0_rows),
             DType::Q8_0 if isa.level() >= Level::Avx2 => Some(avx2::q8_0_rows),
+            DType::Q4_K if isa.level() >= Level::Avx2 => Some(avx2::q4_k_rows),
+            DType::Q6_K if isa.level() >= Level::Avx2 => Some(avx2::q6_k_rows),
             _ => None,
         };
     }

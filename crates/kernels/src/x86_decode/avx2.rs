@@ -1,5 +1,5 @@
-//! Decode's matrix × vector for Q4_0 and Q8_0 weights on AVX2, where the CPU has no AVX-512
-//! VNNI/VBMI.
+//! Decode's matrix × vector for Q4_0, Q8_0, Q4_K and Q6_K weights on AVX2, where the CPU has
+//! no AVX-512 VNNI/VBMI.
 //!
 //! The AVX2 row kernel ([`crate::x86`]) works block by block: each 32-weight block pays for
 //! its own i32 → f32 conversion and its own scale broadcast and FMA, about nine vector
@@ -28,12 +28,22 @@
 //! the row kernel's one accumulator waited on every block's FMA (4 cycles on Zen 3, about as
 //! long as the block's other work), where four accumulators here wait one block in four.
 //!
+//! Q4_K and Q6_K (a Q4_K_M file's types) meet the activation row as the AVX-512 kernels lay
+//! it out ([`super::kquants::KAct`]: every 32 quants of a sub-block lie whole and aligned in
+//! it). The row kernels spent 16–22 ns a Q4_K block from L3 on this Zen 3, most of it on
+//! scales unpacked in scalar code into a stack array and read back as vectors (a 32-byte load
+//! of sixteen 2-byte stores cannot be forwarded, so it waits for them to reach the cache).
+//! Here a block's scales and mins are unpacked in one 128-bit register (the shuffles the
+//! AVX-512 kernel uses), widened once, and each 32 weights' scale is spread across its
+//! register by one `vpshufb`; the rest is the row kernels' arithmetic.
+//!
 //! The integer sums are exact; the f32 additions run in another order than the row
 //! kernels', so results agree with the scalar reference to float rounding, which the tests
 //! bound.
 
 use std::arch::x86_64::*;
 
+use super::kquants::{q4_k_scales, KAct};
 use super::{DecodeRow, Line, Quants};
 use crate::act_quant::Q8Blocks;
 use crate::blocks::{f16_le, BlockQ8_0};
@@ -279,5 +289,169 @@ pub(super) unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
         }
         let (a, b) = (_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         *o = hsum(_mm256_add_ps(a, b)) + tail;
+    }
+}
+
+/// 32 bytes, aligned, for a `vpshufb` mask read from memory.
+#[repr(C, align(32))]
+struct Mask([u8; 32]);
+
+/// `vpshufb` masks putting word `lo` of each 128-bit half in every word of the low half and
+/// word `hi` in every word of the high half.
+const fn words(lo: u8, hi: u8) -> Mask {
+    let mut m = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        let w = if i < 16 { lo } else { hi };
+        m[i] = 2 * w + (i % 2) as u8;
+        i += 1;
+    }
+    Mask(m)
+}
+
+/// Q4_K: scale j (word j of both halves of the widened scales) across a register, j < 8.
+static Q4_K_SCALE: [Mask; 8] = [
+    words(0, 0),
+    words(1, 1),
+    words(2, 2),
+    words(3, 3),
+    words(4, 4),
+    words(5, 5),
+    words(6, 6),
+    words(7, 7),
+];
+
+/// Q6_K: part p of a half (32 values, two groups of 16) meets scales 2p and 2p + 1 of the
+/// half's eight, one per 128-bit half of the register.
+static Q6_K_SCALE: [Mask; 4] = [words(0, 1), words(2, 3), words(4, 5), words(6, 7)];
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn spread_word(v: __m256i, mask: &Mask) -> __m256i {
+    // SAFETY: `Mask` is 32 readable bytes aligned to 32.
+    _mm256_shuffle_epi8(v, unsafe {
+        _mm256_load_si256(mask.0.as_ptr() as *const __m256i)
+    })
+}
+
+/// Bytes `at..at + 32` of `b`, unaligned.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_at(b: &[u8], at: usize) -> __m256i {
+    let v: &[u8; 32] = b[at..at + 32].try_into().expect("32 bytes");
+    // SAFETY: `v` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+}
+
+/// The 32 activation quants of sub-block `s` (0..8) of a Q4_K-laid-out block: line
+/// 2·(s/4) + s%2, half (s/2)%2 (see [`super::kquants::fill`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_k_act(a: &KAct, s: usize) -> __m256i {
+    load_quants(&a.qs[2 * (s / 4) + s % 2], (s / 2) % 2)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_sums(a: &KAct) -> __m256i {
+    // SAFETY: `sums` is 16 i16 = 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i) }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q4_K blocks and `x` laid out for Q4_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * 144);
+    let nibble = _mm256_set1_epi8(0x0F);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_min = _mm256_setzero_ps();
+        for (blk, a) in row.chunks_exact(144).zip(&x.k) {
+            prefetch_group(blk);
+            let head: &[u8; 16] = blk[..16].try_into().expect("d, dmin and the scales");
+            // SAFETY: `head` is 16 readable bytes; the load is unaligned.
+            let head = unsafe { _mm_loadu_si128(head.as_ptr() as *const __m128i) };
+            let sm = q4_k_scales(head);
+            let scales = _mm256_permute2x128_si256::<0x00>(sm, sm);
+            let mut sum = _mm256_setzero_si256();
+            for c in 0..4 {
+                // Quant bytes 32c..32c + 32: sub-block 2c in the low nibbles, 2c + 1 in the high.
+                let q = load_at(blk, 16 + 32 * c);
+                let lo = _mm256_and_si256(q, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+                let pl = _mm256_maddubs_epi16(lo, q4_k_act(a, 2 * c));
+                let ph = _mm256_maddubs_epi16(hi, q4_k_act(a, 2 * c + 1));
+                let pl = _mm256_madd_epi16(pl, spread_word(scales, &Q4_K_SCALE[2 * c]));
+                let ph = _mm256_madd_epi16(ph, spread_word(scales, &Q4_K_SCALE[2 * c + 1]));
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(pl, ph));
+            }
+            // The mins (words 8..16) meet the sums of each 32 quants (`sums` words 8..16;
+            // words 0..8 are zero, so the scales there add nothing).
+            let mins = _mm256_madd_epi16(sm, load_sums(a));
+            // d and dmin are the block's first two f16s.
+            let dd = _mm_mul_ps(_mm_cvtph_ps(head), _mm_set1_ps(a.d));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_broadcastss_ps(dd), acc);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc_min);
+        }
+        *o = hsum(acc) - hsum(acc_min);
+    }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q6_K blocks and `x` laid out for Q6_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * 210);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let two_bits = _mm256_set1_epi8(0x30);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm256_setzero_ps();
+        for (blk, a) in row.chunks_exact(210).zip(&x.k) {
+            prefetch_group(blk);
+            let sc: &[u8; 16] = blk[192..208].try_into().expect("16 scales");
+            // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+            let scales =
+                _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr() as *const __m128i) });
+            // Values are q − 32: the sum starts from −32 · Σ scale · (sum of its 16 quants)
+            // (`sums` holds those sums negated).
+            let mut sum = _mm256_slli_epi32(_mm256_madd_epi16(scales, load_sums(a)), 5);
+            for half in 0..2 {
+                // The half's eight scales in both 128-bit halves.
+                let sh = match half {
+                    0 => _mm256_permute2x128_si256::<0x00>(scales, scales),
+                    _ => _mm256_permute2x128_si256::<0x11>(scales, scales),
+                };
+                let (la, lb) = (load_at(blk, 64 * half), load_at(blk, 64 * half + 32));
+                let qh = load_at(blk, 128 + 32 * half);
+                // Values 32p..32p + 32 of the half take their top two bits from bits 2p, 2p + 1
+                // of the qh bytes, moved to bits 4-5.
+                let top = [
+                    _mm256_slli_epi16(qh, 4),
+                    _mm256_slli_epi16(qh, 2),
+                    qh,
+                    _mm256_srli_epi16(qh, 2),
+                ];
+                let low = [
+                    _mm256_and_si256(la, nibble),
+                    _mm256_and_si256(lb, nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(la, 4), nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(lb, 4), nibble),
+                ];
+                for p in 0..4 {
+                    let v = _mm256_or_si256(low[p], _mm256_and_si256(top[p], two_bits));
+                    let pairs =
+                        _mm256_maddubs_epi16(v, load_quants(&a.qs[2 * half + p / 2], p % 2));
+                    let s = spread_word(sh, &Q6_K_SCALE[p]);
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, s));
+                }
+            }
+            let d = f16_le([blk[208], blk[209]]) * a.d;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d), acc);
+        }
+        *o = hsum(acc);
     }
 }

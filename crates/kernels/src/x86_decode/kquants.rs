@@ -35,9 +35,9 @@ use crate::DType;
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct KAct {
-    qs: [Quants; 4],
-    sums: [i16; 16],
-    d: f32,
+    pub(super) qs: [Quants; 4],
+    pub(super) sums: [i16; 16],
+    pub(super) d: f32,
 }
 
 /// Lays out `x` for `dtype`'s kernel (Q4_K or Q6_K) into `out`.
@@ -118,9 +118,10 @@ fn prefetch_lines<const LINES: usize>(p: *const u8) {
 /// bytes s0..s11), as sixteen u16 words: scales 0..8, then mins 0..8. Scale j < 4 is
 /// s[j] & 63 and min j is s[j+4] & 63; for j ≥ 4 the low four bits come from s[j+4] (low
 /// nibble for the scale, high for the min) and the top two from s[j-4] (scale) or s[j] (min).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+/// AVX2 instructions only: the AVX2 kernel ([`super::avx2`]) shares it.
+#[target_feature(enable = "avx2")]
 #[inline]
-fn q4_k_scales(head: __m128i) -> __m256i {
+pub(super) fn q4_k_scales(head: __m128i) -> __m256i {
     // Dwords [s0..3, s8..11, s4..7, s8..11] give the low bits, [s0..3, s0..3, s4..7, s4..7]
     // the top two.
     let low = _mm_shuffle_epi8(
