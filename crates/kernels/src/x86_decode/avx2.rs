@@ -425,24 +425,27 @@ pub(super) unsafe fn q6_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
                     0 => _mm256_permute2x128_si256::<0x00>(scales, scales),
                     _ => _mm256_permute2x128_si256::<0x11>(scales, scales),
                 };
-                let (la, lb) = (load_at(blk, 64 * half), load_at(blk, 64 * half + 32));
                 let qh = load_at(blk, 128 + 32 * half);
-                // Values 32p..32p + 32 of the half take their top two bits from bits 2p, 2p + 1
-                // of the qh bytes, moved to bits 4-5.
-                let top = [
-                    _mm256_slli_epi16(qh, 4),
-                    _mm256_slli_epi16(qh, 2),
-                    qh,
-                    _mm256_srli_epi16(qh, 2),
-                ];
-                let low = [
-                    _mm256_and_si256(la, nibble),
-                    _mm256_and_si256(lb, nibble),
-                    _mm256_and_si256(_mm256_srli_epi16(la, 4), nibble),
-                    _mm256_and_si256(_mm256_srli_epi16(lb, 4), nibble),
-                ];
                 for p in 0..4 {
-                    let v = _mm256_or_si256(low[p], _mm256_and_si256(top[p], two_bits));
+                    // Values 32p..32p + 32 of the half: the low nibbles of ql bytes 0..32
+                    // (p = 0) or 32..64 (p = 1), then their high nibbles (p = 2, 3); their top
+                    // two bits are bits 2p, 2p + 1 of the qh bytes, moved to bits 4-5. Each
+                    // part is built where it is used, so few registers stay live.
+                    let l = load_at(blk, 64 * half + 32 * (p % 2));
+                    let low = match p {
+                        0 | 1 => l,
+                        _ => _mm256_srli_epi16(l, 4),
+                    };
+                    let top = match p {
+                        0 => _mm256_slli_epi16(qh, 4),
+                        1 => _mm256_slli_epi16(qh, 2),
+                        2 => qh,
+                        _ => _mm256_srli_epi16(qh, 2),
+                    };
+                    let v = _mm256_or_si256(
+                        _mm256_and_si256(low, nibble),
+                        _mm256_and_si256(top, two_bits),
+                    );
                     let pairs =
                         _mm256_maddubs_epi16(v, load_quants(&a.qs[2 * half + p / 2], p % 2));
                     let s = spread_word(sh, &Q6_K_SCALE[p]);
