@@ -426,7 +426,7 @@ pub(super) unsafe fn q6_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
                     _ => _mm256_permute2x128_si256::<0x11>(scales, scales),
                 };
                 let qh = load_at(blk, 128 + 32 * half);
-                for p in 0..4 {
+                for (p, mask) in Q6_K_SCALE.iter().enumerate() {
                     // Values 32p..32p + 32 of the half: the low nibbles of ql bytes 0..32
                     // (p = 0) or 32..64 (p = 1), then their high nibbles (p = 2, 3); their top
                     // two bits are bits 2p, 2p + 1 of the qh bytes, moved to bits 4-5. Each
@@ -448,7 +448,7 @@ pub(super) unsafe fn q6_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
                     );
                     let pairs =
                         _mm256_maddubs_epi16(v, load_quants(&a.qs[2 * half + p / 2], p % 2));
-                    let s = spread_word(sh, &Q6_K_SCALE[p]);
+                    let s = spread_word(sh, mask);
                     sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, s));
                 }
             }
