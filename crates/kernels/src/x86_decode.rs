@@ -1,6 +1,6 @@
 //! Decode's matrix × vector (one activation row) on AVX-512 with VNNI and VBMI, for Q4_0 and
-//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for the same four types
-//! in [`avx2`].
+//! Q8_0 weights here and Q4_K and Q6_K in [`kquants`]; on AVX2 alone, for those four types and
+//! Q5_K in [`avx2`].
 //!
 //! A decode step reads every weight once, so these kernels must keep up with memory: a core
 //! streams 13–14 GB/s here, about 1.3 ns per 18-byte Q4_0 block, and arithmetic that does not
@@ -65,7 +65,7 @@ pub(crate) struct DecodeRow {
     offsets: Vec<Line<i32>>,
     scales: Vec<Line<f32>>,
     tail: Vec<([i8; 32], f32)>,
-    /// Q4_K and Q6_K: the row's Q8_K blocks ([`kquants`]).
+    /// Q4_K, Q5_K and Q6_K: the row's Q8_K blocks ([`kquants`]).
     k: Vec<kquants::KAct>,
 }
 
@@ -178,6 +178,7 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
             DType::Q4_0 if isa.level() >= Level::Avx2 => Some(avx2::q4_0_rows),
             DType::Q8_0 if isa.level() >= Level::Avx2 => Some(avx2::q8_0_rows),
             DType::Q4_K if isa.level() >= Level::Avx2 => Some(avx2::q4_k_rows),
+            DType::Q5_K if isa.level() >= Level::Avx2 => Some(avx2::q5_k_rows),
             DType::Q6_K if isa.level() >= Level::Avx2 => Some(avx2::q6_k_rows),
             _ => None,
         };
@@ -366,7 +367,13 @@ mod tests {
     #[test]
     fn decode_kernels_match_the_scalar_reference() {
         let isa = crate::dispatch::isa();
-        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [
+            DType::Q4_0,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
             let Some(kernel) = kernel(isa, dtype) else {
                 eprintln!("{dtype}: no decode kernel at this CPU's instruction set");
                 continue;

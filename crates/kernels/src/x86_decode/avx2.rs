@@ -1,5 +1,5 @@
-//! Decode's matrix × vector for Q4_0, Q8_0, Q4_K and Q6_K weights on AVX2, where the CPU has
-//! no AVX-512 VNNI/VBMI.
+//! Decode's matrix × vector for Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights on AVX2, where the
+//! CPU has no AVX-512 VNNI/VBMI.
 //!
 //! The AVX2 row kernel ([`crate::x86`]) works block by block: each 32-weight block pays for
 //! its own i32 → f32 conversion and its own scale broadcast and FMA, about nine vector
@@ -35,7 +35,8 @@
 //! of sixteen 2-byte stores cannot be forwarded, so it waits for them to reach the cache).
 //! Here a block's scales and mins are unpacked in one 128-bit register (the shuffles the
 //! AVX-512 kernel uses), widened once, and each 32 weights' scale is spread across its
-//! register by one `vpshufb`; the rest is the row kernels' arithmetic.
+//! register by one `vpshufb`; the rest is the row kernels' arithmetic. Q5_K is Q4_K with a
+//! fifth bit per weight, moved into place by one shift and one AND per 32 weights.
 //!
 //! The integer sums are exact; the f32 additions run in another order than the row
 //! kernels', so results agree with the scalar reference to float rounding, which the tests
@@ -47,6 +48,7 @@ use super::kquants::{q4_k_scales, KAct};
 use super::{DecodeRow, Line, Quants};
 use crate::act_quant::Q8Blocks;
 use crate::blocks::{f16_le, BlockQ8_0};
+use crate::DType;
 
 /// Blocks in a group: Q4_0's four pairs; the eight scales one F16C conversion gives.
 pub(super) const GROUP_BLOCKS: usize = 8;
@@ -209,6 +211,7 @@ fn spread(f: __m256, j: usize) -> __m256 {
 /// bytes of Q4_0 blocks, `x` laid out for this kernel with as many blocks as a row.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    debug_assert!(x.avx2 && x.dtype == Some(DType::Q4_0));
     assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 18);
     let groups = x.scales.len();
     assert_eq!(x.qs.len(), 4 * groups);
@@ -257,6 +260,7 @@ pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
 /// As [`q4_0_rows`], for Q8_0 blocks and `x` laid out for this kernel.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    debug_assert!(x.avx2 && x.dtype == Some(DType::Q8_0));
     assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.blocks * 34);
     let groups = x.scales.len();
     assert_eq!(x.qs.len(), 4 * groups);
@@ -358,17 +362,44 @@ fn load_sums(a: &KAct) -> __m256i {
     unsafe { _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i) }
 }
 
-/// # Safety
-/// As [`q4_0_rows`], for Q4_K blocks and `x` laid out for Q4_K.
+/// The fifth bits of Q5_K sub-block `s` (bit s of each `qh` byte, byte l for element l) as
+/// 0x10 in their bytes. A 16-bit shift moves bit s of both bytes of a word to bit 4 at once;
+/// what crosses from the neighbouring byte lands outside the mask.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
-    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * 144);
+#[inline]
+fn fifth_bits(qh: __m256i, s: usize) -> __m256i {
+    let v = match s {
+        0 => _mm256_slli_epi16(qh, 4),
+        1 => _mm256_slli_epi16(qh, 3),
+        2 => _mm256_slli_epi16(qh, 2),
+        3 => _mm256_slli_epi16(qh, 1),
+        4 => qh,
+        5 => _mm256_srli_epi16(qh, 1),
+        6 => _mm256_srli_epi16(qh, 2),
+        _ => _mm256_srli_epi16(qh, 3),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+}
+
+/// Q4_K (`BYTES` = 144) and Q5_K (176: the 32 `qh` bytes after the scales, then the quants):
+/// `w = d·sc·u − dmin·m`, u the low or high nibble, plus 16 × its fifth bit for Q5_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4k_like_rows<const BYTES: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    x: &DecodeRow,
+    out: &mut [f32],
+) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * BYTES);
+    let five = BYTES == 176;
+    let quants = if five { 48 } else { 16 };
     let nibble = _mm256_set1_epi8(0x0F);
     for (j, o) in out.iter_mut().enumerate() {
         let row = &rows[j * row_bytes..(j + 1) * row_bytes];
         let mut acc = _mm256_setzero_ps();
         let mut acc_min = _mm256_setzero_ps();
-        for (blk, a) in row.chunks_exact(144).zip(&x.k) {
+        for (blk, a) in row.chunks_exact(BYTES).zip(&x.k) {
             prefetch_group(blk);
             let head: &[u8; 16] = blk[..16].try_into().expect("d, dmin and the scales");
             // SAFETY: `head` is 16 readable bytes; the load is unaligned.
@@ -378,9 +409,14 @@ pub(super) unsafe fn q4_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
             let mut sum = _mm256_setzero_si256();
             for c in 0..4 {
                 // Quant bytes 32c..32c + 32: sub-block 2c in the low nibbles, 2c + 1 in the high.
-                let q = load_at(blk, 16 + 32 * c);
-                let lo = _mm256_and_si256(q, nibble);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+                let q = load_at(blk, quants + 32 * c);
+                let mut lo = _mm256_and_si256(q, nibble);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
+                if five {
+                    let qh = load_at(blk, 16);
+                    lo = _mm256_or_si256(lo, fifth_bits(qh, 2 * c));
+                    hi = _mm256_or_si256(hi, fifth_bits(qh, 2 * c + 1));
+                }
                 let pl = _mm256_maddubs_epi16(lo, q4_k_act(a, 2 * c));
                 let ph = _mm256_maddubs_epi16(hi, q4_k_act(a, 2 * c + 1));
                 let pl = _mm256_madd_epi16(pl, spread_word(scales, &Q4_K_SCALE[2 * c]));
@@ -398,6 +434,20 @@ pub(super) unsafe fn q4_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
         }
         *o = hsum(acc) - hsum(acc_min);
     }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q4_K blocks and `x` laid out for Q4_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    q4k_like_rows::<144>(rows, row_bytes, x, out)
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q5_K blocks and `x` laid out for Q5_K (as for Q4_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q5_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    q4k_like_rows::<176>(rows, row_bytes, x, out)
 }
 
 /// # Safety

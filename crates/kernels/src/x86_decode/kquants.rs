@@ -40,7 +40,8 @@ pub(crate) struct KAct {
     pub(super) d: f32,
 }
 
-/// Lays out `x` for `dtype`'s kernel (Q4_K or Q6_K) into `out`.
+/// Lays out `x` for `dtype`'s kernel (Q4_K or Q6_K; Q5_K, which only the AVX2 kernels take,
+/// as Q4_K) into `out`.
 pub(crate) fn fill(dtype: DType, x: &[BlockQ8K], out: &mut Vec<KAct>) {
     out.clear();
     out.extend(x.iter().map(|b| {
@@ -49,7 +50,7 @@ pub(crate) fn fill(dtype: DType, x: &[BlockQ8K], out: &mut Vec<KAct>) {
             sums: [0; 16],
             d: b.d,
         };
-        if dtype == DType::Q4_K {
+        if matches!(dtype, DType::Q4_K | DType::Q5_K) {
             // Register r of weight values holds the low (r even) or high (r odd) nibbles of
             // 64 quant bytes: sub-blocks 4·(r/2) + r%2 and 4·(r/2) + r%2 + 2, 32 values each.
             for (r, q) in a.qs.iter_mut().enumerate() {
