@@ -278,18 +278,7 @@ unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32
             let f = _mm512_mul_ps(d, load_f32(sc));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc);
         }
-        let mut tail = 0f32;
-        for (k, (qs, dx)) in x.tail.iter().enumerate() {
-            let blk = &row[72 * groups + 18 * k..][..18];
-            let sum: i32 = (0..16)
-                .map(|i| {
-                    let (l, h) = ((blk[2 + i] & 0x0F) as i32, (blk[2 + i] >> 4) as i32);
-                    (l - 8) * qs[i] as i32 + (h - 8) * qs[16 + i] as i32
-                })
-                .sum();
-            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
-        }
-        *o = _mm512_reduce_add_ps(acc) + tail;
+        *o = _mm512_reduce_add_ps(acc) + q4_0_tail(&row[72 * groups..], &x.tail);
     }
 }
 
@@ -324,16 +313,36 @@ unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32
             let f = _mm512_mul_ps(d, load_f32(sc));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc);
         }
-        let mut tail = 0f32;
-        for (k, (qs, dx)) in x.tail.iter().enumerate() {
-            let blk = &row[68 * groups + 34 * k..][..34];
-            let sum: i32 = (0..32)
-                .map(|i| blk[2 + i] as i8 as i32 * qs[i] as i32)
-                .sum();
-            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
-        }
-        *o = _mm512_reduce_add_ps(acc) + tail;
+        *o = _mm512_reduce_add_ps(acc) + q8_0_tail(&row[68 * groups..], &x.tail);
     }
+}
+
+/// Σ over the Q4_0 blocks past a row's last whole group (`blocks`, one per `tail` entry) of
+/// the block's dot product with its activation quants and scale, in scalar code.
+fn q4_0_tail(blocks: &[u8], tail: &[([i8; 32], f32)]) -> f32 {
+    let mut sum = 0f32;
+    for (blk, (qs, dx)) in blocks.chunks_exact(18).zip(tail) {
+        let dot: i32 = (0..16)
+            .map(|i| {
+                let (l, h) = ((blk[2 + i] & 0x0F) as i32, (blk[2 + i] >> 4) as i32);
+                (l - 8) * qs[i] as i32 + (h - 8) * qs[16 + i] as i32
+            })
+            .sum();
+        sum += f16_le([blk[0], blk[1]]) * dx * dot as f32;
+    }
+    sum
+}
+
+/// [`q4_0_tail`] for Q8_0 blocks.
+fn q8_0_tail(blocks: &[u8], tail: &[([i8; 32], f32)]) -> f32 {
+    let mut sum = 0f32;
+    for (blk, (qs, dx)) in blocks.chunks_exact(34).zip(tail) {
+        let dot: i32 = (0..32)
+            .map(|i| blk[2 + i] as i8 as i32 * qs[i] as i32)
+            .sum();
+        sum += f16_le([blk[0], blk[1]]) * dx * dot as f32;
+    }
+    sum
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]

@@ -45,7 +45,7 @@
 use std::arch::x86_64::*;
 
 use super::kquants::{q4_k_scales, KAct};
-use super::{DecodeRow, Line, Quants};
+use super::{q4_0_tail, q8_0_tail, DecodeRow, Line, Quants};
 use crate::act_quant::Q8Blocks;
 use crate::blocks::{f16_le, BlockQ8_0};
 use crate::DType;
@@ -241,17 +241,7 @@ pub(super) unsafe fn q4_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
                 acc[pair % 2] = _mm256_fmadd_ps(s, spread(f, pair), acc[pair % 2]);
             }
         }
-        let mut tail = 0f32;
-        for (k, (qs, dx)) in x.tail.iter().enumerate() {
-            let blk = &row[GROUP_BYTES * groups + 18 * k..][..18];
-            let sum: i32 = (0..16)
-                .map(|i| {
-                    let (l, h) = ((blk[2 + i] & 0x0F) as i32, (blk[2 + i] >> 4) as i32);
-                    (l - 8) * qs[i] as i32 + (h - 8) * qs[16 + i] as i32
-                })
-                .sum();
-            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
-        }
+        let tail = q4_0_tail(&row[GROUP_BYTES * groups..], &x.tail);
         *o = hsum(_mm256_add_ps(acc[0], acc[1])) + hsum(acc_offset) + tail;
     }
 }
@@ -283,14 +273,7 @@ pub(super) unsafe fn q8_0_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
                 acc[k % 4] = _mm256_fmadd_ps(s, _mm256_set1_ps(f[k]), acc[k % 4]);
             }
         }
-        let mut tail = 0f32;
-        for (k, (qs, dx)) in x.tail.iter().enumerate() {
-            let blk = &row[Q8_0_GROUP_BYTES * groups + 34 * k..][..34];
-            let sum: i32 = (0..32)
-                .map(|i| blk[2 + i] as i8 as i32 * qs[i] as i32)
-                .sum();
-            tail += f16_le([blk[0], blk[1]]) * dx * sum as f32;
-        }
+        let tail = q8_0_tail(&row[Q8_0_GROUP_BYTES * groups..], &x.tail);
         let (a, b) = (_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         *o = hsum(_mm256_add_ps(a, b)) + tail;
     }
