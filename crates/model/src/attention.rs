@@ -4,6 +4,8 @@
 //! sum l, running weighted sum of values), so no T×T score matrix exists even for long prompts:
 //!   m' = max(m, max_j s_j);  acc ← acc·e^(m−m') + Σ_j e^(s_j−m')·v_j;  l ← l·e^(m−m') + Σ_j e^(s_j−m')
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use bora_kernels::attention::{attend_keys, finish, prefetch_run, KeyRun, OnlineSoftmax};
@@ -80,6 +82,35 @@ fn attend_as<E: CacheElem>(
 /// Query rows attended together in prefill.
 const QUERY_CHUNK: usize = 8;
 
+/// What an attention task works in, kept per thread so that a decode step allocates nothing
+/// per layer and head: the running softmax of each (row, query head) it serves, and a cache
+/// block widened to f32.
+#[derive(Default)]
+struct TaskScratch {
+    states: Vec<OnlineSoftmax>,
+    widened: Vec<f32>,
+}
+
+thread_local! {
+    static TASK_SCRATCH: RefCell<TaskScratch> = Default::default();
+}
+
+/// Runs `f` on this thread's [`TaskScratch`], its `states` reset to `n` fresh ones (or on a
+/// fresh scratch, should a task on this thread already hold it).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut TaskScratch) -> R) -> R {
+    TASK_SCRATCH.with(|cell| {
+        let mut own = TaskScratch::default();
+        let mut held = cell.try_borrow_mut();
+        let s = match held.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut own,
+        };
+        s.states.clear();
+        s.states.resize(n, OnlineSoftmax::default());
+        f(s)
+    })
+}
+
 /// Attention for a few query rows (`q`, `out`: [rows, n_heads·head_dim]): per KV head and
 /// per run of rows reading the same sequence, every cache block of the run's key range meets
 /// each (row, query head) that sees part of it.
@@ -100,76 +131,77 @@ fn attend_chunk<E: CacheElem>(
     let isa = bora_kernels::dispatch::isa();
     let first_key = |r: &QueryRow<'_>| shape.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
     out.fill(0.0);
-    let mut scores = [0f32; MAX_BLOCK_SIZE];
-    let mut states = vec![OnlineSoftmax::default(); rows.len() * group];
-    let mut widened = Vec::new();
-    let mut run_start = 0;
-    while run_start < rows.len() {
-        let kv = rows[run_start].kv;
-        let run_end = run_start
-            + rows[run_start..]
-                .iter()
-                .take_while(|r| std::ptr::eq(r.kv, kv))
-                .count();
-        let run = run_start..run_end;
-        let lo = rows[run.clone()].iter().map(first_key).min().unwrap_or(0);
-        let hi = rows[run.clone()].iter().map(|r| r.pos).max().unwrap_or(0);
-        for kv_head in 0..shape.n_kv_heads {
-            let at = kv_head * hd;
-            states
-                .iter_mut()
-                .for_each(|s| *s = OnlineSoftmax::default());
-            let mut start = lo;
-            while start <= hi {
-                let (block, slot) = kv.locate(start, bs);
-                let n = (bs - slot).min(hi + 1 - start);
-                let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
-                let stored = KeyRun {
-                    keys: &ks[at..],
-                    values: &vs[at..],
-                    stride: kv_dim,
-                    scale,
-                };
-                let block_run = E::widened(isa, &stored, n, hd, &mut widened);
-                for t in run.clone() {
-                    // The part of this block row t sees: keys first_key ..= pos.
-                    let a = first_key(&rows[t]).max(start);
-                    let b = (rows[t].pos + 1).min(start + n);
-                    if a >= b {
-                        continue;
-                    }
-                    let off = (a - start) * block_run.stride;
-                    let keys = KeyRun {
-                        keys: &block_run.keys[off..],
-                        values: &block_run.values[off..],
-                        ..block_run
+    with_scratch(rows.len() * group, |scratch| {
+        let TaskScratch { states, widened } = scratch;
+        let mut scores = [0f32; MAX_BLOCK_SIZE];
+        let mut run_start = 0;
+        while run_start < rows.len() {
+            let kv = rows[run_start].kv;
+            let run_end = run_start
+                + rows[run_start..]
+                    .iter()
+                    .take_while(|r| std::ptr::eq(r.kv, kv))
+                    .count();
+            let run = run_start..run_end;
+            let lo = rows[run.clone()].iter().map(first_key).min().unwrap_or(0);
+            let hi = rows[run.clone()].iter().map(|r| r.pos).max().unwrap_or(0);
+            for kv_head in 0..shape.n_kv_heads {
+                let at = kv_head * hd;
+                states
+                    .iter_mut()
+                    .for_each(|s| *s = OnlineSoftmax::default());
+                let mut start = lo;
+                while start <= hi {
+                    let (block, slot) = kv.locate(start, bs);
+                    let n = (bs - slot).min(hi + 1 - start);
+                    let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
+                    let stored = KeyRun {
+                        keys: &ks[at..],
+                        values: &vs[at..],
+                        stride: kv_dim,
+                        scale,
                     };
+                    let block_run = E::widened(isa, &stored, n, hd, widened);
+                    for t in run.clone() {
+                        // The part of this block row t sees: keys first_key ..= pos.
+                        let a = first_key(&rows[t]).max(start);
+                        let b = (rows[t].pos + 1).min(start + n);
+                        if a >= b {
+                            continue;
+                        }
+                        let off = (a - start) * block_run.stride;
+                        let keys = KeyRun {
+                            keys: &block_run.keys[off..],
+                            values: &block_run.values[off..],
+                            ..block_run
+                        };
+                        for g in 0..group {
+                            let row = t * d + (kv_head * group + g) * hd;
+                            attend_keys(
+                                isa,
+                                &q[row..row + hd],
+                                &keys,
+                                &mut states[(t - run_start) * group + g],
+                                &mut scores[..b - a],
+                                &mut out[row..row + hd],
+                            );
+                        }
+                    }
+                    start += n;
+                }
+                for t in run.clone() {
                     for g in 0..group {
                         let row = t * d + (kv_head * group + g) * hd;
-                        attend_keys(
-                            isa,
-                            &q[row..row + hd],
-                            &keys,
-                            &mut states[(t - run_start) * group + g],
-                            &mut scores[..b - a],
+                        finish(
+                            &states[(t - run_start) * group + g],
                             &mut out[row..row + hd],
                         );
                     }
                 }
-                start += n;
             }
-            for t in run.clone() {
-                for g in 0..group {
-                    let row = t * d + (kv_head * group + g) * hd;
-                    finish(
-                        &states[(t - run_start) * group + g],
-                        &mut out[row..row + hd],
-                    );
-                }
-            }
+            run_start = run_end;
         }
-        run_start = run_end;
-    }
+    });
 }
 
 /// One row's query heads that share `kv_head` (`q`, `out`: those heads, consecutive) against
@@ -188,10 +220,8 @@ fn attend_group<E: CacheElem>(
     let scale = 1.0 / (hd as f32).sqrt();
     let bs = pool.layout().block_size;
     let first = shape.window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
-    let mut states = vec![OnlineSoftmax::default(); shape.n_heads / shape.n_kv_heads];
     out.fill(0.0);
     let mut scores = [0f32; MAX_BLOCK_SIZE];
-    let mut widened = Vec::new();
     let isa = bora_kernels::dispatch::isa();
     // This head's keys and values from `start` on, at most one block's worth.
     let run_at = |start: usize| {
@@ -212,26 +242,29 @@ fn attend_group<E: CacheElem>(
         // Nothing visible: only a zero-width window, which the config refuses.
         return;
     }
-    let mut next = run_at(start);
-    prefetch_run(&next.0, next.1, hd);
-    loop {
-        let (run, n) = next;
-        if start + n <= row.pos {
-            next = run_at(start + n);
-            prefetch_run(&next.0, next.1, hd);
+    with_scratch(shape.n_heads / shape.n_kv_heads, |scratch| {
+        let TaskScratch { states, widened } = scratch;
+        let mut next = run_at(start);
+        prefetch_run(&next.0, next.1, hd);
+        loop {
+            let (run, n) = next;
+            if start + n <= row.pos {
+                next = run_at(start + n);
+                prefetch_run(&next.0, next.1, hd);
+            }
+            let run = E::widened(isa, &run, n, hd, widened);
+            for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(states.iter_mut()) {
+                attend_keys(isa, qh, &run, state, &mut scores[..n], o);
+            }
+            start += n;
+            if start > row.pos {
+                break;
+            }
         }
-        let run = E::widened(isa, &run, n, hd, &mut widened);
-        for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(&mut states) {
-            attend_keys(isa, qh, &run, state, &mut scores[..n], o);
+        for (o, state) in out.chunks_mut(hd).zip(states.iter()) {
+            finish(state, o);
         }
-        start += n;
-        if start > row.pos {
-            break;
-        }
-    }
-    for (o, state) in out.chunks_mut(hd).zip(&states) {
-        finish(state, o);
-    }
+    });
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvLayout, KvPool, KvType, SeqKv};
-use crate::moe::moe_forward;
+use crate::moe::{moe_forward, MoeScratch};
 use crate::rope::{Rope, RopeAngles};
 use crate::weights::{Ffn, LayerWeights, Mlp, ModelWeights};
 
@@ -229,7 +229,7 @@ impl Model {
             Ffn::Dense(mlp) => mlp_forward(mlp, &s.xn, &mut s.delta, act, &mut s.mlp),
             Ffn::Moe { router, experts } => {
                 let top_k = self.config.moe.map_or(1, |m| m.top_k);
-                moe_forward(router, experts, top_k, &s.xn, &mut s.delta, act, &mut s.mlp);
+                moe_forward(router, experts, top_k, &s.xn, &mut s.delta, act, &mut s.moe);
             }
         }
         add_into(x, &s.delta);
@@ -323,6 +323,7 @@ struct Scratch {
     att: Vec<f32>,   // [T, n_heads·head_dim]
     delta: Vec<f32>, // [T, hidden]
     mlp: MlpScratch,
+    moe: MoeScratch,
 }
 
 impl Scratch {
