@@ -48,6 +48,7 @@ use super::kquants::{q4_k_scales, KAct};
 use super::{q4_0_tail, q8_0_tail, DecodeRow, Line, Quants};
 use crate::act_quant::Q8Blocks;
 use crate::blocks::{f16_le, BlockQ8_0};
+use crate::x86::avx2::hsum;
 use crate::DType;
 
 /// Blocks in a group: Q4_0's four pairs; the eight scales one F16C conversion gives.
@@ -159,14 +160,6 @@ fn load_half(v: &Line<f32>, half: usize) -> __m256 {
     let v: &[f32; 8] = v.0[8 * half..][..8].try_into().expect("8 lanes");
     // SAFETY: `v` is 8 readable f32, 32-byte aligned (`Line` is 64-aligned).
     unsafe { _mm256_load_ps(v.as_ptr()) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// `v`'s eight lanes, for broadcasting one at a time: a broadcast from memory is a load,
