@@ -14,9 +14,14 @@ fn main() {
     let iters: usize = args.get(4).map_or(10, |s| s.parse().unwrap());
     let tokens: usize = args.get(5).map_or(1, |s| s.parse().unwrap());
     let rb = dtype.row_bytes(cols).unwrap();
-    let mut data: Vec<u8> = (0..rows * rb)
-        .map(|i| (i as u32).wrapping_mul(2654435761) as u8 >> 1)
-        .collect();
+    let mut map = memmap2::MmapMut::map_anon(rows * rb).unwrap();
+    if std::env::var("HUGE").is_ok() {
+        map.advise(memmap2::Advice::HugePage).unwrap();
+    }
+    for (i, b) in map.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761) as u8 >> 1;
+    }
+    let data: &mut [u8] = &mut map;
     // Small f16 scales in every scale field (random bytes there could be NaN, infinite or
     // subnormal, and subnormal arithmetic is slow).
     for blk in data.chunks_exact_mut(dtype.block_bytes()) {
@@ -43,7 +48,7 @@ fn main() {
             acc.iter().sum::<u64>() & 1
         );
     }
-    let w = MatRef::new(dtype, rows, cols, &data).unwrap();
+    let w = MatRef::new(dtype, rows, cols, data).unwrap();
     let x: Vec<f32> = (0..cols * tokens).map(|i| (i % 7) as f32 - 3.0).collect();
     let mut out = vec![0f32; rows * tokens];
     matmul_with(&w, &x, &mut out, Activations::Q8);

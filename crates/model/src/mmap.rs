@@ -17,6 +17,21 @@ enum Backing {
     Owned(Vec<u8>),
 }
 
+/// Asks Linux to read the file into 2 MiB page-cache pages where it reads it from disk, so
+/// that the map can use 2 MiB TLB entries. Decode streams every weight once per token: mapped
+/// with 4 KiB pages, the page walks cost 10–15% of a Q4_0 matrix-vector product's read
+/// rate from memory (`matvec_speed`, 2 threads), and decode's. Without the advice, the
+/// page faults of a first run read the file in small pages, and they stay so while it is
+/// cached. Only a hint: a kernel without transparent huge pages refuses it, and the file
+/// is then read as before.
+#[cfg(target_os = "linux")]
+fn ask_for_huge_pages(map: &memmap2::Mmap) {
+    let _ = map.advise(memmap2::Advice::HugePage);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ask_for_huge_pages(_: &memmap2::Mmap) {}
+
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Arc<Self>> {
         let io = |source| ModelError::Io {
@@ -32,7 +47,9 @@ impl MappedFile {
             // SAFETY: the map is read-only and private to this process. bora never writes to a
             // checkpoint while it runs; a file truncated underneath us by another process is
             // outside what any mmap-based loader (llama.cpp, safetensors) can guard against.
-            Backing::Map(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            ask_for_huge_pages(&map);
+            Backing::Map(map)
         };
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
