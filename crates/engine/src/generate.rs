@@ -88,7 +88,7 @@ pub fn generate(
             break;
         }
         if i + 1 < opts.max_new_tokens {
-            logits = session.step(&[next], LogitsRows::Last)?;
+            session.step_into(&[next], LogitsRows::Last, &mut logits)?;
         }
     }
     stats.generate_secs = t1.elapsed().as_secs_f64();

@@ -39,13 +39,28 @@ impl<'m> Session<'m> {
 
     /// Runs `tokens` in one step; returns the logits of the rows asked for, `[rows, vocab]`.
     pub fn step(&mut self, tokens: &[u32], rows: LogitsRows) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.step_into(tokens, rows, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Session::step`] into `logits` (replacing what it held, reusing its capacity): a
+    /// decode loop that keeps one buffer allocates nothing per token, but the KV block opened
+    /// every `block_size` positions.
+    pub fn step_into(
+        &mut self,
+        tokens: &[u32],
+        rows: LogitsRows,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let mut steps = [SeqStep {
             tokens,
             kv: &mut self.seq,
             logits: rows,
         }];
-        let mut out = self.model.forward(&mut self.pool, &mut steps)?;
-        Ok(out.pop().unwrap_or_default())
+        self.model
+            .forward_into(&mut self.pool, &mut steps, std::slice::from_mut(logits))?;
+        Ok(())
     }
 
     /// Feeds a prompt in chunks of at most `chunk` tokens. Returns the logits `rows` asks for:

@@ -78,10 +78,10 @@ pub(crate) struct Planes<E> {
 }
 
 impl<E: KvElem> Planes<E> {
-    fn new() -> Self {
+    fn with_capacity(blocks: usize) -> Self {
         Self {
-            k: Vec::new(),
-            v: Vec::new(),
+            k: Vec::with_capacity(blocks),
+            v: Vec::with_capacity(blocks),
         }
     }
 
@@ -191,20 +191,23 @@ pub struct KvPool {
 impl KvPool {
     pub fn new(layout: KvLayout, capacity_blocks: usize) -> Self {
         assert!(layout.block_size > 0 && layout.block_size <= MAX_BLOCK_SIZE);
+        // The per-block lists are reserved up front (a few bytes a block), so that opening a
+        // block during decode allocates only its storage, not a list's regrowth.
+        let n = capacity_blocks.min(1 << 16);
         Self {
             layout,
             capacity: capacity_blocks,
             store: match layout.kv_type {
-                KvType::F32 => Store::F32(Planes::new()),
-                KvType::F16 => Store::F16(Planes::new()),
+                KvType::F32 => Store::F32(Planes::with_capacity(n)),
+                KvType::F16 => Store::F16(Planes::with_capacity(n)),
             },
-            refs: Vec::new(),
-            free: Vec::new(),
+            refs: Vec::with_capacity(n),
+            free: Vec::with_capacity(n),
             created: 0,
             cached: HashMap::new(),
-            hash_of: Vec::new(),
+            hash_of: Vec::with_capacity(n),
             evictable: BTreeMap::new(),
-            released_at: Vec::new(),
+            released_at: Vec::with_capacity(n),
             tick: 0,
         }
     }

@@ -12,6 +12,7 @@ use crate::kv_cache::{KvLayout, KvPool, KvType, SeqKv};
 use crate::moe::{moe_forward, MoeScratch};
 use crate::rope::{Rope, RopeAngles};
 use crate::weights::{Ffn, LayerWeights, Mlp, ModelWeights};
+use smallvec::SmallVec;
 
 /// Which rows of a sequence's chunk need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,20 @@ impl Model {
     /// Runs one step over every sequence's new tokens; returns, per sequence, the logits of
     /// the rows it asked for, row-major `[rows, vocab]`.
     pub fn forward(&self, pool: &mut KvPool, steps: &mut [SeqStep<'_>]) -> Result<Vec<Vec<f32>>> {
+        let mut out = vec![Vec::new(); steps.len()];
+        self.forward_into(pool, steps, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Model::forward`] into `out` (one buffer per step, `steps.len()` of them), reusing
+    /// their capacity: a decode step that needs no new KV block allocates nothing.
+    pub fn forward_into(
+        &self,
+        pool: &mut KvPool,
+        steps: &mut [SeqStep<'_>],
+        out: &mut [Vec<f32>],
+    ) -> Result<()> {
+        assert_eq!(out.len(), steps.len(), "one logits buffer per step");
         let cfg = &self.config;
         let window = cfg.sliding_window;
         for s in steps.iter() {
@@ -119,52 +134,19 @@ impl Model {
                 });
             }
         }
+        out.iter_mut().for_each(Vec::clear);
         if steps.iter().all(|s| s.tokens.is_empty()) {
-            return Ok(vec![Vec::new(); steps.len()]);
+            return Ok(());
         }
         for s in steps.iter_mut() {
             s.kv.prepare(pool, s.tokens.len(), window)?;
         }
-        // The step runs on a pool thread, so each parallel op inside starts from a worker that
-        // shares its work out through its own queue. Started from this thread, every op (about
-        // 225 a decoded token for a 32-layer model) was handed to the pool while this thread
-        // slept until it was done: a sleep and a wake-up per op.
         // A step that batches separate sequences is throughput-bound: its matmuls of a few
         // rows take the tiled kernels too. One sequence's rows keep llama.cpp's order.
         let act = match self.activations {
             Activations::Q8 if steps.len() > 1 => Activations::Q8Batched,
             a => a,
         };
-        let stepping = AtomicBool::new(true);
-        let logits = rayon::scope(|scope| -> Result<_> {
-            for _ in 1..rayon::current_num_threads() {
-                scope.spawn(|_| stay_ready(&stepping));
-            }
-            let run = self.run_layers(pool, steps, act);
-            let logits = run.map(|hidden| self.logits(steps, &hidden, act));
-            stepping.store(false, Ordering::Release);
-            logits
-        })?;
-        for s in steps.iter_mut() {
-            s.kv.advance(pool, s.tokens.len(), window);
-        }
-        Ok(logits)
-    }
-
-    /// Embedding and every layer; returns the residual stream `[T, hidden]`.
-    fn run_layers(
-        &self,
-        pool: &mut KvPool,
-        steps: &[SeqStep<'_>],
-        act: Activations,
-    ) -> Result<Vec<f32>> {
-        let h = self.config.hidden_size;
-        let meta = StepMeta::new(steps, &self.rope, pool.layout().block_size, act);
-        let embed = self.weights.embed.mat();
-        let mut x = vec![0f32; meta.rows.len() * h]; // [T, hidden] residual stream
-        for (xr, &id) in x.chunks_exact_mut(h).zip(&meta.tokens) {
-            embed.dequantize_row_into(id as usize, xr);
-        }
         // A step running while another holds the buffers (not done today: steps are run by
         // one thread) gets buffers of its own.
         let mut own = Scratch::default();
@@ -173,12 +155,40 @@ impl Model {
             Ok(s) => s,
             Err(_) => &mut own,
         };
+        {
+            let meta = StepMeta::new(steps, &self.rope, pool.layout().block_size, act, scratch);
+            // The step runs on a pool thread, so each parallel op inside starts from a worker
+            // that shares its work out through its own queue. Started from this thread, every
+            // op (about 225 a decoded token for a 32-layer model) was handed to the pool while
+            // this thread slept until it was done: a sleep and a wake-up per op.
+            let stepping = AtomicBool::new(true);
+            with_workers_ready(rayon::current_num_threads() - 1, &stepping, || {
+                self.run_layers(pool, &meta, scratch);
+                self.logits_into(steps, &meta, scratch, out);
+                stepping.store(false, Ordering::Release);
+            });
+            scratch.angles = meta.angles;
+        }
+        for s in steps.iter_mut() {
+            s.kv.advance(pool, s.tokens.len(), window);
+        }
+        Ok(())
+    }
+
+    /// Embedding and every layer, leaving the residual stream `[T, hidden]` in `scratch.x`.
+    fn run_layers(&self, pool: &mut KvPool, meta: &StepMeta<'_>, scratch: &mut Scratch) {
+        let h = self.config.hidden_size;
+        let embed = self.weights.embed.mat();
         scratch.resize(&self.config, meta.rows.len());
+        let mut x = std::mem::take(&mut scratch.x);
+        for (xr, &id) in x.chunks_exact_mut(h).zip(&meta.tokens) {
+            embed.dequantize_row_into(id as usize, xr);
+        }
         for (li, layer) in self.weights.layers.iter().enumerate() {
-            self.attention_block(li, layer, pool, &meta, &mut x, scratch);
+            self.attention_block(li, layer, pool, meta, &mut x, scratch);
             self.ffn_block(layer, &mut x, scratch, meta.act);
         }
-        Ok(x)
+        scratch.x = x;
     }
 
     /// x += Wo · attend(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x)), writing K and V to the cache.
@@ -235,14 +245,22 @@ impl Model {
         add_into(x, &s.delta);
     }
 
-    /// Final norm and LM head, only for the rows that want logits.
-    fn logits(&self, steps: &[SeqStep<'_>], x: &[f32], act: Activations) -> Vec<Vec<f32>> {
+    /// Final norm and LM head of `scratch.x`, only for the rows that want logits, appended to
+    /// each step's buffer in `out`.
+    fn logits_into(
+        &self,
+        steps: &[SeqStep<'_>],
+        meta: &StepMeta<'_>,
+        s: &mut Scratch,
+        out: &mut [Vec<f32>],
+    ) {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let mut picked: Vec<(usize, usize)> = Vec::new(); // (step index, row in x)
+        // (step index, row in x)
+        let mut picked: PerRow<(usize, usize)> = PerRow::new();
         let mut row = 0;
-        for (si, s) in steps.iter().enumerate() {
-            let n = s.tokens.len();
-            match s.logits {
+        for (si, st) in steps.iter().enumerate() {
+            let n = st.tokens.len();
+            match st.logits {
                 LogitsRows::None => {}
                 LogitsRows::Last if n > 0 => picked.push((si, row + n - 1)),
                 LogitsRows::Last => {}
@@ -251,42 +269,53 @@ impl Model {
             }
             row += n;
         }
-        let mut xn = vec![0f32; picked.len() * h];
+        if picked.is_empty() {
+            return;
+        }
+        // The layers are done with `xn` ([T, hidden], T ≥ the picked rows).
+        let xn = &mut s.xn[..picked.len() * h];
         for (dst, &(_, r)) in xn.chunks_exact_mut(h).zip(&picked) {
             ops::rms_norm(
-                &x[r * h..(r + 1) * h],
+                &s.x[r * h..(r + 1) * h],
                 &self.weights.final_norm,
                 self.config.rms_eps,
                 dst,
             );
         }
-        let mut all = vec![0f32; picked.len() * vocab];
-        if !picked.is_empty() {
-            matmul_with(&self.weights.lm_head.mat(), &xn, &mut all, act);
-        }
-        let mut out = vec![Vec::new(); steps.len()];
-        for (lr, &(si, _)) in all.chunks_exact(vocab).zip(&picked) {
+        s.lm.resize(picked.len() * vocab, 0.0);
+        matmul_with(&self.weights.lm_head.mat(), xn, &mut s.lm, meta.act);
+        for (lr, &(si, _)) in s.lm.chunks_exact(vocab).zip(&picked) {
             out[si].extend_from_slice(lr);
         }
-        out
     }
 }
 
+/// Per-row data of a step, held inline up to 8 rows (decode, and batched decode of up to 8
+/// sequences) so that such a step allocates none of it.
+type PerRow<T> = SmallVec<[T; 8]>;
+
 /// What a step needs to know about each of its T rows, computed once for every layer.
 struct StepMeta<'a> {
-    tokens: Vec<u32>,
+    tokens: PerRow<u32>,
     /// Each row's sequence cache and position.
-    rows: Vec<QueryRow<'a>>,
+    rows: PerRow<QueryRow<'a>>,
     /// Where each row's K and V go: (physical block, slot).
-    slots: Vec<(u32, usize)>,
+    slots: PerRow<(u32, usize)>,
+    /// Each row's rope angles (buffers taken from the scratch, given back after the step).
     angles: RopeAngles,
     /// How the step's matmuls meet quantized weights.
     act: Activations,
 }
 
 impl<'a> StepMeta<'a> {
-    fn new(steps: &'a [SeqStep<'_>], rope: &Rope, block_size: usize, act: Activations) -> Self {
-        let rows: Vec<QueryRow<'a>> = steps
+    fn new(
+        steps: &'a [SeqStep<'_>],
+        rope: &Rope,
+        block_size: usize,
+        act: Activations,
+        scratch: &mut Scratch,
+    ) -> Self {
+        let rows: PerRow<QueryRow<'a>> = steps
             .iter()
             .flat_map(|s| {
                 let kv: &SeqKv = s.kv;
@@ -296,7 +325,8 @@ impl<'a> StepMeta<'a> {
                 })
             })
             .collect();
-        let positions: Vec<usize> = rows.iter().map(|r| r.pos).collect();
+        let mut angles = std::mem::take(&mut scratch.angles);
+        rope.angles_into(rows.iter().map(|r| r.pos), &mut angles);
         Self {
             tokens: steps
                 .iter()
@@ -306,7 +336,7 @@ impl<'a> StepMeta<'a> {
                 .iter()
                 .map(|r| r.kv.locate(r.pos, block_size))
                 .collect(),
-            angles: rope.angles(&positions),
+            angles,
             rows,
             act,
         }
@@ -316,6 +346,7 @@ impl<'a> StepMeta<'a> {
 /// Activation buffers of one step, shared by all layers and kept between steps.
 #[derive(Default)]
 struct Scratch {
+    x: Vec<f32>,     // [T, hidden]: the residual stream
     xn: Vec<f32>,    // [T, hidden]
     q: Vec<f32>,     // [T, n_heads·head_dim]
     k: Vec<f32>,     // [T, n_kv_heads·head_dim]
@@ -324,6 +355,8 @@ struct Scratch {
     delta: Vec<f32>, // [T, hidden]
     mlp: MlpScratch,
     moe: MoeScratch,
+    lm: Vec<f32>, // [rows wanting logits, vocab]
+    angles: RopeAngles,
 }
 
 impl Scratch {
@@ -331,6 +364,7 @@ impl Scratch {
     fn resize(&mut self, cfg: &ModelConfig, t: usize) {
         let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         for (buf, n) in [
+            (&mut self.x, t * h),
             (&mut self.xn, t * h),
             (&mut self.q, t * qd),
             (&mut self.k, t * kvd),
@@ -348,6 +382,20 @@ impl Scratch {
 pub(crate) struct MlpScratch {
     gate: Vec<f32>,
     up: Vec<f32>,
+}
+
+/// Runs `work` with `n` of the pool's other workers kept ready ([`stay_ready`]) until it
+/// clears `stepping`. Each polling job is a `join`'s other half, which lives on this
+/// thread's stack: a scope's spawned job was a heap allocation per step. A half no worker
+/// took is run here after `work`, and returns at once.
+fn with_workers_ready(n: usize, stepping: &AtomicBool, work: impl FnOnce() + Send) {
+    if n == 0 {
+        return work();
+    }
+    rayon::join(
+        || with_workers_ready(n - 1, stepping, work),
+        || stay_ready(stepping),
+    );
 }
 
 /// Keeps a pool worker looking for work until the step ends (`stepping` goes false).

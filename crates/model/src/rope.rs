@@ -6,6 +6,7 @@ pub struct Rope {
 }
 
 /// cos and sin of every token's angles in a step: `[tokens, head_dim / 2]` each.
+#[derive(Default)]
 pub struct RopeAngles {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
@@ -23,11 +24,13 @@ impl Rope {
         Self { inv_freq }
     }
 
-    pub fn angles(&self, positions: &[usize]) -> RopeAngles {
+    /// Fills `angles` with the cos and sin of each position's angles, reusing its buffers.
+    pub fn angles_into(&self, positions: impl Iterator<Item = usize>, angles: &mut RopeAngles) {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
+        let RopeAngles { cos, sin, .. } = angles;
+        cos.clear();
+        sin.clear();
+        for p in positions {
             for &f in &self.inv_freq {
                 // The angle is an f32 product, as in the reference; its cos/sin are then exact.
                 let a = (p as f32 * f) as f64;
@@ -35,7 +38,7 @@ impl Rope {
                 sin.push(a.sin() as f32);
             }
         }
-        RopeAngles { cos, sin, half }
+        angles.half = half;
     }
 }
 

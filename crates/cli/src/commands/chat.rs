@@ -138,7 +138,8 @@ impl<'m> Chat<'m> {
             if self.cached.len() + 1 >= self.context() {
                 break Ending::ContextFull;
             }
-            logits = self.session.step(&[next], LogitsRows::Last)?;
+            self.session
+                .step_into(&[next], LogitsRows::Last, &mut logits)?;
             self.cached.push(next);
         };
         if let Some(rest) = stream.flush(tok) {
