@@ -77,15 +77,10 @@ def gguf_metadata(path: Path) -> dict:
     return meta
 
 
-def main() -> None:
+def load_llama(path: Path):
+    """llama-cpp-python's Llama on `path` with the reference's settings."""
     import llama_cpp
     from llama_cpp import Llama
-
-    args = [a for a in sys.argv[1:] if a != "--margins-only"]
-    margins_only = "--margins-only" in sys.argv[1:]
-    path = Path(args[0]) if args else find_model()
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = gguf_metadata(path)
 
     # llama.cpp's "extra buffer types" (AMX / repacked CPU weight layouts) are switched off:
     # the AMX matmul of this llama.cpp build segfaults on the machine these fixtures were made
@@ -103,6 +98,18 @@ def main() -> None:
     llm = Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False, seed=0)
     llama_cpp.llama_cpp.llama_model_default_params = orig_defaults
     assert llm.model_params.use_extra_bufts is False
+    return llm
+
+
+def main() -> None:
+    import llama_cpp
+
+    args = [a for a in sys.argv[1:] if a != "--margins-only"]
+    margins_only = "--margins-only" in sys.argv[1:]
+    path = Path(args[0]) if args else find_model()
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = gguf_metadata(path)
+    llm = load_llama(path)
     n_vocab = llm.n_vocab()
     # What llama.cpp itself does by default for this model (from tokenizer.ggml.add_bos_token).
     default_add_bos = bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else \

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_smollm2_reference import N_GREEDY, OUT, find_model  # noqa: E402
+from make_smollm2_reference import N_GREEDY, OUT, find_model, load_llama  # noqa: E402
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
@@ -34,19 +34,7 @@ def first_difference(a: list[int], b: list[int]) -> int:
 
 
 def llama_cpp_greedy(model: Path, prompts: list[dict]) -> list[tuple[list[int], float]]:
-    import llama_cpp
-    from llama_cpp import Llama
-
-    orig = llama_cpp.llama_cpp.llama_model_default_params
-
-    def defaults():  # as make_smollm2_reference.py: plain CPU kernels
-        mp = orig()
-        mp.use_extra_bufts = False
-        return mp
-
-    llama_cpp.llama_cpp.llama_model_default_params = defaults
-    llm = Llama(model_path=str(model), logits_all=True, n_ctx=512, n_threads=2, verbose=False, seed=0)
-    llama_cpp.llama_cpp.llama_model_default_params = orig
+    llm = load_llama(model)
     out = []
     for p in prompts:
         ids = p["prompt_ids"]
