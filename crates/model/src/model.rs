@@ -287,6 +287,11 @@ impl Model {
         for (lr, &(si, _)) in s.lm.chunks_exact(vocab).zip(&picked) {
             out[si].extend_from_slice(lr);
         }
+        if picked.spilled() {
+            // Logits of many rows (a prompt's, for perplexity or prompt logprobs) can be
+            // hundreds of MB: kept only for steps as small as decode's.
+            s.lm = Vec::new();
+        }
     }
 }
 
