@@ -130,19 +130,20 @@ fn huge_page_share_in(smaps: &str, model: &Path) -> Option<f64> {
         let mut fields = line.split_whitespace();
         let Some(key) = fields.next() else { continue };
         if key.contains('-') && !key.ends_with(':') {
-            // A mapping's header: range, perms, offset, device, inode, path.
-            ours = fields
-                .nth(4)
-                .is_some_and(|path| Path::new(path).starts_with(model));
+            // A mapping's header: range, perms, offset, device, inode, then a file's path
+            // (the only field with a '/', and it may hold spaces).
+            ours = line
+                .find(" /")
+                .is_some_and(|at| Path::new(line[at + 1..].trim_end()).starts_with(model));
             continue;
         }
-        if !ours {
-            continue;
-        }
-        let kib = || fields.clone().next().and_then(|v| v.parse::<u64>().ok());
+        let kib = fields
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         match key {
-            "Rss:" => rss += kib().unwrap_or(0),
-            "FilePmdMapped:" => pmd += kib().unwrap_or(0),
+            "Rss:" if ours => rss += kib,
+            "FilePmdMapped:" if ours => pmd += kib,
             _ => {}
         }
     }
@@ -192,13 +193,18 @@ FilePmdMapped:         0 kB
 7f60000000-7f60200000 r--p 00000000 fe:00 12 /usr/lib/libc.so.6
 Rss:                2048 kB
 FilePmdMapped:      2048 kB
-7f70000000-7f70400000 r--s 00000000 fe:00 13 /m/model-00002.safetensors
+7f70000000-7f70400000 r--s 00000000 fe:00 13                         /m/model-00002.safetensors
 Rss:                 200000 kB
 FilePmdMapped:            0 kB
+7f80000000-7f80400000 r--s 00000000 fe:00 14 /m/my models/m.gguf
+Rss:                  10000 kB
+FilePmdMapped:         10000 kB
 ";
         let share = |p: &str| huge_page_share_in(smaps, Path::new(p));
         assert_eq!(share("/m/model.gguf"), Some(0.75));
-        assert_eq!(share("/m"), Some(0.6));
+        assert_eq!(share("/m/model-00002.safetensors"), Some(0.0));
+        assert_eq!(share("/m/my models/m.gguf"), Some(1.0));
+        assert_eq!(share("/m"), Some(610_000.0 / 1_010_000.0));
         assert_eq!(share("/elsewhere/model.gguf"), None);
     }
 }
