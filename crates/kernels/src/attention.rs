@@ -4,6 +4,7 @@
 
 use half::f16;
 
+use crate::attention_group::HeadRun;
 use crate::blocks::f16_to_f32;
 use crate::dispatch::{multiversion, Isa};
 use crate::dot::dot_f32;
@@ -41,9 +42,39 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
         hd: usize,
         buf: &'a mut Vec<f32>,
     ) -> KeyRun<'a, f32>;
+    /// [`attend_group`](crate::attention_group::attend_group)'s pass over up to four heads
+    /// with this CPU's SIMD kernel; false where there is none for `isa` and this head size.
+    fn fold_group_simd(
+        isa: Isa,
+        q: &[f32],
+        run: HeadRun<'_, Self>,
+        scale: f32,
+        states: &mut [OnlineSoftmax],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool;
 }
 
 impl KvElem for f32 {
+    fn fold_group_simd(
+        isa: Isa,
+        q: &[f32],
+        run: HeadRun<'_, Self>,
+        scale: f32,
+        states: &mut [OnlineSoftmax],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::attention_group::x86::fold_group_f32(
+            isa, q, run, scale, states, scores, out,
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (isa, q, run, scale, states, scores, out);
+            false
+        }
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -63,6 +94,25 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    fn fold_group_simd(
+        isa: Isa,
+        q: &[f32],
+        run: HeadRun<'_, Self>,
+        scale: f32,
+        states: &mut [OnlineSoftmax],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return crate::attention_group::x86::fold_group_f16(
+            isa, q, run, scale, states, scores, out,
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (isa, q, run, scale, states, scores, out);
+            false
+        }
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16_to_f32(self.to_bits())
@@ -206,24 +256,25 @@ pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// Asks for the first `n` keys and values of `run`, `hd` wide, to be brought into L1: a
-/// head's keys lie one cache row apart (`stride` elements, every head's slice in between), a
-/// pattern the hardware prefetchers follow poorly, so decode's attention stalled on the first
-/// load of each key. A prefetch is a hint: it never faults, whatever the address.
-pub fn prefetch_run<E: KvElem>(run: &KeyRun<'_, E>, n: usize, hd: usize) {
+/// Asks for `s` to be brought into L1 ahead of its use: decode's attention reads a head's
+/// next cache block while it works on this one, and at long context that read is from memory.
+/// A prefetch is a hint: it never faults, whatever the address.
+pub fn prefetch<E>(s: &[E]) {
     #[cfg(target_arch = "x86_64")]
-    for j in 0..n {
-        let at = j * run.stride;
-        for line in (0..hd).step_by(64 / std::mem::size_of::<E>()) {
-            for base in [run.keys.as_ptr(), run.values.as_ptr()] {
-                let p = base.wrapping_add(at + line) as *const i8;
-                // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
-                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
-            }
+    {
+        let bytes = std::mem::size_of_val(s);
+        let base = s.as_ptr() as *const i8;
+        for at in (0..bytes).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    base.wrapping_add(at),
+                )
+            };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (run, n, hd);
+    let _ = s;
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   threads by weight rows, each weight row read once for the whole batch.
 //! - [`act_quant`] and [`kquants`]: activations rounded to 8 bits as ggml does, and the
 //!   integer block dot products against them (the scalar references).
-//! - [`attention`]: one query head against a run of cached keys, with an online softmax.
+//! - [`attention`]: one query head against a run of cached keys, with an online softmax;
+//!   [`attention_group`]: decode's pass, the heads sharing a KV head over the cache as stored.
 //! - [`quantize`]: weights to the GGUF block types.
 //! - [`ops`]: RMSNorm, SiLU, softmax, rotary embedding.
 //! - [`dispatch`]: which instruction set the CPU has, chosen at run time.
@@ -20,6 +21,7 @@
 
 pub mod act_quant;
 pub mod attention;
+pub mod attention_group;
 pub mod blocks;
 pub mod dispatch;
 pub mod dot;

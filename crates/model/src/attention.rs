@@ -8,7 +8,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{attend_keys, finish, prefetch_run, KeyRun, OnlineSoftmax};
+use bora_kernels::attention::{attend_keys, finish, prefetch, KeyRun, OnlineSoftmax};
+use bora_kernels::attention_group::{attend_group, HeadRun, HEADS_PER_PASS};
 use half::f16;
 
 use crate::kv_cache::{CacheElem, KvPool, KvType, SeqKv, MAX_BLOCK_SIZE};
@@ -54,19 +55,7 @@ fn attend_as<E: CacheElem>(
     let hd = shape.head_dim;
     let d = shape.n_heads * hd;
     if rows.len() < 4 * QUERY_CHUNK {
-        // Decode and short steps: (row, KV head) pairs are the parallel work, each meeting the
-        // query heads that share the KV head together, so a cache block is read once for all
-        // of them. One task per query head read each key and value once per head (four times
-        // in Mistral 7B): from L3, since a layer's cache outgrows L2, that made decode after a
-        // 512-token prompt 15% slower than after 16 tokens.
-        let group_width = hd * shape.n_heads / shape.n_kv_heads;
-        out.par_chunks_mut(group_width)
-            .zip(q.par_chunks(group_width))
-            .enumerate()
-            .for_each(|(i, (o, qg))| {
-                let (t, kv_head) = (i / shape.n_kv_heads, i % shape.n_kv_heads);
-                attend_group::<E>(pool, layer, shape, &rows[t], kv_head, qg, o);
-            });
+        attend_rows::<E>(pool, layer, shape, rows, q, out);
         return;
     }
     // Prefill: chunks of query rows, each walking its keys once per KV head for all the rows
@@ -124,7 +113,6 @@ fn attend_chunk<E: CacheElem>(
 ) {
     let hd = shape.head_dim;
     let d = shape.n_heads * hd;
-    let kv_dim = shape.n_kv_heads * hd;
     let group = shape.n_heads / shape.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let bs = pool.layout().block_size;
@@ -146,7 +134,6 @@ fn attend_chunk<E: CacheElem>(
             let lo = rows[run.clone()].iter().map(first_key).min().unwrap_or(0);
             let hi = rows[run.clone()].iter().map(|r| r.pos).max().unwrap_or(0);
             for kv_head in 0..shape.n_kv_heads {
-                let at = kv_head * hd;
                 states
                     .iter_mut()
                     .for_each(|s| *s = OnlineSoftmax::default());
@@ -154,11 +141,11 @@ fn attend_chunk<E: CacheElem>(
                 while start <= hi {
                     let (block, slot) = kv.locate(start, bs);
                     let n = (bs - slot).min(hi + 1 - start);
-                    let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
+                    let (keys, values) = pool.head_slots::<E>(block, layer, kv_head, slot, n);
                     let stored = KeyRun {
-                        keys: &ks[at..],
-                        values: &vs[at..],
-                        stride: kv_dim,
+                        keys,
+                        values,
+                        stride: hd,
                         scale,
                     };
                     let block_run = E::widened(isa, &stored, n, hd, widened);
@@ -204,67 +191,159 @@ fn attend_chunk<E: CacheElem>(
     });
 }
 
-/// One row's query heads that share `kv_head` (`q`, `out`: those heads, consecutive) against
-/// the row's keys.
-fn attend_group<E: CacheElem>(
+/// Parallel tasks decode's attention aims for per thread: (row, KV head) pairs alone are
+/// too few to share out evenly (SmolLM2 has 3 KV heads for 2 threads), so long key ranges are
+/// split as well.
+const TASKS_PER_THREAD: usize = 8;
+
+/// Fewest cache blocks a split of a row's keys covers: below that the merge costs more than
+/// the balance gains.
+const MIN_SPLIT_BLOCKS: usize = 4;
+
+/// How far ahead of its use decode's attention asks for a cache block (2 and 4 measured no
+/// faster on SmolLM2 at 2048 positions).
+const PREFETCH_BLOCKS: usize = 1;
+
+thread_local! {
+    /// Each task's unnormalized output and running softmax, kept on the calling thread so a
+    /// decode step allocates nothing.
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Decode and short steps. The parallel tasks are (row, KV head, split of the row's keys):
+/// each folds the query heads sharing its KV head over its keys together, one contiguous run
+/// of the cache per block, so each key and value is read once for the group. The splits'
+/// partial softmaxes are merged at the end.
+fn attend_rows<E: CacheElem>(
+    pool: &KvPool,
+    layer: usize,
+    shape: &AttentionShape,
+    rows: &[QueryRow<'_>],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let bs = pool.layout().block_size;
+    let first_key = |r: &QueryRow<'_>| shape.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+    let blocks_seen = |r: &QueryRow<'_>| r.pos / bs + 1 - first_key(r).min(r.pos) / bs;
+    let most_blocks = rows.iter().map(blocks_seen).max().unwrap_or(1);
+    let pairs = rows.len() * shape.n_kv_heads;
+    let splits = (TASKS_PER_THREAD * rayon::current_num_threads())
+        .div_ceil(pairs)
+        .min(most_blocks / MIN_SPLIT_BLOCKS)
+        .max(1);
+    // Per task: the group's outputs [group, hd], then each head's m, then each head's l.
+    let part = group * (hd + 2);
+    let mut run = |partials: &mut Vec<f32>| {
+        partials.clear();
+        partials.resize(pairs * splits * part, 0.0);
+        partials
+            .par_chunks_mut(part)
+            .enumerate()
+            .for_each(|(i, p)| {
+                let (split, pair) = (i % splits, i / splits);
+                let (t, kv_head) = (pair / shape.n_kv_heads, pair % shape.n_kv_heads);
+                let row = &rows[t];
+                let heads = (t * shape.n_heads + kv_head * group) * hd;
+                let q = &q[heads..heads + group * hd];
+                // This split's share of the row's blocks, as positions.
+                let (first, n_blocks) = (first_key(row), blocks_seen(row));
+                let lo_block = first / bs + n_blocks * split / splits;
+                let hi_block = first / bs + n_blocks * (split + 1) / splits;
+                let lo = (lo_block * bs).max(first);
+                let hi = (hi_block * bs).min(row.pos + 1);
+                fold_keys_of_head::<E>(pool, layer, shape, row, kv_head, q, lo..hi, p);
+            });
+        merge_splits(partials, splits, group, hd, out);
+    };
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut held) => run(&mut held),
+        Err(_) => run(&mut Vec::new()),
+    });
+}
+
+/// One task of [`attend_rows`]: the query heads `q` (`[group, hd]`) sharing `kv_head` over
+/// the row's keys at `positions`, written to `part` as the unnormalized outputs, then each
+/// head's max score m, then its sum l.
+#[allow(clippy::too_many_arguments)]
+fn fold_keys_of_head<E: CacheElem>(
     pool: &KvPool,
     layer: usize,
     shape: &AttentionShape,
     row: &QueryRow<'_>,
     kv_head: usize,
     q: &[f32],
-    out: &mut [f32],
+    positions: std::ops::Range<usize>,
+    part: &mut [f32],
 ) {
     let hd = shape.head_dim;
-    let kv_dim = shape.n_kv_heads * hd;
+    let group = q.len() / hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let bs = pool.layout().block_size;
-    let first = shape.window.map_or(0, |w| (row.pos + 1).saturating_sub(w));
-    out.fill(0.0);
-    let mut scores = [0f32; MAX_BLOCK_SIZE];
     let isa = bora_kernels::dispatch::isa();
-    // This head's keys and values from `start` on, at most one block's worth.
+    let (out, stats) = part.split_at_mut(group * hd);
+    out.fill(0.0);
+    // This head's keys and values from `start`, up to the block's end or the range's.
     let run_at = |start: usize| {
         let (block, slot) = row.kv.locate(start, bs);
-        let n = (bs - slot).min(row.pos + 1 - start);
-        let (ks, vs) = pool.block_slots::<E>(block, layer, slot, n);
-        let at = kv_head * hd;
-        let run = KeyRun {
-            keys: &ks[at..],
-            values: &vs[at..],
-            stride: kv_dim,
-            scale,
-        };
-        (run, n)
+        let n = (bs - slot).min(positions.end - start);
+        let (keys, values) = pool.head_slots::<E>(block, layer, kv_head, slot, n);
+        HeadRun { keys, values, n }
     };
-    let mut start = first;
-    if start > row.pos {
-        // Nothing visible: only a zero-width window, which the config refuses.
-        return;
-    }
-    with_scratch(shape.n_heads / shape.n_kv_heads, |scratch| {
-        let TaskScratch { states, widened } = scratch;
-        let mut next = run_at(start);
-        prefetch_run(&next.0, next.1, hd);
-        loop {
-            let (run, n) = next;
-            if start + n <= row.pos {
-                next = run_at(start + n);
-                prefetch_run(&next.0, next.1, hd);
+    with_scratch(group, |scratch| {
+        let states = &mut scratch.states;
+        let mut scores = [0f32; HEADS_PER_PASS * MAX_BLOCK_SIZE];
+        // Blocks are asked for ahead of their use: at long context they come from memory.
+        let ask = |block_start: usize| {
+            if block_start < positions.end {
+                let r = run_at(block_start.max(positions.start));
+                prefetch(r.keys);
+                prefetch(r.values);
             }
-            let run = E::widened(isa, &run, n, hd, widened);
-            for ((qh, o), state) in q.chunks(hd).zip(out.chunks_mut(hd)).zip(states.iter_mut()) {
-                attend_keys(isa, qh, &run, state, &mut scores[..n], o);
-            }
-            start += n;
-            if start > row.pos {
-                break;
-            }
+        };
+        let first_block = positions.start - positions.start % bs;
+        for b in 0..PREFETCH_BLOCKS {
+            ask(first_block + b * bs);
         }
-        for (o, state) in out.chunks_mut(hd).zip(states.iter()) {
-            finish(state, o);
+        let mut start = positions.start;
+        while start < positions.end {
+            let run = run_at(start);
+            ask(start - start % bs + PREFETCH_BLOCKS * bs);
+            attend_group(isa, q, run, scale, states, &mut scores, out);
+            start += run.n;
+        }
+        let (ms, ls) = stats.split_at_mut(group);
+        for ((m, l), s) in ms.iter_mut().zip(ls).zip(states.iter()) {
+            (*m, *l) = (s.m, s.l);
         }
     });
+}
+
+/// `out` ← the softmax attention of each (row, query head), from its splits' partial results
+/// in `partials` (laid out as [`attend_rows`] writes them): with M = max_s m_s,
+/// out = Σ_s e^(m_s − M)·o_s / Σ_s e^(m_s − M)·l_s. A split that saw no keys has m = −∞ and
+/// weighs 0.
+fn merge_splits(partials: &[f32], splits: usize, group: usize, hd: usize, out: &mut [f32]) {
+    let part = group * (hd + 2);
+    for (pair, out) in partials
+        .chunks(splits * part)
+        .zip(out.chunks_mut(group * hd))
+    {
+        for (g, o) in out.chunks_mut(hd).enumerate() {
+            let m_of = |s: usize| pair[s * part + group * hd + g];
+            let l_of = |s: usize| pair[s * part + group * hd + group + g];
+            let m = (0..splits).map(m_of).fold(f32::NEG_INFINITY, f32::max);
+            let weights = |s: usize| (m_of(s) - m).exp();
+            let l: f32 = (0..splits).map(|s| weights(s) * l_of(s)).sum();
+            o.fill(0.0);
+            for s in 0..splits {
+                let w = weights(s) / l;
+                let os = &pair[s * part + g * hd..][..hd];
+                o.iter_mut().zip(os).for_each(|(x, v)| *x += w * v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -277,8 +356,12 @@ mod tests {
     /// for both cache types, with grouped heads, with and without a window, across blocks.
     #[test]
     fn both_paths_give_softmax_attention_for_both_cache_types() {
-        let (n_heads, n_kv_heads, hd, bs, len) = (6, 2, 20, 4, 37);
-        for kv_type in [KvType::F32, KvType::F16] {
+        let (n_heads, n_kv_heads, bs, len) = (6, 2, 4, 70);
+        // 16: the SIMD group kernel's path; 20: the portable one.
+        for (hd, kv_type) in [16, 20]
+            .into_iter()
+            .flat_map(|hd| [(hd, KvType::F32), (hd, KvType::F16)])
+        {
             for window in [None, Some(7)] {
                 let layout = KvLayout {
                     n_layers: 2,
@@ -316,10 +399,24 @@ mod tests {
                 let mut chunked = vec![0f32; len * d];
                 attend(&pool, 1, &shape, &rows, &q, &mut chunked);
                 assert!(rows.len() >= 4 * QUERY_CHUNK, "the chunked path runs");
+                // Decode's path with a batch of rows at different positions: each row's key
+                // range is split by the longest row's, so short rows get empty splits.
+                let picked: Vec<usize> = (0..len).step_by(5).collect();
+                let batch: Vec<QueryRow<'_>> = picked
+                    .iter()
+                    .map(|&pos| QueryRow { kv: &seq, pos })
+                    .collect();
+                let q_batch: Vec<f32> = picked
+                    .iter()
+                    .flat_map(|&t| q[t * d..(t + 1) * d].to_vec())
+                    .collect();
+                let mut batched = vec![0f32; picked.len() * d];
+                attend(&pool, 1, &shape, &batch, &q_batch, &mut batched);
                 for (t, row) in rows.iter().enumerate() {
                     let mut one = vec![0f32; d];
                     let q_row = &q[t * d..(t + 1) * d];
                     attend(&pool, 1, &shape, std::slice::from_ref(row), q_row, &mut one);
+                    let in_batch = picked.iter().position(|&p| p == t);
                     let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
                     for h in 0..n_heads {
                         let kvh = h / (n_heads / n_kv_heads);
@@ -342,10 +439,13 @@ mod tests {
                                 })
                                 .sum::<f64>()
                                 / l;
+                            let batched = in_batch.map(|i| batched[i * d + h * hd + e]);
                             for (path, got) in [
-                                ("chunked", chunked[t * d + h * hd + e]),
-                                ("decode", one[h * hd + e]),
+                                ("chunked", Some(chunked[t * d + h * hd + e])),
+                                ("decode", Some(one[h * hd + e])),
+                                ("decode batch", batched),
                             ] {
+                                let Some(got) = got else { continue };
                                 assert!(
                                     (got as f64 - want).abs() < 1e-5,
                                     "{kv_type} {window:?} {path} row {t} head {h}: {got} vs {want}"

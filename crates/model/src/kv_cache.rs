@@ -171,7 +171,9 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
 pub struct KvPool {
     layout: KvLayout,
     capacity: usize,
-    /// One allocation per block, so memory is exactly what was created: [n_layers][block_size][kv_dim]
+    /// One allocation per block, so memory is exactly what was created:
+    /// [n_layers][n_kv_heads][block_size][head_dim], so that one head's run of keys is
+    /// contiguous for attention, which reads one KV head at a time.
     store: Store,
     /// Holders of each block.
     refs: Vec<u32>,
@@ -324,32 +326,38 @@ impl KvPool {
         self.created * self.block_bytes()
     }
 
-    /// Offset of (layer, slot) inside a block.
-    fn offset(&self, layer: usize, slot: usize) -> usize {
+    /// Offset of (layer, KV head, slot) inside a block.
+    fn offset(&self, layer: usize, kv_head: usize, slot: usize) -> usize {
         let l = &self.layout;
-        (layer * l.block_size + slot) * l.kv_dim()
+        ((layer * l.n_kv_heads + kv_head) * l.block_size + slot) * l.head_dim
     }
 
+    /// Stores one position's K and V (`[kv_dim]` each, heads in order) at `at` = (block, slot).
     pub fn write(&mut self, at: (u32, usize), layer: usize, k: &[f32], v: &[f32]) {
-        let o = self.offset(layer, at.1);
+        let hd = self.layout.head_dim;
         debug_assert_eq!(k.len(), self.layout.kv_dim());
-        match &mut self.store {
-            Store::F32(p) => p.write(at.0 as usize, o, k, v),
-            Store::F16(p) => p.write(at.0 as usize, o, k, v),
+        for (h, (kh, vh)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+            let o = self.offset(layer, h, at.1);
+            match &mut self.store {
+                Store::F32(p) => p.write(at.0 as usize, o, kh, vh),
+                Store::F16(p) => p.write(at.0 as usize, o, kh, vh),
+            }
         }
     }
 
-    /// K and V of `n` consecutive slots from `first` of one block in one layer, `[n, kv_dim]`
-    /// each, as the pool stores them (`E` must be the layout's [`KvType`]).
-    pub(crate) fn block_slots<E: CacheElem>(
+    /// K and V of one KV head at `n` consecutive slots from `first` of one block in one
+    /// layer, `[n, head_dim]` each and contiguous, as the pool stores them (`E` must be the
+    /// layout's [`KvType`]).
+    pub(crate) fn head_slots<E: CacheElem>(
         &self,
         block: u32,
         layer: usize,
+        kv_head: usize,
         first: usize,
         n: usize,
     ) -> (&[E], &[E]) {
-        let o = self.offset(layer, first);
-        let len = n * self.layout.kv_dim();
+        let o = self.offset(layer, kv_head, first);
+        let len = n * self.layout.head_dim;
         let b = block as usize;
         let p = E::planes(&self.store).expect("K and V read as the type they are stored as");
         (&p.k[b][o..o + len], &p.v[b][o..o + len])
