@@ -171,9 +171,9 @@ fn compare(a: &[Outcome], b: &[Outcome], tie: f32) -> (f32, usize) {
 
 /// Batched greedy decoding equals decoding alone. For float weights within float noise
 /// (90 % of the log-probabilities within 1e-5, all within 1e-4): the matrix kernels are the
-/// same for every batch size, but attention adds a row's keys in an order that depends on
-/// the step (decode splits long key ranges over the step's parallel tasks, and a step of 32
-/// rows or more takes prefill's chunked path; measured: 90 % within 1.9e-6). For quantized weights the log-probabilities agree within float
+/// same for every batch size, but decode's attention splits a long key range over the step's
+/// parallel tasks, so how a row's keys are summed depends on how many rows the step has
+/// (measured: 90 % within 1.9e-6). For quantized weights the log-probabilities agree within float
 /// noise, 90 % of them within 5e-3 (measured: within 1e-5 on an AVX-512 VNNI CPU, whose row
 /// and tile kernels scale whole blocks in the same order; 2.0e-3 on an AVX2 CPU, whose row
 /// kernels scale eight partial sums a block), except that a step of many rows takes the

@@ -1,13 +1,12 @@
-//! The inner step of attention: one query head against a run of cached keys and values, with
-//! an online softmax, compiled for each instruction set (`multiversion!`), so the dot
-//! products and the weighted sums of values run on the widest vectors the CPU has.
+//! What attention's kernels share: the running (online) softmax of a query head, the element
+//! types a KV cache stores, and the f16 widening and prefetch around them. The kernel itself
+//! is [`attention_group`](crate::attention_group).
 
 use half::f16;
 
 use crate::attention_group::HeadRun;
 use crate::blocks::f16_to_f32;
-use crate::dispatch::{multiversion, Isa};
-use crate::dot::dot_f32;
+use crate::dispatch::Isa;
 
 /// The running softmax of one query head over the keys seen so far: max score `m` and
 /// `l = Σ e^(s − m)`; the output holds `Σ e^(s − m)·v` until [`finish`] divides by `l`.
@@ -32,16 +31,14 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// `dst[i] = src[i]` rounded to this type (to nearest, ties to even).
     fn store(src: &[f32], dst: &mut [Self]);
-    /// The first `n` keys and values of `run`, `hd` wide, as f32 for [`attend_keys`]: the run
-    /// itself for f32; for f16, widened once into `buf` (keys, then values, each `[n, hd]`),
-    /// so that every query head meeting the run reads f32, not one conversion per head.
+    /// `run` as f32: the run itself for f32; for f16, widened once into `buf` (keys, then
+    /// values), so that prefill's rows, which each read a cache block, read it converted.
     fn widened<'a>(
         isa: Isa,
-        run: &KeyRun<'a, Self>,
-        n: usize,
+        run: HeadRun<'a, Self>,
         hd: usize,
         buf: &'a mut Vec<f32>,
-    ) -> KeyRun<'a, f32>;
+    ) -> HeadRun<'a, f32>;
     /// [`attend_group`](crate::attention_group::attend_group)'s pass over up to four heads
     /// with this CPU's SIMD kernel; false where there is none for `isa` and this head size.
     fn fold_group_simd(
@@ -84,12 +81,11 @@ impl KvElem for f32 {
     }
     fn widened<'a>(
         _: Isa,
-        run: &KeyRun<'a, f32>,
-        _: usize,
+        run: HeadRun<'a, f32>,
         _: usize,
         _: &'a mut Vec<f32>,
-    ) -> KeyRun<'a, f32> {
-        *run
+    ) -> HeadRun<'a, f32> {
+        run
     }
 }
 
@@ -123,27 +119,20 @@ impl KvElem for f16 {
     }
     fn widened<'a>(
         isa: Isa,
-        run: &KeyRun<'a, f16>,
-        n: usize,
+        run: HeadRun<'a, f16>,
         hd: usize,
         buf: &'a mut Vec<f32>,
-    ) -> KeyRun<'a, f32> {
-        buf.resize(2 * n * hd, 0.0);
-        let (k, v) = buf.split_at_mut(n * hd);
-        for (j, (kd, vd)) in k
-            .chunks_exact_mut(hd)
-            .zip(v.chunks_exact_mut(hd))
-            .enumerate()
-        {
-            widen_f16(isa, &run.keys[j * run.stride..][..hd], kd);
-            widen_f16(isa, &run.values[j * run.stride..][..hd], vd);
-        }
-        let (k, v) = buf.split_at(n * hd);
-        KeyRun {
-            keys: k,
-            values: v,
-            stride: hd,
-            scale: run.scale,
+    ) -> HeadRun<'a, f32> {
+        let len = run.n * hd;
+        buf.resize(2 * len, 0.0);
+        let (k, v) = buf.split_at_mut(len);
+        widen_f16(isa, &run.keys[..len], k);
+        widen_f16(isa, &run.values[..len], v);
+        let (keys, values) = buf.split_at(len);
+        HeadRun {
+            keys,
+            values,
+            n: run.n,
         }
     }
 }
@@ -183,73 +172,6 @@ fn widen_f16_f16c(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// Consecutive cached positions of one KV head: key and value j start at `j·stride`.
-#[derive(Clone, Copy)]
-pub struct KeyRun<'a, E = f32> {
-    pub keys: &'a [E],
-    pub values: &'a [E],
-    pub stride: usize,
-    /// The score scale, 1/√head_dim.
-    pub scale: f32,
-}
-
-multiversion! {
-    /// Folds the first `scores.len()` keys of `run` (`q.len()` wide) into `state` and `out`:
-    /// m' = max(m, max_j s_j), out ← out·e^(m−m') + Σ_j e^(s_j−m')·v_j,
-    /// l ← l·e^(m−m') + Σ_j e^(s_j−m'), with s_j = scale · q·k_j.
-    pub fn attend_keys(
-        q: &[f32],
-        run: &KeyRun<'_>,
-        state: &mut OnlineSoftmax,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        fold_keys(q, run, state, scores, out)
-    }
-}
-
-/// The body of [`attend_keys`], inlined into each instruction set's build.
-#[inline(always)]
-fn fold_keys(
-    q: &[f32],
-    run: &KeyRun<'_>,
-    state: &mut OnlineSoftmax,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    {
-        let KeyRun {
-            keys,
-            values,
-            stride,
-            scale,
-        } = *run;
-        let hd = q.len();
-        let mut block_max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot_f32(q, &keys[j * stride..][..hd]) * scale;
-            block_max = block_max.max(*s);
-        }
-        let m_new = state.m.max(block_max);
-        let correction = (state.m - m_new).exp();
-        if correction != 1.0 {
-            out.iter_mut().for_each(|o| *o *= correction);
-        }
-        state.l *= correction;
-        // libm's `exp`, one value at a time interleaved with the weighted sums: a separate
-        // vectorized pass with `ops::exp` made 7B prefill 10% slower (measured side by side).
-        for (j, s) in scores.iter().enumerate() {
-            let p = (s - m_new).exp();
-            state.l += p;
-            let v = &values[j * stride..][..hd];
-            for (o, vv) in out.iter_mut().zip(v) {
-                *o += p * vv;
-            }
-        }
-        state.m = m_new;
-    }
-}
-
 /// `out ← out / l`: the attention output once every key has been folded in.
 pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
     let inv = 1.0 / state.l;
@@ -282,14 +204,6 @@ mod tests {
     use super::*;
     use crate::dispatch::isa;
 
-    /// Keys folded in runs of any length, on every instruction set, give the plain softmax
-    /// attention computed in f64 (on the values as stored).
-    #[test]
-    fn runs_of_keys_give_softmax_attention() {
-        check_runs::<f32>();
-        check_runs::<f16>();
-    }
-
     /// Storing rounds to nearest f16, as the `half` crate (and llama.cpp's F16C) does.
     #[test]
     fn f16_store_rounds_to_nearest() {
@@ -317,67 +231,6 @@ mod tests {
                         g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
                         "{isa:?} {:#06x}: {g} vs {want}",
                         h.to_bits()
-                    );
-                }
-            }
-        }
-    }
-
-    fn check_runs<E: KvElem>() {
-        let (hd, n, stride) = (40, 23, 56);
-        let q: Vec<f32> = (0..hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
-        let stored = |f: &dyn Fn(usize) -> f32| {
-            let x: Vec<f32> = (0..n * stride).map(f).collect();
-            let mut e = vec![E::default(); x.len()];
-            E::store(&x, &mut e);
-            e
-        };
-        let keys = stored(&|i| ((i * 13) % 17) as f32 / 8.0 - 1.0);
-        let values = stored(&|i| ((i * 5) % 19) as f32 / 9.0 - 1.0);
-        let scale = 0.3f32;
-        let s: Vec<f64> = (0..n)
-            .map(|j| {
-                (0..hd)
-                    .map(|d| q[d] as f64 * keys[j * stride + d].to_f32() as f64)
-                    .sum::<f64>()
-                    * scale as f64
-            })
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let l: f64 = s.iter().map(|v| (v - m).exp()).sum();
-        let want: Vec<f64> = (0..hd)
-            .map(|d| {
-                (0..n)
-                    .map(|j| (s[j] - m).exp() * values[j * stride + d].to_f32() as f64)
-                    .sum::<f64>()
-                    / l
-            })
-            .collect();
-        for isa in [Isa::PORTABLE, isa()] {
-            for run in [1usize, 4, 23] {
-                let mut state = OnlineSoftmax::default();
-                let mut out = vec![0f32; hd];
-                let mut scores = vec![0f32; run];
-                let mut start = 0;
-                while start < n {
-                    let k = run.min(n - start);
-                    let (ks, vs) = (&keys[start * stride..], &values[start * stride..]);
-                    let run = KeyRun {
-                        keys: ks,
-                        values: vs,
-                        stride,
-                        scale,
-                    };
-                    let mut buf = Vec::new();
-                    let run = E::widened(isa, &run, k, hd, &mut buf);
-                    attend_keys(isa, &q, &run, &mut state, &mut scores[..k], &mut out);
-                    start += k;
-                }
-                finish(&state, &mut out);
-                for (g, w) in out.iter().zip(&want) {
-                    assert!(
-                        (*g as f64 - w).abs() < 1e-5,
-                        "{isa:?} run {run}: {g} vs {w}"
                     );
                 }
             }

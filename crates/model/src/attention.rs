@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{attend_keys, finish, prefetch, KeyRun, OnlineSoftmax};
+use bora_kernels::attention::{finish, prefetch, OnlineSoftmax};
 use bora_kernels::attention_group::{attend_group, HeadRun, HEADS_PER_PASS};
 use half::f16;
 
@@ -121,7 +121,7 @@ fn attend_chunk<E: CacheElem>(
     out.fill(0.0);
     with_scratch(rows.len() * group, |scratch| {
         let TaskScratch { states, widened } = scratch;
-        let mut scores = [0f32; MAX_BLOCK_SIZE];
+        let mut scores = [0f32; HEADS_PER_PASS * MAX_BLOCK_SIZE];
         let mut run_start = 0;
         while run_start < rows.len() {
             let kv = rows[run_start].kv;
@@ -142,13 +142,7 @@ fn attend_chunk<E: CacheElem>(
                     let (block, slot) = kv.locate(start, bs);
                     let n = (bs - slot).min(hi + 1 - start);
                     let (keys, values) = pool.head_slots::<E>(block, layer, kv_head, slot, n);
-                    let stored = KeyRun {
-                        keys,
-                        values,
-                        stride: hd,
-                        scale,
-                    };
-                    let block_run = E::widened(isa, &stored, n, hd, widened);
+                    let block_run = E::widened(isa, HeadRun { keys, values, n }, hd, widened);
                     for t in run.clone() {
                         // The part of this block row t sees: keys first_key ..= pos.
                         let a = first_key(&rows[t]).max(start);
@@ -156,23 +150,25 @@ fn attend_chunk<E: CacheElem>(
                         if a >= b {
                             continue;
                         }
-                        let off = (a - start) * block_run.stride;
-                        let keys = KeyRun {
+                        let off = (a - start) * hd;
+                        let keys = HeadRun {
                             keys: &block_run.keys[off..],
                             values: &block_run.values[off..],
-                            ..block_run
+                            n: b - a,
                         };
-                        for g in 0..group {
-                            let row = t * d + (kv_head * group + g) * hd;
-                            attend_keys(
-                                isa,
-                                &q[row..row + hd],
-                                &keys,
-                                &mut states[(t - run_start) * group + g],
-                                &mut scores[..b - a],
-                                &mut out[row..row + hd],
-                            );
-                        }
+                        // Row t's query heads that share this KV head, consecutive in q.
+                        let heads =
+                            t * d + kv_head * group * hd..t * d + (kv_head + 1) * group * hd;
+                        let states = &mut states[(t - run_start) * group..][..group];
+                        attend_group(
+                            isa,
+                            &q[heads.clone()],
+                            keys,
+                            scale,
+                            states,
+                            &mut scores,
+                            &mut out[heads],
+                        );
                     }
                     start += n;
                 }
