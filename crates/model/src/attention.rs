@@ -3,6 +3,12 @@
 //! Keys are visited one cache block at a time with an online softmax (running max m, running
 //! sum l, running weighted sum of values), so no T×T score matrix exists even for long prompts:
 //!   m' = max(m, max_j s_j);  acc ← acc·e^(m−m') + Σ_j e^(s_j−m')·v_j;  l ← l·e^(m−m') + Σ_j e^(s_j−m')
+//!
+//! The unit of work is a KV head's run of keys met by all the query heads that share it
+//! ([`attend_group`]): the cache stores each head's keys contiguously, and each key and value
+//! is read once for the group. Decode splits the work by (row, KV head, range of keys) and
+//! merges the ranges' softmaxes; prefill by chunks of rows, each cache block widened to f32
+//! once for all the chunk's rows.
 
 use std::cell::RefCell;
 
