@@ -193,14 +193,11 @@ fn attend_chunk<E: CacheElem>(
     });
 }
 
-/// Parallel tasks decode's attention aims for per thread: (row, KV head) pairs alone are
-/// too few to share out evenly (SmolLM2 has 3 KV heads for 2 threads), so long key ranges are
-/// split as well.
-const TASKS_PER_THREAD: usize = 8;
-
-/// Fewest cache blocks a split of a row's keys covers: below that the merge costs more than
-/// the balance gains.
-const MIN_SPLIT_BLOCKS: usize = 4;
+/// Keys per split of a row's key range in decode: long ranges are split so that the (row,
+/// KV head) pairs, too few to share out evenly (SmolLM2 has 3 KV heads for 2 threads), come
+/// in more pieces. The splits depend on the row alone, not on the step's other rows or the
+/// thread count, so a row's attention is the same bits however it is batched.
+const SPLIT_KEYS: usize = 256;
 
 /// How far ahead of its use decode's attention asks for a cache block (2 and 4 measured no
 /// faster on SmolLM2 at 2048 positions).
@@ -224,17 +221,20 @@ fn attend_rows<E: CacheElem>(
     q: &[f32],
     out: &mut [f32],
 ) {
+    if rows.is_empty() {
+        return;
+    }
     let hd = shape.head_dim;
     let group = shape.n_heads / shape.n_kv_heads;
     let bs = pool.layout().block_size;
     let first_key = |r: &QueryRow<'_>| shape.window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
     let blocks_seen = |r: &QueryRow<'_>| r.pos / bs + 1 - first_key(r).min(r.pos) / bs;
-    let most_blocks = rows.iter().map(blocks_seen).max().unwrap_or(1);
+    let blocks_per_split = (SPLIT_KEYS / bs).max(1);
+    let splits_of = |r: &QueryRow<'_>| blocks_seen(r).div_ceil(blocks_per_split);
+    // Every (row, KV head) gets as many task slots as the row with the most splits; a row's
+    // slots past its own splits stay empty and weigh nothing in the merge.
+    let splits = rows.iter().map(splits_of).max().unwrap_or(1);
     let pairs = rows.len() * shape.n_kv_heads;
-    let splits = (TASKS_PER_THREAD * rayon::current_num_threads())
-        .div_ceil(pairs)
-        .min(most_blocks / MIN_SPLIT_BLOCKS)
-        .max(1);
     // Per task: the group's outputs [group, hd], then each head's m, then each head's l.
     let part = group * (hd + 2);
     let mut run = |partials: &mut Vec<f32>| {
@@ -250,11 +250,14 @@ fn attend_rows<E: CacheElem>(
                 let heads = (t * shape.n_heads + kv_head * group) * hd;
                 let q = &q[heads..heads + group * hd];
                 // This split's share of the row's blocks, as positions.
-                let (first, n_blocks) = (first_key(row), blocks_seen(row));
-                let lo_block = first / bs + n_blocks * split / splits;
-                let hi_block = first / bs + n_blocks * (split + 1) / splits;
-                let lo = (lo_block * bs).max(first);
-                let hi = (hi_block * bs).min(row.pos + 1);
+                let (first, n_blocks, own) = (first_key(row), blocks_seen(row), splits_of(row));
+                let (lo, hi) = if split < own {
+                    let lo_block = first / bs + n_blocks * split / own;
+                    let hi_block = first / bs + n_blocks * (split + 1) / own;
+                    ((lo_block * bs).max(first), (hi_block * bs).min(row.pos + 1))
+                } else {
+                    (first, first)
+                };
                 fold_keys_of_head::<E>(pool, layer, shape, row, kv_head, q, lo..hi, p);
             });
         merge_splits(partials, splits, group, hd, out);
@@ -353,18 +356,22 @@ mod tests {
     use super::*;
     use crate::kv_cache::KvLayout;
 
-    /// Prefill's path (rows attended in chunks) and decode's (one row, a task per KV head)
-    /// both give plain softmax attention, computed in f64 on K and V as the cache stores them,
-    /// for both cache types, with grouped heads, with and without a window, across blocks.
+    /// Prefill's path (rows attended in chunks) and decode's (one row, or a batch of rows at
+    /// different positions) all give plain softmax attention, computed in f64 on K and V as
+    /// the cache stores them, for both cache types, with grouped heads (3, and 5: a pass of
+    /// four and one), with and without a window (one starting mid-block and split), across
+    /// blocks and across decode's splits of a key range. Decode gives the same bits alone and
+    /// batched, and the same as prefill while a row's keys are not split.
     #[test]
     fn both_paths_give_softmax_attention_for_both_cache_types() {
-        let (n_heads, n_kv_heads, bs, len) = (6, 2, 4, 70);
-        // 16: the SIMD group kernel's path; 20: the portable one.
-        for (hd, kv_type) in [16, 20]
+        let (n_kv_heads, bs, len) = (2usize, 4usize, 300usize);
+        // Head sizes 16 and 24: the SIMD group kernel's path (pairs of 8-lane chunks, and an
+        // odd one); 20: the portable one.
+        for ((n_heads, hd), kv_type) in [(6, 16), (6, 20), (10, 24)]
             .into_iter()
-            .flat_map(|hd| [(hd, KvType::F32), (hd, KvType::F16)])
+            .flat_map(|s| [(s, KvType::F32), (s, KvType::F16)])
         {
-            for window in [None, Some(7)] {
+            for window in [None, Some(7), Some(270)] {
                 let layout = KvLayout {
                     n_layers: 2,
                     n_kv_heads,
@@ -372,7 +379,7 @@ mod tests {
                     block_size: bs,
                     kv_type,
                 };
-                let mut pool = KvPool::new(layout, 64);
+                let mut pool = KvPool::new(layout, len.div_ceil(bs));
                 let mut seq = SeqKv::new();
                 seq.prepare(&mut pool, len, None).unwrap();
                 let kv_dim = n_kv_heads * hd;
@@ -403,7 +410,11 @@ mod tests {
                 assert!(rows.len() >= 4 * QUERY_CHUNK, "the chunked path runs");
                 // Decode's path with a batch of rows at different positions: each row's key
                 // range is split by the longest row's, so short rows get empty splits.
-                let picked: Vec<usize> = (0..len).step_by(5).collect();
+                let picked: Vec<usize> = (0..len).step_by(11).collect();
+                assert!(
+                    picked.len() < 4 * QUERY_CHUNK,
+                    "the batch takes decode's path"
+                );
                 let batch: Vec<QueryRow<'_>> = picked
                     .iter()
                     .map(|&pos| QueryRow { kv: &seq, pos })
@@ -420,6 +431,20 @@ mod tests {
                     attend(&pool, 1, &shape, std::slice::from_ref(row), q_row, &mut one);
                     let in_batch = picked.iter().position(|&p| p == t);
                     let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
+                    if let Some(i) = in_batch {
+                        let same = one.iter().zip(&batched[i * d..(i + 1) * d]);
+                        assert!(
+                            same.clone().all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{kv_type} {window:?} row {t}: decode alone and batched differ"
+                        );
+                    }
+                    if t + 1 - first <= SPLIT_KEYS - bs {
+                        let same = one.iter().zip(&chunked[t * d..(t + 1) * d]);
+                        assert!(
+                            same.clone().all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{kv_type} {window:?} row {t}: decode and prefill differ"
+                        );
+                    }
                     for h in 0..n_heads {
                         let kvh = h / (n_heads / n_kv_heads);
                         let qh = &q_row[h * hd..(h + 1) * hd];
