@@ -52,26 +52,32 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     ) -> bool;
 }
 
-impl KvElem for f32 {
-    fn fold_group_simd(
-        isa: Isa,
-        q: &[f32],
-        run: HeadRun<'_, Self>,
-        scale: f32,
-        states: &mut [OnlineSoftmax],
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::attention_group::x86::fold_group_f32(
-            isa, q, run, scale, states, scores, out,
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (isa, q, run, scale, states, scores, out);
-            false
+/// A [`KvElem::fold_group_simd`] that runs `attention_group::x86::$kernel` on x86-64 and
+/// reports no SIMD kernel elsewhere.
+macro_rules! fold_group_simd_with {
+    ($kernel:ident) => {
+        fn fold_group_simd(
+            isa: Isa,
+            q: &[f32],
+            run: HeadRun<'_, Self>,
+            scale: f32,
+            states: &mut [OnlineSoftmax],
+            scores: &mut [f32],
+            out: &mut [f32],
+        ) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            return crate::attention_group::x86::$kernel(isa, q, run, scale, states, scores, out);
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (isa, q, run, scale, states, scores, out);
+                false
+            }
         }
-    }
+    };
+}
+
+impl KvElem for f32 {
+    fold_group_simd_with!(fold_group_f32);
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -90,25 +96,7 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    fn fold_group_simd(
-        isa: Isa,
-        q: &[f32],
-        run: HeadRun<'_, Self>,
-        scale: f32,
-        states: &mut [OnlineSoftmax],
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return crate::attention_group::x86::fold_group_f16(
-            isa, q, run, scale, states, scores, out,
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (isa, q, run, scale, states, scores, out);
-            false
-        }
-    }
+    fold_group_simd_with!(fold_group_f16);
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16_to_f32(self.to_bits())
