@@ -422,4 +422,56 @@ mod tests {
             }
         }
     }
+
+    /// Decode's kernels alone, one thread: weight bytes a second from L2 (the kernel's own
+    /// rate) and streamed once from memory (what decode sees). Where the first is not well
+    /// above a core's share of the memory stream, decode waits on arithmetic.
+    #[test]
+    #[ignore = "a speed probe: cargo test --release -p bora-kernels decode_kernel_speed -- --ignored --nocapture"]
+    fn decode_kernel_speed() {
+        let isa = crate::dispatch::isa();
+        let cols = 4096;
+        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+            let Some(kernel) = kernel(isa, dtype) else {
+                continue;
+            };
+            let blocks = cols / dtype.block_elems();
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let xq = QuantizedRow::for_weight(dtype, &x).unwrap();
+            let mut lay = DecodeRow::default();
+            lay.fill(isa, dtype, &xq);
+            let mut rates = Vec::new();
+            for (what, total, passes) in
+                [("L2", 192usize << 10, 4000), ("memory", 512usize << 20, 2)]
+            {
+                let one = random_row(dtype, blocks, 7);
+                let rb = one.len();
+                let rows = total / rb / 16 * 16;
+                let m: Vec<u8> = (0..rows)
+                    .flat_map(|r| random_row(dtype, blocks, r as u32))
+                    .collect();
+                let mut out = vec![0f32; 16];
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..passes {
+                        for chunk in m.chunks_exact(16 * rb) {
+                            // SAFETY: the kernel matched this CPU; `chunk` is 16 rows of
+                            // `dtype`, and `lay` was filled for it from a row as long.
+                            unsafe { kernel(chunk, rb, &lay, &mut out) };
+                            std::hint::black_box(&out);
+                        }
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                rates.push(format!(
+                    "{what} {:.1} GB/s",
+                    (m.len() * passes) as f64 / best / 1e9
+                ));
+            }
+            println!("{dtype}: {}", rates.join(", "));
+        }
+    }
 }
