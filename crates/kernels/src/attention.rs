@@ -117,11 +117,7 @@ impl KvElem for f16 {
         widen_f16(isa, &run.keys[..len], k);
         widen_f16(isa, &run.values[..len], v);
         let (keys, values) = buf.split_at(len);
-        HeadRun {
-            keys,
-            values,
-            n: run.n,
-        }
+        HeadRun::new(keys, values, run.n)
     }
 }
 
@@ -164,27 +160,6 @@ fn widen_f16_f16c(src: &[f16], dst: &mut [f32]) {
 pub fn finish(state: &OnlineSoftmax, out: &mut [f32]) {
     let inv = 1.0 / state.l;
     out.iter_mut().for_each(|o| *o *= inv);
-}
-
-/// Asks for `s` to be brought into L1 ahead of its use: decode's attention reads a head's
-/// next cache block while it works on this one, and at long context that read is from memory.
-/// A prefetch is a hint: it never faults, whatever the address.
-pub fn prefetch<E>(s: &[E]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(s);
-        let base = s.as_ptr() as *const i8;
-        for at in (0..bytes).step_by(64) {
-            // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    base.wrapping_add(at),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = s;
 }
 
 #[cfg(test)]

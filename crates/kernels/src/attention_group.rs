@@ -4,7 +4,10 @@
 //! Reading the cache is the cost at long context, so each key and value is loaded and
 //! converted once for the whole group, and the group's scores, softmax weights and weighted
 //! sums stay in registers: the scores of up to four heads per pass, their exponentials
-//! vectorized, the weighted sums accumulated over the whole run before one store. Before this
+//! vectorized, the weighted sums accumulated over the whole run before one store. The
+//! scores lie key by key (the group's four in one 128-bit store), so the heads' sums are
+//! three horizontal adds and their softmax is vertical maxes, adds and exponentials over all
+//! four at once. Before this
 //! kernel, a cache block was widened to f32 in a buffer and each head then read it back,
 //! exponentials one libm call at a time, and the output loaded and stored once per key.
 
@@ -22,12 +25,41 @@ pub struct HeadRun<'a, E> {
     pub keys: &'a [E],
     pub values: &'a [E],
     pub n: usize,
+    /// The keys and values to be read after these (decode's next cache block), asked for a
+    /// share per key while this run is folded; empty for none. At long context they come
+    /// from memory: asked for all at once before the run, the kernel still spent 60% of its
+    /// time on its first loads of keys and values (`attention_speed`, Mistral 7B's shape);
+    /// a share per key read the cache at 7.3 GB/s against 5.3.
+    pub next_keys: &'a [E],
+    pub next_values: &'a [E],
+}
+
+impl<'a, E> HeadRun<'a, E> {
+    /// A run of `n` keys and values with nothing read after it.
+    pub fn new(keys: &'a [E], values: &'a [E], n: usize) -> Self {
+        Self {
+            keys,
+            values,
+            n,
+            next_keys: &[],
+            next_values: &[],
+        }
+    }
+
+    /// This run, with `keys` and `values` to be asked for while it is folded.
+    pub fn then(self, keys: &'a [E], values: &'a [E]) -> Self {
+        Self {
+            next_keys: keys,
+            next_values: values,
+            ..self
+        }
+    }
 }
 
 /// Folds the first `run.n` keys into each query head of `q` (`[G, head_dim]`, with
 /// G = `states.len()`): per head, with s_j = scale · q·k_j and m' = max(m, max_j s_j),
 /// out ← out·e^(m−m') + Σ_j e^(s_j−m')·v_j and l ← l·e^(m−m') + Σ_j e^(s_j−m').
-/// `out` is `[G, head_dim]`; `scores` is scratch of at least `min(G, 4)·n`.
+/// `out` is `[G, head_dim]`; `scores` is scratch of at least `4·n`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group<E: KvElem>(
     isa: Isa,
@@ -51,7 +83,7 @@ pub fn attend_group<E: KvElem>(
         "attend_group: fewer than {n} keys and values"
     );
     assert!(
-        scores.len() >= g_all.min(HEADS_PER_PASS) * n,
+        scores.len() >= HEADS_PER_PASS * n,
         "attend_group: scores too short"
     );
     if n == 0 {
@@ -153,13 +185,24 @@ macro_rules! group_kernel {
                     && out.len() == G * hd
                     && run.keys.len() >= n * hd
                     && run.values.len() >= n * hd
-                    && scores.len() >= G * n,
+                    && scores.len() >= 4 * n,
                 "group kernel: lengths"
             );
             let (kp, vp, qp) = (run.keys.as_ptr(), run.values.as_ptr(), q.as_ptr());
+            // The next run's cache lines, a share per key (prefetches are hints: they never
+            // fault, whatever the address).
+            let (next_k, next_v) = (run.next_keys.as_ptr(), run.next_values.as_ptr());
+            let next_lines = std::mem::size_of_val(run.next_keys)
+                .max(std::mem::size_of_val(run.next_values))
+                .div_ceil(64);
+            let per_key = next_lines.div_ceil(n);
             // Scores: each key loaded once for all G heads; two accumulators a head, so the
             // FMA chains are half as long.
             for j in 0..n {
+                for line in j * per_key..((j + 1) * per_key).min(next_lines) {
+                    _mm_prefetch::<_MM_HINT_T0>(next_k.cast::<i8>().wrapping_add(64 * line));
+                    _mm_prefetch::<_MM_HINT_T0>(next_v.cast::<i8>().wrapping_add(64 * line));
+                }
                 let mut acc = [[_mm256_setzero_ps(); 2]; G];
                 // SAFETY: key j's chunks lie inside `keys` (n·hd elements, checked above), and
                 // each head's chunks inside `q`.
@@ -172,14 +215,10 @@ macro_rules! group_kernel {
                     // SAFETY: the last chunk, as above.
                     unsafe { score_chunks::<G, 1>(k, qp, hd, chunks - 1, &mut acc) };
                 }
-                for (g, a) in acc.iter().enumerate() {
-                    scores[g * n + j] = hsum(_mm256_add_ps(a[0], a[1])) * scale;
-                }
+                // SAFETY: 4j + 4 ≤ 4n ≤ scores.len() (checked above).
+                unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(4 * j), head_sums(&acc, scale)) };
             }
-            let mut correction = [0f32; G];
-            for (g, c) in correction.iter_mut().enumerate() {
-                *c = rescale(&mut states[g], &mut scores[g * n..(g + 1) * n]);
-            }
+            let correction = rescale_heads(states, &mut scores[..4 * n]);
             let (op, sp) = (out.as_mut_ptr(), scores.as_ptr());
             for c in (0..chunks - 1).step_by(2) {
                 // SAFETY: chunks c, c + 1 < hd / 8 of every value row j < n and of every
@@ -245,7 +284,7 @@ macro_rules! group_kernel {
                             *x = $load8(vp.add(j * hd + (c + i) * 8));
                         }
                         for (g, a) in acc.iter_mut().enumerate() {
-                            let p = _mm256_broadcast_ss(&*sp.add(g * n + j));
+                            let p = _mm256_broadcast_ss(&*sp.add(4 * j + g));
                             for (x, vv) in a.iter_mut().zip(&v) {
                                 *x = _mm256_fmadd_ps(p, *vv, *x);
                             }
@@ -283,13 +322,106 @@ pub(crate) mod x86 {
         unsafe { _mm256_loadu_ps(p) }
     }
 
-    /// The sum of the eight lanes.
+    /// Head g's score (the sum of its two accumulators' sixteen lanes, times `scale`) in lane
+    /// g, 0 in lanes G..4: three horizontal adds for the group, where a sum a head took
+    /// three shuffles and three adds of its own.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    fn head_sums<const G: usize>(acc: &[[__m256; 2]; G], scale: f32) -> __m128 {
+        let v: [__m256; 4] = std::array::from_fn(|g| {
+            if g < G {
+                _mm256_add_ps(acc[g][0], acc[g][1])
+            } else {
+                _mm256_setzero_ps()
+            }
+        });
+        // Lanes 0..4 of `h`: heads 0..4's sums of lanes 0..4; lanes 4..8: of lanes 4..8.
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        _mm_mul_ps(s, _mm_set1_ps(scale))
+    }
+
+    /// [`ops::exp`] of eight lanes, the same operations in the same order (so the same bits):
+    /// LLVM left that function's float-to-integer conversion in scalar code, one lane at a
+    /// time, when it vectorized the rest.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn exp8(x: __m256) -> __m256 {
+        let c = _mm256_set1_ps;
+        let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.3)), c(88.7));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, c(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_359_4))),
+            _mm256_mul_ps(n, c(-2.121_944_4e-4)),
+        );
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
+        }
+        let y = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+            c(1.0),
+        );
+        let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(two_n))
+    }
+
+    /// [`rescale`] for up to four heads at once, on scores laid out key by key (head g of key
+    /// j at 4j + g): each head's block max and weight sum are lane g of vertical maxes and
+    /// adds, and the exponentials run eight lanes (two keys) at a time. Returns each head's
+    /// correction e^(m−m').
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn rescale_heads<const G: usize>(states: &mut [OnlineSoftmax], scores: &mut [f32]) -> [f32; G] {
+        let mut block_max = [f32::NEG_INFINITY; 4];
+        for key in scores.chunks_exact(4) {
+            for (m, &s) in block_max.iter_mut().zip(key) {
+                *m = m.max(s);
+            }
+        }
+        let mut m_new = [0f32; 4];
+        let mut correction = [0f32; G];
+        for (g, state) in states.iter().enumerate().take(G) {
+            m_new[g] = state.m.max(block_max[g]);
+            // libm's exp here: e^−∞ must be 0 on the first block.
+            correction[g] = (state.m - m_new[g]).exp();
+        }
+        let m8: [f32; 8] = std::array::from_fn(|k| m_new[k % 4]);
+        // SAFETY: `m8` is 8 readable f32; the load is unaligned.
+        let m = unsafe { _mm256_loadu_ps(m8.as_ptr()) };
+        let mut sum = _mm256_setzero_ps();
+        let mut pairs = scores.chunks_exact_mut(8);
+        for two in &mut pairs {
+            // SAFETY: `two` is 8 readable and writable f32; the accesses are unaligned.
+            unsafe {
+                let p = exp8(_mm256_sub_ps(_mm256_loadu_ps(two.as_ptr()), m));
+                _mm256_storeu_ps(two.as_mut_ptr(), p);
+                sum = _mm256_add_ps(sum, p);
+            }
+        }
+        let mut sum8 = [0f32; 8];
+        // SAFETY: `sum8` is 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(sum8.as_mut_ptr(), sum) };
+        for (k, s) in pairs.into_remainder().iter_mut().enumerate() {
+            *s = ops::exp(*s - m8[k]);
+            sum8[k] += *s;
+        }
+        for (g, state) in states.iter_mut().enumerate().take(G) {
+            state.l = state.l * correction[g] + (sum8[g] + sum8[g + 4]);
+            state.m = m_new[g];
+        }
+        correction
     }
 
     group_kernel!(group_f16, half::f16, load8_f16);
@@ -352,6 +484,59 @@ mod tests {
         }
     }
 
+    /// The eight-lane exponential is the scalar one, bit for bit, across the range a softmax
+    /// weight's exponent takes and beyond its clamps.
+    #[test]
+    fn exp8_is_ops_exp() {
+        if !isa().is_simd() {
+            return;
+        }
+        let xs: Vec<f32> = (0..=800_000)
+            .map(|i| -100.0 + 200.0 * i as f32 / 800_000.0)
+            .chain([0.0, -0.0, f32::NEG_INFINITY, -87.3, 88.7, 1e-30])
+            .collect();
+        for c in xs.chunks(8) {
+            let mut lanes = [0f32; 8];
+            lanes[..c.len()].copy_from_slice(c);
+            let mut got = [0f32; 8];
+            // SAFETY: a SIMD `Isa` means AVX2, FMA and F16C were detected.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm256_storeu_ps(got.as_mut_ptr(), x86::exp8(_mm256_loadu_ps(lanes.as_ptr())));
+            }
+            for (x, g) in lanes.iter().zip(got) {
+                assert_eq!(g.to_bits(), ops::exp(*x).to_bits(), "e^{x}");
+            }
+        }
+    }
+
+    /// The group kernel alone on one cache block in L1 (Mistral 7B's head: 128 wide, four
+    /// query heads a KV head, 16 keys): nanoseconds a key, one thread.
+    #[test]
+    #[ignore = "a speed probe: cargo test --release -p bora-kernels group_kernel_speed -- --ignored --nocapture"]
+    fn group_kernel_speed() {
+        let (hd, g, n) = (128usize, 4usize, 16usize);
+        let x: Vec<f32> = (0..n * hd).map(|i| (i % 29) as f32 / 29.0 - 0.5).collect();
+        let mut kv = vec![f16::ZERO; x.len()];
+        f16::store(&x, &mut kv);
+        let q: Vec<f32> = (0..g * hd).map(|i| (i % 13) as f32 / 13.0).collect();
+        let run = HeadRun::new(&kv, &kv, n);
+        let mut states = vec![OnlineSoftmax::default(); g];
+        let mut scores = vec![0f32; HEADS_PER_PASS * n];
+        let mut out = vec![0f32; g * hd];
+        let iters = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            attend_group(isa(), &q, run, 0.088, &mut states, &mut scores, &mut out);
+            std::hint::black_box(&mut out);
+        }
+        let ns = t.elapsed().as_secs_f64() * 1e9 / (iters * n) as f64;
+        println!(
+            "group of {g} heads, head size {hd}: {ns:.1} ns a key ({:.1} GB/s of K and V)",
+            (2 * hd * 2) as f64 / ns
+        );
+    }
+
     fn check<E: KvElem>(hd: usize, groups: usize) {
         let n = 37;
         let value =
@@ -395,11 +580,7 @@ mod tests {
                 let mut start = 0;
                 while start < n {
                     let k = piece.min(n - start);
-                    let run = HeadRun {
-                        keys: &keys[start * hd..],
-                        values: &values[start * hd..],
-                        n: k,
-                    };
+                    let run = HeadRun::new(&keys[start * hd..], &values[start * hd..], k);
                     attend_group(isa, &q, run, scale, &mut states, &mut scores, &mut out);
                     start += k;
                 }

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use bora_kernels::attention::{finish, prefetch, OnlineSoftmax};
+use bora_kernels::attention::{finish, OnlineSoftmax};
 use bora_kernels::attention_group::{attend_group, HeadRun, HEADS_PER_PASS};
 use half::f16;
 
@@ -148,7 +148,7 @@ fn attend_chunk<E: CacheElem>(
                     let (block, slot) = kv.locate(start, bs);
                     let n = (bs - slot).min(hi + 1 - start);
                     let (keys, values) = pool.head_slots::<E>(block, layer, kv_head, slot, n);
-                    let block_run = E::widened(isa, HeadRun { keys, values, n }, hd, widened);
+                    let block_run = E::widened(isa, HeadRun::new(keys, values, n), hd, widened);
                     for t in run.clone() {
                         // The part of this block row t sees: keys first_key ..= pos.
                         let a = first_key(&rows[t]).max(start);
@@ -157,11 +157,8 @@ fn attend_chunk<E: CacheElem>(
                             continue;
                         }
                         let off = (a - start) * hd;
-                        let keys = HeadRun {
-                            keys: &block_run.keys[off..],
-                            values: &block_run.values[off..],
-                            n: b - a,
-                        };
+                        let keys =
+                            HeadRun::new(&block_run.keys[off..], &block_run.values[off..], b - a);
                         // Row t's query heads that share this KV head, consecutive in q.
                         let heads =
                             t * d + kv_head * group * hd..t * d + (kv_head + 1) * group * hd;
@@ -290,22 +287,21 @@ fn fold_keys_of_head<E: CacheElem>(
         let (block, slot) = row.kv.locate(start, bs);
         let n = (bs - slot).min(positions.end - start);
         let (keys, values) = pool.head_slots::<E>(block, layer, kv_head, slot, n);
-        HeadRun { keys, values, n }
+        HeadRun::new(keys, values, n)
     };
     with_scratch(group, |scratch| {
         let states = &mut scratch.states;
         let mut scores = [0f32; HEADS_PER_PASS * MAX_BLOCK_SIZE];
         let mut start = positions.start;
         while start < positions.end {
-            let run = run_at(start);
-            // The next block is asked for while this one is worked on: at long context it
-            // comes from memory. (Two or four blocks ahead measured no faster, SmolLM2 at
-            // 2048 positions.)
+            let mut run = run_at(start);
+            // The next block is asked for while this one is worked on, a share per key: at
+            // long context it comes from memory. (Two or three blocks ahead measured no
+            // faster, nor did two or four blocks asked for at once, SmolLM2 at 2048 positions.)
             let next = start - start % bs + bs;
             if next < positions.end {
                 let r = run_at(next);
-                prefetch(r.keys);
-                prefetch(r.values);
+                run = run.then(r.keys, r.values);
             }
             attend_group(isa, q, run, scale, states, &mut scores, out);
             start += run.n;
@@ -475,5 +471,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Decode's attention alone on Mistral 7B's shape (32 layers, 32 query and 8 KV heads of
+    /// 128, f16 cache, blocks of `BS` = 16), one row at position `POS` (default 543: the
+    /// middle of the side-by-side's tg64 after 512), every layer in turn as a decode step
+    /// reads them: the cache's bytes read a second, next to a plain parallel read of a buffer
+    /// as large.
+    #[test]
+    #[ignore = "a speed probe: [POS=543 BS=16] cargo test --release -p bora-model attention_speed -- --ignored --nocapture"]
+    fn attention_speed() {
+        let pos: usize = std::env::var("POS").map_or(543, |v| v.parse().unwrap());
+        let bs: usize = std::env::var("BS").map_or(16, |v| v.parse().unwrap());
+        let (n_layers, n_heads, n_kv_heads, hd) = (32usize, 32usize, 8usize, 128usize);
+        let layout = KvLayout {
+            n_layers,
+            n_kv_heads,
+            head_dim: hd,
+            block_size: bs,
+            kv_type: KvType::F16,
+        };
+        let len = pos + 1;
+        let mut pool = KvPool::new(layout, len.div_ceil(bs));
+        let mut seq = SeqKv::new();
+        seq.prepare(&mut pool, len, None).unwrap();
+        let kv_dim = n_kv_heads * hd;
+        let k: Vec<f32> = (0..kv_dim).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+        for p in 0..len {
+            for layer in 0..n_layers {
+                pool.write(seq.locate(p, bs), layer, &k, &k);
+            }
+        }
+        let shape = AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
+            window: None,
+        };
+        let q: Vec<f32> = (0..n_heads * hd).map(|i| (i % 13) as f32 / 13.0).collect();
+        let mut out = vec![0f32; n_heads * hd];
+        let row = [QueryRow { kv: &seq, pos }];
+        let bytes = (n_layers * 2 * kv_dim * 2 * len) as f64;
+        let plain: Vec<u64> = vec![1; bytes as usize / 8];
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                for layer in 0..n_layers {
+                    attend(&pool, layer, &shape, &row, &q, &mut out);
+                }
+            }
+            let att = bytes * 10.0 / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            let sum: u64 = plain
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().sum::<u64>())
+                .sum();
+            std::hint::black_box(sum);
+            let read = bytes / t.elapsed().as_secs_f64() / 1e9;
+            rates.push(format!("{att:.1} vs {read:.1}"));
+        }
+        println!(
+            "attention at position {pos}: {:.0} MB of K and V; GB/s, attention vs a plain \
+             parallel read: {}",
+            bytes / 1e6,
+            rates.join(", ")
+        );
     }
 }
