@@ -28,8 +28,9 @@ pub struct HeadRun<'a, E> {
     /// The keys and values to be read after these (decode's next cache block), asked for a
     /// share per key while this run is folded; empty for none. At long context they come
     /// from memory: asked for all at once before the run, the kernel still spent 60% of its
-    /// time on its first loads of keys and values (`attention_speed`, Mistral 7B's shape);
-    /// a share per key read the cache at 7.3 GB/s against 5.3.
+    /// time on its first loads of keys and values (`attention_speed`, Mistral 7B's shape).
+    /// With a share per key and the scores' layout, that probe reads the cache at a median
+    /// 6.7 GB/s where it read 4.8 (BENCHMARKS.md).
     pub next_keys: &'a [E],
     pub next_values: &'a [E],
 }
