@@ -196,7 +196,8 @@ macro_rules! group_kernel {
             let next_lines = std::mem::size_of_val(run.next_keys)
                 .max(std::mem::size_of_val(run.next_values))
                 .div_ceil(64);
-            let per_key = next_lines.div_ceil(n);
+            // (An empty run asks for nothing: its loop below does not run.)
+            let per_key = next_lines.div_ceil(n.max(1));
             // Scores: each key loaded once for all G heads; two accumulators a head, so the
             // FMA chains are half as long.
             for j in 0..n {
