@@ -25,12 +25,16 @@ pub struct HeadRun<'a, E> {
     pub keys: &'a [E],
     pub values: &'a [E],
     pub n: usize,
-    /// The keys and values to be read after these (decode's next cache block), asked for a
-    /// share per key while this run is folded; empty for none. At long context they come
+    /// The keys and values to be read after these (decode's next cache block), asked for
+    /// while this run is folded: the keys a share per key of the scores' loop, the values a
+    /// line per key of the weighted sums' loop; empty for none. At long context they come
     /// from memory: asked for all at once before the run, the kernel still spent 60% of its
     /// time on its first loads of keys and values (`attention_speed`, Mistral 7B's shape).
-    /// With a share per key and the scores' layout, that probe reads the cache at a median
-    /// 6.7 GB/s where it read 4.8 (BENCHMARKS.md).
+    /// Asked for a share per key of the scores' loop, keys and values alike, that probe read
+    /// the cache at a median 6.7 GB/s where it had read 4.8; with the values' lines asked
+    /// for in the weighted sums' loop, so that the requests come half as fast, about 1.2×
+    /// faster again (BENCHMARKS.md): a core has only so many misses in flight, and requests
+    /// issued faster than they complete hold the loop up instead of overlapping it.
     pub next_keys: &'a [E],
     pub next_values: &'a [E],
 }
@@ -159,6 +163,60 @@ fn lane_sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Cache lines to ask for in equal shares, one share per iteration of a loop: a core has
+/// only so many misses in flight, and requests issued faster than they complete wait for
+/// one another (and hold up the loop) instead of overlapping it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Lookahead {
+    start: *const i8,
+    lines: usize,
+    per_share: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lookahead {
+    /// The cache lines of `bytes` from `start`, in `shares` equal shares.
+    fn new(start: *const i8, bytes: usize, shares: usize) -> Self {
+        let lines = bytes.div_ceil(64);
+        Self {
+            start,
+            lines,
+            // (max(1): a loop of no iterations asks for no share.)
+            per_share: lines.div_ceil(shares.max(1)),
+        }
+    }
+
+    /// Share i: its first line's address and its number of lines.
+    fn share(self, i: usize) -> (*const i8, usize) {
+        let first = (i * self.per_share).min(self.lines);
+        (
+            self.start.wrapping_add(64 * first),
+            self.per_share.min(self.lines - first),
+        )
+    }
+
+    /// Asks for share i.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn ask(self, i: usize) {
+        let (at, lines) = self.share(i);
+        for line in 0..lines {
+            prefetch(at, line);
+        }
+    }
+}
+
+/// Asks for line `line` from `at` into L1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch(at: *const i8, line: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // A prefetch is a hint: it never faults, whatever the address.
+    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
+}
+
 /// Generates the AVX2 group kernel for one cache element type, given how to load eight of
 /// them as f32 lanes.
 #[cfg(target_arch = "x86_64")]
@@ -190,21 +248,23 @@ macro_rules! group_kernel {
                 "group kernel: lengths"
             );
             let (kp, vp, qp) = (run.keys.as_ptr(), run.values.as_ptr(), q.as_ptr());
-            // The next run's cache lines, a share per key (prefetches are hints: they never
-            // fault, whatever the address).
-            let (next_k, next_v) = (run.next_keys.as_ptr(), run.next_values.as_ptr());
-            let next_lines = std::mem::size_of_val(run.next_keys)
-                .max(std::mem::size_of_val(run.next_values))
-                .div_ceil(64);
-            // (An empty run asks for nothing: its loop below does not run.)
-            let per_key = next_lines.div_ceil(n.max(1));
+            // The next run's keys, a share per key of the scores' loop; its values, a share
+            // per pass of the weighted sums' loop, a line per key.
+            let next_keys = Lookahead::new(
+                run.next_keys.as_ptr().cast(),
+                std::mem::size_of_val(run.next_keys),
+                n,
+            );
+            let passes = chunks.div_ceil(2);
+            let next_values = Lookahead::new(
+                run.next_values.as_ptr().cast(),
+                std::mem::size_of_val(run.next_values),
+                passes,
+            );
             // Scores: each key loaded once for all G heads; two accumulators a head, so the
             // FMA chains are half as long.
             for j in 0..n {
-                for line in j * per_key..((j + 1) * per_key).min(next_lines) {
-                    _mm_prefetch::<_MM_HINT_T0>(next_k.cast::<i8>().wrapping_add(64 * line));
-                    _mm_prefetch::<_MM_HINT_T0>(next_v.cast::<i8>().wrapping_add(64 * line));
-                }
+                next_keys.ask(j);
                 let mut acc = [[_mm256_setzero_ps(); 2]; G];
                 // SAFETY: key j's chunks lie inside `keys` (n·hd elements, checked above), and
                 // each head's chunks inside `q`.
@@ -225,11 +285,33 @@ macro_rules! group_kernel {
             for c in (0..chunks - 1).step_by(2) {
                 // SAFETY: chunks c, c + 1 < hd / 8 of every value row j < n and of every
                 // head's output lie inside `values` and `out`; `scores` holds G·n weights.
-                unsafe { weigh_chunks::<G, 2>(vp, sp, op, hd, n, c, &correction) };
+                unsafe {
+                    weigh_chunks::<G, 2>(
+                        vp,
+                        sp,
+                        op,
+                        hd,
+                        n,
+                        c,
+                        &correction,
+                        next_values.share(c / 2),
+                    )
+                };
             }
             if chunks % 2 == 1 {
                 // SAFETY: as above, for the last chunk.
-                unsafe { weigh_chunks::<G, 1>(vp, sp, op, hd, n, chunks - 1, &correction) };
+                unsafe {
+                    weigh_chunks::<G, 1>(
+                        vp,
+                        sp,
+                        op,
+                        hd,
+                        n,
+                        chunks - 1,
+                        &correction,
+                        next_values.share(chunks / 2),
+                    )
+                };
             }
 
             /// Adds q_g · key chunks `c .. c + W` into each head's accumulators.
@@ -258,9 +340,11 @@ macro_rules! group_kernel {
             }
 
             /// Output chunks `c .. c + W` of every head: out·correction + Σ_j p_j·v_j, held in
-            /// registers across all n values, each value chunk loaded once for the group.
+            /// registers across all n values, each value chunk loaded once for the group;
+            /// asks for the `ahead.1` lines from `ahead.0`, one per value.
             #[target_feature(enable = "avx2,fma,f16c")]
             #[inline]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn weigh_chunks<const G: usize, const W: usize>(
                 vp: *const $elem,
                 sp: *const f32,
@@ -269,6 +353,7 @@ macro_rules! group_kernel {
                 n: usize,
                 c: usize,
                 correction: &[f32; G],
+                ahead: (*const i8, usize),
             ) {
                 // SAFETY: the caller's promise that the chunks lie inside values, weights and
                 // output.
@@ -281,6 +366,9 @@ macro_rules! group_kernel {
                         }
                     }
                     for j in 0..n {
+                        if j < ahead.1 {
+                            prefetch(ahead.0, j);
+                        }
                         let mut v = [_mm256_setzero_ps(); W];
                         for (i, x) in v.iter_mut().enumerate() {
                             *x = $load8(vp.add(j * hd + (c + i) * 8));
@@ -291,6 +379,10 @@ macro_rules! group_kernel {
                                 *x = _mm256_fmadd_ps(p, *vv, *x);
                             }
                         }
+                    }
+                    // (More lines than values, on a short run: the rest at once.)
+                    for line in n..ahead.1 {
+                        prefetch(ahead.0, line);
                     }
                     for (g, a) in acc.iter().enumerate() {
                         for (i, x) in a.iter().enumerate() {

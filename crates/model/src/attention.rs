@@ -295,7 +295,7 @@ fn fold_keys_of_head<E: CacheElem>(
         let mut start = positions.start;
         while start < positions.end {
             let mut run = run_at(start);
-            // The next block is asked for while this one is worked on, a share per key: at
+            // The next block is asked for while this one is worked on, spread over the work: at
             // long context it comes from memory. (Two or three blocks ahead measured no
             // faster in `attention_speed`; nor, asked for at once, did two or four blocks
             // ahead for SmolLM2 at 2048 positions.)
@@ -478,13 +478,20 @@ mod tests {
     /// 128, f16 cache, blocks of `BS` = 16), one row at position `POS` (default 543: the
     /// middle of the side-by-side's tg64 after 512), every layer in turn as a decode step
     /// reads them: the cache's bytes read a second, next to a plain parallel read of a buffer
-    /// as large.
+    /// as large. `LAYERS`, `HEADS`, `KV_HEADS` and `HD` set another shape (SmolLM2-135M:
+    /// 30, 9, 3, 64).
     #[test]
     #[ignore = "a speed probe: [POS=543 BS=16] cargo test --release -p bora-model attention_speed -- --ignored --nocapture"]
     fn attention_speed() {
-        let pos: usize = std::env::var("POS").map_or(543, |v| v.parse().unwrap());
-        let bs: usize = std::env::var("BS").map_or(16, |v| v.parse().unwrap());
-        let (n_layers, n_heads, n_kv_heads, hd) = (32usize, 32usize, 8usize, 128usize);
+        let env =
+            |k: &str, default: usize| std::env::var(k).map_or(default, |v| v.parse().unwrap());
+        let (pos, bs) = (env("POS", 543), env("BS", 16));
+        let (n_layers, n_heads, n_kv_heads, hd) = (
+            env("LAYERS", 32),
+            env("HEADS", 32),
+            env("KV_HEADS", 8),
+            env("HD", 128),
+        );
         let layout = KvLayout {
             n_layers,
             n_kv_heads,
