@@ -295,8 +295,11 @@ def main() -> None:
         return
 
     engines = a.engines.split(",")
-    # The machine's bandwidth drifts by a third within an hour (other tenants): it is measured
-    # in every round, next to the runs it bounds, and each file's limit uses its rounds' median.
+    # The machine's bandwidth drifts by a third within an hour, and by a fifth within a minute
+    # (other tenants). So it is read before the first run and after every run, and each run's
+    # limit uses the mean of the two readings on either side of it: a reading taken once a
+    # round put bora's decode at 91%, 74% and 70% of its round's limit, lowest in the rounds
+    # the gauge read highest.
     bws = []
     rows = []
     for kind, path in files.items():
@@ -306,45 +309,53 @@ def main() -> None:
         # A decode step reads every weight matrix once and the KV cache of the positions so far.
         per_token = weight_bytes_per_token(path) + kv_bytes_per_token(a.p, a.n)
         res = {e: [] for e in engines}
-        file_bws = []
+        # Per engine, each run's decode as a fraction of the limit read around it.
+        frac = {e: [] for e in engines}
+        file_bws = [read_bandwidth(a.t)]
         llama = LlamaCpp(path, a.p, a.n, a.t) if "llama.cpp" in engines else None
+        runs = {"bora": lambda: bora_once(path, a.p, a.n, a.t)}
+        if llama:
+            runs["llama.cpp"] = llama.once
         for r in range(a.r):
-            file_bws.append(read_bandwidth(a.t))
-            if "bora" in engines:
-                res["bora"].append(bora_once(path, a.p, a.n, a.t))
-            if llama:
-                res["llama.cpp"].append(llama.once())
-            print(f"{kind} round {r + 1}: read bandwidth {file_bws[-1]:.1f} GB/s, " + ", ".join(
-                f"{e} pp {v[-1][0]:.2f} tg {v[-1][1]:.2f}" for e, v in res.items()), flush=True)
+            for e in engines:
+                res[e].append(runs[e]())
+                file_bws.append(read_bandwidth(a.t))
+                around = (file_bws[-2] + file_bws[-1]) / 2
+                frac[e].append(res[e][-1][1] / (around * 1e9 / per_token))
+            print(f"{kind} round {r + 1}: read bandwidth " + ", ".join(f"{b:.1f}" for b in file_bws[-len(engines) - 1:])
+                  + " GB/s; " + ", ".join(
+                f"{e} pp {v[-1][0]:.2f} tg {v[-1][1]:.2f} ({frac[e][-1]:.0%} of the limit around it)"
+                for e, v in res.items()), flush=True)
         bws += file_bws
-        limit = statistics.median(file_bws) * 1e9 / per_token
         if llama:
             llama.close()
         med = {e: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for e, v in res.items()}
+        fracs = {e: statistics.median(f) for e, f in frac.items()}
         extra = None
         if res.get("bora"):
             extra = (statistics.median(x[2] for x in res["bora"]), max(x[3] for x in res["bora"]),
                      min((x[4] for x in res["bora"] if x[4] is not None), default=None))
-        rows.append((kind, path.stat().st_size, limit, med, extra))
+        rows.append((kind, path.stat().st_size, statistics.median(file_bws) * 1e9 / per_token, med, fracs, extra))
     print()
     print(f"Mistral-7B shape, random weights, {a.t} threads, pp{a.p} / tg{a.n}, median of {a.r} alternating rounds; "
-          f"read bandwidth (best of 5, measured each round) median {statistics.median(bws):.1f} GB/s, "
+          f"read bandwidth (best of 5, read before the first run and after each) median {statistics.median(bws):.1f} GB/s, "
           f"range {min(bws):.1f}–{max(bws):.1f}")
-    print(f"| file | GB | engine | pp{a.p} tok/s | tg{a.n} tok/s | pp vs llama.cpp | tg vs llama.cpp | tg / bandwidth limit |")
+    print(f"| file | GB | engine | pp{a.p} tok/s | tg{a.n} tok/s | pp vs llama.cpp | tg vs llama.cpp "
+          f"| tg / bandwidth limit (median over runs, each against the readings around it) |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, size, limit, med, _ in rows:
+    for kind, size, limit, med, fracs, _ in rows:
         base = med.get("llama.cpp")
         for e, (pp, tg) in med.items():
             ratio = (f"{pp / base[0]:.2f}×", f"{tg / base[1]:.2f}×") if base else ("", "")
             print(f"| {kind.upper()} | {size / 1e9:.2f} | {e} | {pp:.2f} | {tg:.2f} | {ratio[0]} | {ratio[1]} | "
-                  f"{tg / limit:.0%} of {limit:.1f} |")
+                  f"{fracs[e]:.0%} (the file's median limit: {limit:.1f} tok/s) |")
     # KV cache at p+n tokens: 32 layers x 2 (K, V) x 8 heads x 128 x f16 (bora's default cache type, as llama.cpp's).
     kv = N_LAYER * 2 * N_HEAD_KV * HEAD_DIM * 2 * (a.p + a.n)
     print()
     print("| file | bora load s (median) | bora peak RSS GB | file + KV cache GB | RSS / (file + KV) "
           "| weights in 2 MiB pages (least of the runs) |")
     print("|---|---|---|---|---|---|")
-    for kind, size, _, _, extra in rows:
+    for kind, size, _, _, _, extra in rows:
         if extra:
             load_s, rss, huge = extra
             huge = "unknown" if huge is None else f"{huge:.0%}"
