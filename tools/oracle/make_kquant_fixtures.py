@@ -15,9 +15,8 @@ Usage:  python tools/oracle/make_kquant_fixtures.py
    *.llamacpp.f32.bin llama.cpp's logits on the same file (activations quantized to 8 bits
                      as its CPU kernels do; F32 KV cache).
    Summary with tensor types and figures: tiny/summary_kquants.json.
-3. tests/fixtures/tiny/mistral_k.bora_q4_k_m.gguf: the Q6_K file re-quantized to Q4_K_M by
-   `bora quantize` (run after `cargo build --release`), with llama.cpp's logits on it
-   (*.llamacpp.f32.bin): llama.cpp must read bora's blocks as bora does.
+(`bora quantize` is checked against llama.cpp's own re-quantization of these files:
+tools/oracle/make_ggml_quantize_fixtures.py.)
 """
 
 from __future__ import annotations
@@ -157,33 +156,11 @@ def kquant_model() -> dict:
             "config": MODEL_CFG, "weight_seed": MODEL_SEED, "files": report}
 
 
-def bora_quantized() -> dict:
-    """llama.cpp's logits on a file written by `bora quantize` (needs target/release/bora):
-    the Q6_K tiny model re-quantized to Q4_K_M. Proves llama.cpp reads bora's k-quant blocks
-    as bora does."""
-    import subprocess
-
-    bora = TINY_DIR.parents[2] / "target" / "release" / "bora"
-    src = TINY_DIR / "mistral_k.q6_k.gguf"
-    out = TINY_DIR / "mistral_k.bora_q4_k_m.gguf"
-    subprocess.run([str(bora), "quantize", str(src), str(out), "--type", "q4_k_m"], check=True)
-    ids = random_ids(PROMPT_SEED, PROMPT_LEN)
-    lc = llama_logits(out, ids)
-    write_f32(TINY_DIR / "mistral_k.bora_q4_k_m.llamacpp.f32.bin", lc)
-    _, types, _ = read_gguf(out)
-    counts: dict[str, int] = {}
-    for t in types.values():
-        counts[t] = counts.get(t, 0) + 1
-    return {"file": out.name, "from": src.name, "command": "bora quantize mistral_k.q6_k.gguf OUT --type q4_k_m",
-            "tensor_types": counts, "size": out.stat().st_size}
-
-
 def main() -> None:
     setup_torch()
     blocks = block_fixtures()
     print("blocks", blocks, flush=True)
     summary = kquant_model()
-    summary["bora_quantized"] = bora_quantized()
     write_json(TINY_DIR / "summary_kquants.json", summary)
 
 

@@ -210,7 +210,7 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
-    /// f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m or q6_k (llama.cpp's file types).
+    /// f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m, q5_k_m or q6_k (llama.cpp's file types).
     #[arg(long = "type", value_parser = crate::commands::quantize::parse_file_type)]
     pub file_type: crate::commands::quantize::FileType,
 }
@@ -260,7 +260,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "TYPE")]
     pub kv_type: Option<bora_model::KvType>,
     /// Quantize a float checkpoint's weight matrices to this type while loading
-    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k).
+    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k).
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<bora_kernels::DType>,
 }

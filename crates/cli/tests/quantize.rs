@@ -1,7 +1,8 @@
 //! `bora quantize` and `--quant`, against files and logits made by others:
 //! - the tiny GGUFs the `gguf` package quantized (tools/oracle/convert_gguf.py): bora, from the
 //!   F32 file, writes the same bytes for every tensor (ggml's reference quantizers);
-//! - llama.cpp's logits on a k-quant file bora wrote: llama.cpp reads bora's blocks as bora does;
+//! - llama.cpp's llama_model_quantize of a k-quant file: bora writes the same tensors, byte for
+//!   byte, and computes llama.cpp's logits on them;
 //! - transformers' logits on the Q8_0-rounded weights: quantizing at load gives them.
 
 mod common;
@@ -74,31 +75,93 @@ fn legacy_types_are_written_as_the_gguf_package_writes_them() {
     }
 }
 
+/// `bora quantize` of the Q6_K tiny model to Q4_K_M and Q5_K_M against llama.cpp's
+/// llama_model_quantize of the same file (tools/oracle/make_ggml_quantize_fixtures.py): every
+/// tensor in llama.cpp's type with llama.cpp's bytes, and bora's logits on its file near
+/// llama.cpp's on llama.cpp's.
 #[test]
-fn llama_cpp_reads_bora_k_quants_as_bora_does() {
-    let out = quantize(&tiny("mistral_k.q6_k.gguf"), "q4_k_m", "k.q4_k_m.gguf");
-    // The committed copy (which llama.cpp ran) is what this build writes.
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        std::fs::read(tiny("mistral_k.bora_q4_k_m.gguf")).unwrap(),
-        "bora quantize no longer writes the file llama.cpp's logits were made from; \
-         regenerate with tools/oracle/make_kquant_fixtures.py"
-    );
-    let types: Vec<String> = tensors(&out).into_iter().map(|t| t.1).collect();
-    assert_eq!(types.iter().filter(|t| *t == "Q4_K").count(), 13);
-    assert_eq!(types.iter().filter(|t| *t == "Q6_K").count(), 3);
+fn k_quant_files_are_written_as_llama_quantize_writes_them() {
     let prompt = ids(&read_json(&tiny("summary_kquants.json"))["prompt_ids"]);
-    let want = read_f32(&tiny("mistral_k.bora_q4_k_m.llamacpp.f32.bin"));
-    let got = all_logits(&load_llama_cpp_f32_kv(&out).model, &prompt, 16);
-    let close = got
-        .chunks_exact(256)
-        .zip(want.chunks_exact(256))
-        .filter(|(a, b)| max_abs_diff(a, b) < 1e-4)
-        .count();
-    // As for llama.cpp's own files (kquant_gguf.rs): most positions to float noise, a few
-    // moved by one flipped 8-bit rounding.
-    assert!(close >= 32, "{close}/64 positions within 1e-4 of llama.cpp");
-    assert!(max_abs_diff(&got, &want) < 0.5);
+    for ty in ["q4_k_m", "q5_k_m"] {
+        let out = quantize(&tiny("mistral_k.q6_k.gguf"), ty, &format!("k.{ty}.gguf"));
+        let mut got = tensors(&out);
+        let mut want = tensors(&tiny(&format!("mistral_k.requant_{ty}.gguf")));
+        got.sort();
+        want.sort();
+        assert_eq!(got.len(), want.len(), "{ty}: tensor count");
+        for ((name, gt, gb), (wname, wt, wb)) in got.iter().zip(&want) {
+            assert_eq!((name, gt), (wname, wt), "{ty}: tensor types");
+            assert!(
+                gb == wb,
+                "{ty}: {name} ({gt}) differs from llama.cpp's bytes"
+            );
+        }
+        let want = read_f32(&tiny(&format!("mistral_k.requant_{ty}.llamacpp.f32.bin")));
+        let got = all_logits(&load_llama_cpp_f32_kv(&out).model, &prompt, 16);
+        let close = got
+            .chunks_exact(256)
+            .zip(want.chunks_exact(256))
+            .filter(|(a, b)| max_abs_diff(a, b) < 1e-4)
+            .count();
+        // As for llama.cpp's own files (kquant_gguf.rs): most positions to float noise, a few
+        // moved by one flipped 8-bit rounding.
+        assert!(
+            close >= 32,
+            "{ty}: {close}/64 positions within 1e-4 of llama.cpp"
+        );
+        assert!(max_abs_diff(&got, &want) < 0.5, "{ty}");
+    }
+}
+
+/// `bora quantize` of `src` to each file type of `digests` (tools/oracle/
+/// make_ggml_quantize_fixtures.py): every tensor in the type and with the SHA-256 of llama.cpp's
+/// llama_model_quantize of the same file.
+fn requantizes_as_llama_quantize_does(src: &Path, digests: &Path, tag: &str) {
+    use sha2::{Digest, Sha256};
+    let want = read_json(digests);
+    for (ty, file) in want["files"].as_object().unwrap() {
+        let out = quantize(src, ty, &format!("{tag}.{ty}.gguf"));
+        let got = tensors(&out);
+        let expected = file["tensors"].as_object().unwrap();
+        assert_eq!(got.len(), expected.len(), "{tag} {ty}: tensor count");
+        for (name, gt, gb) in &got {
+            let w = &expected[name.as_str()];
+            let digest: String = Sha256::digest(gb)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(gt, &w[0], "{tag} {ty}: {name}'s type");
+            assert_eq!(
+                digest, w[1],
+                "{tag} {ty}: {name} ({gt}) differs from llama.cpp's bytes"
+            );
+        }
+    }
+}
+
+/// A real model: SmolLM2-135M-Instruct Q4_1 to q4_k, q4_k_m, q5_k_m and q6_k. Its 576-wide
+/// rows don't split into 256-weight blocks, so this holds bora to llama.cpp's fallbacks
+/// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0) and to its rule for a token embedding that is also
+/// the output.
+#[test]
+fn smollm2_is_requantized_as_llama_quantize_does() {
+    requantizes_as_llama_quantize_does(
+        &smollm2_path(),
+        &fixtures().join("smollm2/requant.json"),
+        "smollm2",
+    );
+}
+
+/// A tiny 8-expert Mixtral-shaped file (Q8_0) to q4_k, q4_k_m and q5_k_m: llama.cpp's rules for
+/// 8-expert models (attn_k and attn_v Q8_0, attn_output Q5_K) and its copy of tensors already
+/// in the wanted type.
+#[test]
+fn eight_expert_model_is_requantized_as_llama_quantize_does() {
+    requantizes_as_llama_quantize_does(
+        &tiny("mixtral8.q8_0.gguf"),
+        &tiny("mixtral8.requant.json"),
+        "mixtral8",
+    );
 }
 
 #[test]

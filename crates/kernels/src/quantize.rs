@@ -1,32 +1,34 @@
 //! f32 weights → quant blocks, for `bora quantize` and quantization at load.
 //!
-//! The 32-weight types follow ggml's reference quantizers (`quantize_row_*_ref`), so the bytes
-//! equal what the `gguf` package's `gguf.quants.quantize` writes (tested on fixtures). The
-//! k-quants use a direct, non-iterative choice of scales: per group the range (Q4_K: min and
-//! max, Q6_K: the largest magnitude) sets the scale, and the group scales are themselves
-//! quantized to the super-block's 6- or 8-bit grid. ggml searches each group for the scale that
-//! minimises the squared error; that search is not done here, so for the same bits these files
-//! are a little less accurate than llama-quantize's (measured in the tests).
+//! Every type follows ggml's reference quantizers (`quantize_row_*_ref`, what llama-quantize
+//! runs without an importance matrix), so the bytes are llama.cpp's: the 32-weight types'
+//! equal what the `gguf` package's `gguf.quants.quantize` writes, and the k-quants' ([`kquant`])
+//! what ggml's own quantizer writes (both tested on fixtures).
 
-use crate::blocks::{f16_bytes, f16_le, QK, QK_K};
+mod kquant;
+
+use crate::blocks::{f16_bytes, QK};
 use crate::DType;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantizeError {
-    #[error("bora cannot quantize to {0} (it can to Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K)")]
+    #[error(
+        "bora cannot quantize to {0} (it can to Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
+    )]
     Unsupported(DType),
     #[error(transparent)]
     Ragged(#[from] crate::DTypeError),
 }
 
 /// The types [`quantize_row`] writes.
-pub const QUANTIZABLE: [DType; 7] = [
+pub const QUANTIZABLE: [DType; 8] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
     DType::Q5_1,
     DType::Q4_K,
+    DType::Q5_K,
     DType::Q6_K,
 ];
 
@@ -48,8 +50,9 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
             DType::Q4_1 => q4_1(xs, blk),
             DType::Q5_0 => q5_0(xs, blk),
             DType::Q5_1 => q5_1(xs, blk),
-            DType::Q4_K => q4_k(xs, blk),
-            DType::Q6_K => q6_k(xs, blk),
+            DType::Q4_K => kquant::q4_k(xs, blk),
+            DType::Q5_K => kquant::q5_k(xs, blk),
+            DType::Q6_K => kquant::q6_k(xs, blk),
             _ => unreachable!("checked above"),
         }
     }
@@ -157,91 +160,6 @@ fn q5_1(x: &[f32], out: &mut [u8]) {
     out[2..4].copy_from_slice(&f16_bytes(m));
     out[4..8].copy_from_slice(&high_bits(&q));
     pack_nibbles(&q, &mut out[8..]);
-}
-
-/// The f16 a value is stored as, read back: later steps quantize against what is stored.
-fn as_stored(v: f32) -> f32 {
-    f16_le(f16_bytes(v))
-}
-
-/// Q4_K: 8 groups of 32, `w = d·sc·q − dmin·m` with q in 0..16 and 6-bit sc, m.
-fn q4_k(x: &[f32], out: &mut [u8]) {
-    let mut scale = [0f32; 8];
-    let mut min = [0f32; 8];
-    for (g, xs) in x.chunks_exact(32).enumerate() {
-        let (lo, hi) = min_max(xs);
-        let lo = lo.min(0.0);
-        scale[g] = (hi - lo) / 15.0;
-        min[g] = -lo;
-    }
-    let max_scale = scale.iter().fold(0f32, |m, &v| m.max(v));
-    let max_min = min.iter().fold(0f32, |m, &v| m.max(v));
-    let d = as_stored(max_scale / 63.0);
-    let dmin = as_stored(max_min / 63.0);
-    let sc: [u8; 8] =
-        std::array::from_fn(|g| (scale[g] * inverse(d)).round().clamp(0.0, 63.0) as u8);
-    let m: [u8; 8] =
-        std::array::from_fn(|g| (min[g] * inverse(dmin)).round().clamp(0.0, 63.0) as u8);
-    out[..2].copy_from_slice(&f16_bytes(d));
-    out[2..4].copy_from_slice(&f16_bytes(dmin));
-    let s = &mut out[4..16];
-    for i in 0..4 {
-        s[i] = sc[i] | ((sc[i + 4] >> 4) << 6);
-        s[i + 4] = m[i] | ((m[i + 4] >> 4) << 6);
-        s[i + 8] = (sc[i + 4] & 0x0F) | ((m[i + 4] & 0x0F) << 4);
-    }
-    let mut q = [0u8; QK_K];
-    for (g, (qs, xs)) in q.chunks_exact_mut(32).zip(x.chunks_exact(32)).enumerate() {
-        let dl = d * sc[g] as f32;
-        let ml = dmin * m[g] as f32;
-        let idl = inverse(dl);
-        for (qi, &v) in qs.iter_mut().zip(xs) {
-            *qi = ((v + ml) * idl).round().clamp(0.0, 15.0) as u8;
-        }
-    }
-    let qs = &mut out[16..];
-    for c in 0..4 {
-        for l in 0..32 {
-            qs[32 * c + l] = q[64 * c + l] | (q[64 * c + 32 + l] << 4);
-        }
-    }
-}
-
-/// Q6_K: 16 groups of 16, `w = d·sc·(q − 32)` with q in 0..64 and i8 sc.
-fn q6_k(x: &[f32], out: &mut [u8]) {
-    let scale: [f32; 16] = std::array::from_fn(|g| signed_max(&x[16 * g..16 * g + 16]) / -32.0);
-    let max_scale = signed_max(&scale);
-    let iscale = if max_scale != 0.0 {
-        -128.0 / max_scale
-    } else {
-        0.0
-    };
-    let sc: [i8; 16] =
-        std::array::from_fn(|g| (scale[g] * iscale).round().clamp(-128.0, 127.0) as i8);
-    let d = as_stored(inverse(iscale));
-    let mut q = [0u8; QK_K];
-    for (g, (qs, xs)) in q.chunks_exact_mut(16).zip(x.chunks_exact(16)).enumerate() {
-        let idl = inverse(d * sc[g] as f32);
-        for (qi, &v) in qs.iter_mut().zip(xs) {
-            *qi = ((v * idl).round().clamp(-32.0, 31.0) + 32.0) as u8;
-        }
-    }
-    let (ql, rest) = out.split_at_mut(QK_K / 2);
-    let (qh, rest) = rest.split_at_mut(QK_K / 4);
-    let (scales, dbytes) = rest.split_at_mut(QK_K / 16);
-    for h in 0..2 {
-        for l in 0..32 {
-            let e = |r: usize| q[128 * h + 32 * r + l];
-            ql[64 * h + l] = (e(0) & 0x0F) | ((e(2) & 0x0F) << 4);
-            ql[64 * h + 32 + l] = (e(1) & 0x0F) | ((e(3) & 0x0F) << 4);
-            qh[32 * h + l] =
-                (e(0) >> 4) | ((e(1) >> 4) << 2) | ((e(2) >> 4) << 4) | ((e(3) >> 4) << 6);
-        }
-    }
-    for (o, s) in scales.iter_mut().zip(sc) {
-        *o = s as u8;
-    }
-    dbytes.copy_from_slice(&f16_bytes(d));
 }
 
 #[cfg(test)]

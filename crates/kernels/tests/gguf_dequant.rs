@@ -52,3 +52,32 @@ fn legacy_types_quantize_as_the_gguf_package_does() {
         assert_eq!(got.len(), want.len());
     }
 }
+
+/// The k-quants against ggml's own quantizer (`ggml_quantize_chunk` without an importance
+/// matrix, tools/oracle/make_ggml_quantize_fixtures.py): the same bytes for 48 super-blocks
+/// that reach every branch of its scale searches (all-zero, constant, one-signed, tiny, huge
+/// and spiky groups among ordinary ones).
+#[test]
+fn k_quants_quantize_as_ggml_does() {
+    let x: Vec<f32> = fixture("kquant_input.f32.bin")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let want = fixture(&format!("{dtype}.quantized.bin"));
+        let mut got = vec![0u8; dtype.row_bytes(x.len()).unwrap()];
+        bora_kernels::quantize::quantize_row(dtype, &x, &mut got).unwrap();
+        assert_eq!(got.len(), want.len());
+        let differing: Vec<usize> = got
+            .chunks_exact(dtype.block_bytes())
+            .zip(want.chunks_exact(dtype.block_bytes()))
+            .enumerate()
+            .filter(|(_, (g, w))| g != w)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "{dtype}: blocks {differing:?} differ from ggml's"
+        );
+    }
+}

@@ -55,7 +55,6 @@ impl SourceTensor {
 pub struct Source {
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<SourceTensor>,
-    pub n_layers: usize,
 }
 
 /// The folder's SentencePiece model: tokenizer.model, or the newest tokenizer.model.vN.
@@ -335,7 +334,6 @@ pub fn from_folder(dir: &Path) -> Result<Source> {
     Ok(Source {
         metadata: md,
         tensors,
-        n_layers: c.n_layers,
     })
 }
 

@@ -27,14 +27,17 @@ pub enum FileType {
     Q4_1,
     Q5_0,
     Q5_1,
-    /// Q4_K everywhere (output Q6_K); llama.cpp's Q4_K_S also moves a few layers to Q5_K.
+    /// llama.cpp's Q4_K_S: Q4_K, with Q5_K for the first four attn_v and the first eighth of
+    /// ffn_down (output Q6_K).
     Q4K,
     /// Q4_K, with Q6_K for output and for attn_v / ffn_down in llama.cpp's "more bits" layers.
     Q4KM,
+    /// Q5_K, with Q6_K where Q4_K_M has it.
+    Q5KM,
     Q6K,
 }
 
-const FILE_TYPES: [(&str, FileType); 10] = [
+const FILE_TYPES: [(&str, FileType); 11] = [
     ("f32", FileType::F32),
     ("f16", FileType::F16),
     ("q8_0", FileType::Q8_0),
@@ -44,6 +47,7 @@ const FILE_TYPES: [(&str, FileType); 10] = [
     ("q5_1", FileType::Q5_1),
     ("q4_k", FileType::Q4K),
     ("q4_k_m", FileType::Q4KM),
+    ("q5_k_m", FileType::Q5KM),
     ("q6_k", FileType::Q6K),
 ];
 
@@ -69,6 +73,7 @@ impl FileType {
             FileType::Q5_0 => DType::Q5_0,
             FileType::Q5_1 => DType::Q5_1,
             FileType::Q4K | FileType::Q4KM => DType::Q4_K,
+            FileType::Q5KM => DType::Q5_K,
             FileType::Q6K => DType::Q6_K,
         }
     }
@@ -85,6 +90,7 @@ impl FileType {
             FileType::Q5_1 => 9,
             FileType::Q4K => 14,
             FileType::Q4KM => 15,
+            FileType::Q5KM => 17,
             FileType::Q6K => 18,
         }
     }
@@ -101,8 +107,17 @@ fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-/// The type a tensor is written in.
-fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
+/// What llama.cpp's choice of a tensor's type depends on, besides its name and shape.
+struct ModelShape {
+    n_layers: usize,
+    n_experts: usize,
+    /// No `output.weight`: the token embedding is also the output matrix, and gets its type.
+    tied_output: bool,
+}
+
+/// The type a tensor is written in: llama.cpp's `llama_tensor_get_type` for bora's file types
+/// (without an importance matrix), its rules for Mistral and Mixtral models.
+fn target(ft: FileType, name: &str, shape: &[usize], m: &ModelShape) -> DType {
     let is_matrix = shape.len() >= 2 && !name.contains("ffn_gate_inp");
     if !is_matrix || ft == FileType::F32 {
         return DType::F32;
@@ -110,23 +125,67 @@ fn target(ft: FileType, name: &str, shape: &[usize], n_layers: usize) -> DType {
     if ft == FileType::F16 {
         return DType::F16;
     }
-    let more_bits = ft == FileType::Q4KM
-        && (name.contains("attn_v.") || name.contains("ffn_down"))
-        && layer_of(name).is_some_and(|l| use_more_bits(l, n_layers));
-    let wanted = if (name == "output.weight" && ft != FileType::Q8_0) || more_bits {
-        DType::Q6_K
-    } else {
-        ft.base()
-    };
-    // Rows that don't split into the wanted blocks fall back, as in llama.cpp.
     let cols = shape[shape.len() - 1];
-    [wanted, DType::Q8_0, DType::F16]
-        .into_iter()
-        .find(|d| d.row_bytes(cols).is_ok())
-        .unwrap_or(DType::F32)
+    let base = ft.base();
+    let layer = layer_of(name);
+    let more_bits = layer.is_some_and(|l| use_more_bits(l, m.n_layers));
+    let eight_experts = m.n_experts == 8;
+    let wanted = if name == "output.weight" || (m.tied_output && name == "token_embd.weight") {
+        if !cols.is_multiple_of(base.block_elems()) {
+            DType::Q8_0
+        } else if base != DType::Q8_0 {
+            DType::Q6_K
+        } else {
+            base
+        }
+    } else if name.contains("attn_v.") {
+        match ft {
+            // Each KV head serves many query heads; an 8-expert model's attention is a
+            // small part of its size.
+            _ if eight_experts => DType::Q8_0,
+            FileType::Q4KM | FileType::Q5KM if more_bits => DType::Q6_K,
+            FileType::Q4K if layer.is_some_and(|l| l < 4) => DType::Q5_K,
+            _ => base,
+        }
+    } else if name.contains("attn_k.") && eight_experts {
+        DType::Q8_0
+    } else if name.contains("attn_output.")
+        && eight_experts
+        && matches!(ft, FileType::Q4K | FileType::Q4KM)
+    {
+        DType::Q5_K
+    } else if name.contains("ffn_down") {
+        match ft {
+            FileType::Q4KM | FileType::Q5KM if more_bits => DType::Q6_K,
+            FileType::Q4K if layer.is_some_and(|l| l < m.n_layers / 8) => DType::Q5_K,
+            _ => base,
+        }
+    } else {
+        base
+    };
+    fallback(wanted, cols)
 }
 
-/// One tensor's rows, expanded to f32 and stored as `to`: the rows of each of `parts` in
+/// llama.cpp's type for rows that don't split into `wanted`'s blocks: a 256-weight k-quant
+/// falls back to a 32-weight type of about its bits, and what still doesn't fit to F16.
+fn fallback(wanted: DType, cols: usize) -> DType {
+    if wanted.row_bytes(cols).is_ok() {
+        return wanted;
+    }
+    let next = match wanted {
+        DType::Q4_K => DType::Q5_0,
+        DType::Q5_K => DType::Q5_1,
+        DType::Q6_K => DType::Q8_0,
+        other => other,
+    };
+    if next.row_bytes(cols).is_ok() {
+        next
+    } else {
+        DType::F16
+    }
+}
+
+/// One tensor's rows, expanded to f32 and stored as `to` (or copied, where stored so): the rows of each of `parts` in
 /// turn (all of one shape), row `i` of a part taking its input row `row_of(i)`.
 fn convert(
     parts: &[MatRef<'_>],
@@ -145,7 +204,14 @@ fn convert(
     out.par_chunks_mut(rb).enumerate().try_for_each_init(
         || vec![0f32; cols],
         |row, (i, o)| -> Result<()> {
-            parts[i / rows].dequantize_row_into(row_of(i % rows), row);
+            let part = &parts[i / rows];
+            // Already in the wanted type: copied as stored, as llama-quantize does, not
+            // rounded a second time.
+            if part.dtype == to {
+                o.copy_from_slice(part.row(row_of(i % rows)));
+                return Ok(());
+            }
+            part.dequantize_row_into(row_of(i % rows), row);
             match to {
                 DType::F32 => {
                     for (b, v) in o.chunks_exact_mut(4).zip(row.iter()) {
@@ -174,40 +240,49 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let start = Instant::now();
     // The tensors to write, in order, with where their rows come from.
-    let (mut metadata, sources, n_layers) = if a.input.is_dir() {
+    let (mut metadata, sources) = if a.input.is_dir() {
         let s = super::hf_to_gguf::from_folder(&a.input)?;
-        (s.metadata, s.tensors, s.n_layers)
+        (s.metadata, s.tensors)
     } else {
         let g = GgufFile::open(&a.input)?;
-        let arch = g
-            .get("general.architecture")
-            .and_then(Value::as_str)
-            .unwrap_or("llama");
-        let n_layers = g
-            .get(&format!("{arch}.block_count"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as usize;
         let mut tensors: Vec<_> = g.tensors.values().collect();
         tensors.sort_by_key(|t| t.start);
         let sources = tensors
             .into_iter()
             .map(|t| SourceTensor::whole(t.name.clone(), t.clone()))
-            .collect();
-        (g.metadata.clone(), sources, n_layers)
+            .collect::<Vec<_>>();
+        (g.metadata.clone(), sources)
+    };
+    let arch = metadata
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("llama")
+        .to_string();
+    let count = |key: &str| {
+        metadata
+            .get(&format!("{arch}.{key}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize
+    };
+    let shape = ModelShape {
+        n_layers: count("block_count"),
+        n_experts: count("expert_count"),
+        tied_output: !sources.iter().any(|t| t.name == "output.weight"),
     };
     let mut specs = Vec::with_capacity(sources.len());
     let mut requantized = BTreeMap::<String, usize>::new();
     for t in &sources {
+        let to = target(a.file_type, &t.name, &t.shape, &shape);
         for part in &t.parts {
             let dtype = part.dtype()?;
-            if dtype.is_quantized() {
+            if dtype.is_quantized() && dtype != to {
                 *requantized.entry(dtype.to_string()).or_default() += 1;
             }
         }
         specs.push(TensorSpec {
             name: t.name.clone(),
             shape: t.shape.clone(),
-            dtype: target(a.file_type, &t.name, &t.shape, n_layers),
+            dtype: to,
         });
     }
     if !requantized.is_empty() {
@@ -285,26 +360,33 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// llama.cpp's Q4_K_M layout for a 32-layer model: 16 of 32 attn_v get Q6_K.
+    /// llama.cpp's Q4_K_M layout for a 32-layer model: 16 of 32 attn_v get Q6_K. (The bytes
+    /// and types of whole files are checked against llama.cpp's own in tests/quantize.rs.)
     #[test]
     fn q4_k_m_gives_more_bits_where_llama_cpp_does() {
         let six: Vec<usize> = (0..32).filter(|&l| use_more_bits(l, 32)).collect();
         assert_eq!(six.len(), 16);
         assert_eq!(&six[..6], &[0, 1, 2, 3, 6, 9]);
-        let t = |name: &str, cols: usize| target(FileType::Q4KM, name, &[4096, cols], 32);
+        let dense = ModelShape {
+            n_layers: 32,
+            n_experts: 0,
+            tied_output: false,
+        };
+        let t = |name: &str, cols: usize| target(FileType::Q4KM, name, &[4096, cols], &dense);
         assert_eq!(t("blk.0.attn_v.weight", 4096), DType::Q6_K);
         assert_eq!(t("blk.4.attn_v.weight", 4096), DType::Q4_K);
         assert_eq!(t("blk.31.ffn_down.weight", 14336), DType::Q6_K);
         assert_eq!(t("blk.5.ffn_up.weight", 4096), DType::Q4_K);
         assert_eq!(t("output.weight", 4096), DType::Q6_K);
-        // Rows that don't split into 256-blocks fall back to Q8_0.
-        assert_eq!(t("blk.5.ffn_up.weight", 576), DType::Q8_0);
+        // Rows that don't split into 256-blocks: Q4_K falls back to Q5_0, Q6_K to Q8_0.
+        assert_eq!(t("blk.5.ffn_up.weight", 576), DType::Q5_0);
+        assert_eq!(t("output.weight", 576), DType::Q8_0);
         assert_eq!(
-            target(FileType::Q4_0, "blk.0.attn_norm.weight", &[4096], 32),
+            target(FileType::Q4_0, "blk.0.attn_norm.weight", &[4096], &dense),
             DType::F32
         );
         assert_eq!(
-            target(FileType::Q8_0, "output.weight", &[10, 64], 32),
+            target(FileType::Q8_0, "output.weight", &[10, 64], &dense),
             DType::Q8_0
         );
     }
