@@ -52,125 +52,196 @@ const Q5_K_SEARCH: Search = Search {
     nstep: 15,
 };
 
-/// ggml's `make_qkx2_quants` for 32 weights `x` with error weights `w`: levels `l` in
-/// `0..=nmax` and the (scale, −min) of `x ≈ scale·l + min` (min ≤ 0) with the smallest
-/// weighted squared error among the searched scales, each met by its least-squares fit.
-fn scale_min_search(x: &[f32; 32], w: &[f32; 32], s: &Search, l: &mut [u8; 32]) -> (f32, f32) {
+/// Groups searched at once, one per lane: a super-block's eight 32-weight groups (Q4_K,
+/// Q5_K), or half of its sixteen 16-weight groups (Q6_K).
+const LANES: usize = 8;
+
+/// One f32 per group.
+type Lanes = [f32; LANES];
+
+/// ggml's `make_qkx2_quants` for eight groups of 32 weights at once: `x[i][g]` is weight i of
+/// group g, `w` its error weight. Each group gets levels `l[i][g]` in `0..=nmax` and the
+/// (scale, −min) of `x ≈ scale·l + min` (min ≤ 0) with the smallest weighted squared error
+/// among the searched scales, each met by its least-squares fit. Every lane runs ggml's
+/// operations in ggml's order (its branches become selects), so each group's result is
+/// ggml's to the bit; the lanes only let the compiler run eight groups per instruction, where
+/// one group's sums are chains of dependent adds.
+#[inline(always)]
+fn scale_min_search(
+    x: &[Lanes; 32],
+    w: &[Lanes; 32],
+    s: &Search,
+    l: &mut [[u8; LANES]; 32],
+) -> (Lanes, Lanes) {
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = w[0];
-    let mut sum_x = sum_w * x[0];
+    let mut sum_x: Lanes = std::array::from_fn(|g| w[0][g] * x[0][g]);
     for i in 1..32 {
-        if x[i] < min {
-            min = x[i];
+        for g in 0..LANES {
+            if x[i][g] < min[g] {
+                min[g] = x[i][g];
+            }
+            if x[i][g] > max[g] {
+                max[g] = x[i][g];
+            }
+            sum_w[g] += w[i][g];
+            sum_x[g] += w[i][g] * x[i][g];
         }
-        if x[i] > max {
-            max = x[i];
+    }
+    for m in &mut min {
+        if *m > 0.0 {
+            *m = 0.0;
         }
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
     }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l.fill(0);
-        return (0.0, -min);
-    }
-    // ggml's search reads `min` as it goes: a better fit's min moves the later scales' grid.
+    // A flat group is all zeros in ggml; its lane computes garbage below, replaced at the end.
+    let flat: [bool; LANES] = std::array::from_fn(|g| max[g] == min[g]);
+    let flat_min = min;
+    let nmax = s.nmax as f32;
     let level =
         |iscale: f32, v: f32, min: f32| nearest_int(iscale * (v - min)).clamp(0, s.nmax) as u8;
-    let iscale = s.nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0f32;
+    let mut scale: Lanes = std::array::from_fn(|g| 1.0 / (nmax / (max[g] - min[g])));
+    let mut best_error = [0f32; LANES];
     for i in 0..32 {
-        l[i] = level(iscale, x[i], min);
-        let diff = scale * l[i] as f32 + min - x[i];
-        best_error += w[i] * (diff * diff);
+        for g in 0..LANES {
+            let iscale = nmax / (max[g] - min[g]);
+            l[i][g] = level(iscale, x[i][g], min[g]);
+            let diff = scale[g] * l[i][g] as f32 + min[g] - x[i][g];
+            best_error[g] += w[i][g] * (diff * diff);
+        }
     }
-    let mut aux = [0u8; 32];
+    let mut aux = [[0u8; LANES]; 32];
     for step in 0..=s.nstep {
-        let iscale = (s.rmin + s.rdelta * step as f32 + s.nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        // ggml's search reads `min` as it goes: a better fit's min moves the later scales' grid.
+        let numerator = s.rmin + s.rdelta * step as f32 + nmax;
+        let iscale: Lanes = std::array::from_fn(|g| numerator / (max[g] - min[g]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..32 {
-            aux[i] = level(iscale, x[i], min);
-            let li = aux[i] as f32;
-            sum_l += w[i] * li;
-            sum_l2 += w[i] * li * li;
-            sum_xl += w[i] * li * x[i];
+            for g in 0..LANES {
+                aux[i][g] = level(iscale[g], x[i][g], min[g]);
+                let li = aux[i][g] as f32;
+                sum_l[g] += w[i][g] * li;
+                sum_l2[g] += w[i][g] * li * li;
+                sum_xl[g] += w[i][g] * li * x[i][g];
+            }
         }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+        let mut this_scale = [0f32; LANES];
+        let mut this_min = [0f32; LANES];
+        let mut fits = [false; LANES];
+        for g in 0..LANES {
+            let det = sum_w[g] * sum_l2[g] - sum_l[g] * sum_l[g];
+            fits[g] = det > 0.0;
+            this_scale[g] = (sum_w[g] * sum_xl[g] - sum_x[g] * sum_l[g]) / det;
+            this_min[g] = (sum_l2[g] * sum_x[g] - sum_l[g] * sum_xl[g]) / det;
+            if this_min[g] > 0.0 {
+                this_min[g] = 0.0;
+                this_scale[g] = sum_xl[g] / sum_l2[g];
             }
-            let mut error = 0f32;
-            for i in 0..32 {
-                let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                error += w[i] * (diff * diff);
+        }
+        let mut error = [0f32; LANES];
+        for i in 0..32 {
+            for g in 0..LANES {
+                let diff = this_scale[g] * aux[i][g] as f32 + this_min[g] - x[i][g];
+                error[g] += w[i][g] * (diff * diff);
             }
-            if error < best_error {
-                *l = aux;
-                best_error = error;
-                scale = this_scale;
-                min = this_min;
+        }
+        let better: [bool; LANES] = std::array::from_fn(|g| fits[g] && error[g] < best_error[g]);
+        for (li, ai) in l.iter_mut().zip(&aux) {
+            for g in 0..LANES {
+                if better[g] {
+                    li[g] = ai[g];
+                }
+            }
+        }
+        for g in 0..LANES {
+            if better[g] {
+                best_error[g] = error[g];
+                scale[g] = this_scale[g];
+                min[g] = this_min[g];
             }
         }
     }
-    (scale, -min)
+    for g in (0..LANES).filter(|&g| flat[g]) {
+        l.iter_mut().for_each(|li| li[g] = 0);
+        scale[g] = 0.0;
+        min[g] = flat_min[g];
+    }
+    (scale, min.map(|m| -m))
 }
 
-/// ggml's `make_qx_quants` with `rmse_type` 1 (errors weighted by x²), for Q6_K's 16 weights:
-/// levels `l` (stored as `l + nmax`) and the scale of `x ≈ scale·l`, searched over 19 scales
-/// around `nmax / max|x|`.
-fn scale_search(x: &[f32; 16], nmax: i32, l: &mut [u8; 16]) -> f32 {
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
+/// ggml's `make_qx_quants` with `rmse_type` 1 (errors weighted by x²) for eight groups of 16
+/// weights at once (`x[i][g]`, as [`scale_min_search`]): levels `l` (stored as `l + nmax`) and
+/// the scale of `x ≈ scale·l`, searched over 19 scales around `nmax / max|x|`.
+#[inline(always)]
+fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes {
+    let mut max = [0f32; LANES];
+    let mut amax = [0f32; LANES];
+    for xi in x {
+        for g in 0..LANES {
+            if xi[g].abs() > amax[g] {
+                amax[g] = xi[g].abs();
+                max[g] = xi[g];
+            }
         }
     }
-    if amax < GROUP_MAX_EPS {
-        l.fill(0);
-        return 0.0;
-    }
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    // Σ w·x·l and Σ w·l² for one scale, with w = x², in ggml's order of operations.
-    let sums = |iscale: f32| {
-        let (mut sum_lx, mut sum_l2) = (0f32, 0f32);
-        for &v in x {
-            let li = level(iscale, v) as f32;
-            let w = v * v;
-            sum_lx += w * v * li;
-            sum_l2 += w * li * li;
+    // Each lane's levels at its scale, and Σ w·x·l and Σ w·l² with w = x², in ggml's order.
+    let sums = |iscale: &Lanes, levels: &mut [[u8; LANES]; 16]| {
+        let (mut sum_lx, mut sum_l2) = ([0f32; LANES], [0f32; LANES]);
+        for (xi, li) in x.iter().zip(levels.iter_mut()) {
+            for g in 0..LANES {
+                let q = level(iscale[g], xi[g]);
+                li[g] = (q + nmax) as u8;
+                let (q, w) = (q as f32, xi[g] * xi[g]);
+                sum_lx[g] += w * xi[g] * q;
+                sum_l2[g] += w * q * q;
+            }
         }
         (sum_lx, sum_l2)
     };
-    let store = |iscale: f32, l: &mut [u8; 16]| {
-        for (q, &v) in l.iter_mut().zip(x) {
-            *q = (level(iscale, v) + nmax) as u8;
+    let iscale: Lanes = std::array::from_fn(|g| -(nmax as f32) / max[g]);
+    let (sum_lx, sum_l2) = sums(&iscale, l);
+    let mut scale: Lanes = std::array::from_fn(|g| {
+        if sum_l2[g] != 0.0 {
+            sum_lx[g] / sum_l2[g]
+        } else {
+            0.0
         }
-    };
-    let iscale = -(nmax as f32) / max;
-    store(iscale, l);
-    let (sum_lx, sum_l2) = sums(iscale);
-    let mut scale = if sum_l2 != 0.0 { sum_lx / sum_l2 } else { 0.0 };
-    let mut best = scale * sum_lx;
+    });
+    let mut best: Lanes = std::array::from_fn(|g| scale[g] * sum_lx[g]);
+    let mut aux = [[0u8; LANES]; 16];
     for is in (-9..=9).filter(|&is| is != 0) {
-        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        let (sum_lx, sum_l2) = sums(iscale);
-        if sum_l2 > 0.0 && sum_lx * sum_lx > best * sum_l2 {
-            store(iscale, l);
-            scale = sum_lx / sum_l2;
-            best = scale * sum_lx;
+        let numerator = -(nmax as f32 + 0.1 * is as f32);
+        let iscale: Lanes = std::array::from_fn(|g| numerator / max[g]);
+        let (sum_lx, sum_l2) = sums(&iscale, &mut aux);
+        let better: [bool; LANES] =
+            std::array::from_fn(|g| sum_l2[g] > 0.0 && sum_lx[g] * sum_lx[g] > best[g] * sum_l2[g]);
+        for (li, ai) in l.iter_mut().zip(&aux) {
+            for g in 0..LANES {
+                if better[g] {
+                    li[g] = ai[g];
+                }
+            }
+        }
+        for g in 0..LANES {
+            if better[g] {
+                scale[g] = sum_lx[g] / sum_l2[g];
+                best[g] = scale[g] * sum_lx[g];
+            }
         }
     }
+    // An all-zero group (ggml's test) has zero levels and scale.
+    for g in (0..LANES).filter(|&g| amax[g] < GROUP_MAX_EPS) {
+        l.iter_mut().for_each(|li| li[g] = 0);
+        scale[g] = 0.0;
+    }
     scale
+}
+
+/// `x` (groups of `N` weights, LANES of them) laid out as `[weight][group]`.
+#[inline(always)]
+fn by_lanes<const N: usize>(x: &[f32]) -> [Lanes; N] {
+    std::array::from_fn(|i| std::array::from_fn(|g| x[N * g + i]))
 }
 
 /// The levels, 6-bit scales and mins, and d/dmin of one Q4_K or Q5_K super-block.
@@ -184,20 +255,41 @@ struct ScaleMinBlock {
 
 /// Q4_K's and Q5_K's common part (`quantize_row_q4_K_ref` up to the packing of the levels).
 fn scale_min_block(x: &[f32], s: &Search) -> ScaleMinBlock {
-    let mut l = [0u8; QK_K];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for (j, xs) in x.chunks_exact(32).enumerate() {
-        let xs: &[f32; 32] = xs.try_into().expect("32 weights");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, detected just above.
+        return unsafe { scale_min_block_avx2(x, s) };
+    }
+    scale_min_block_lanes(x, s)
+}
+
+/// [`scale_min_block_lanes`] compiled for AVX2: eight lanes an instruction where x86-64's
+/// baseline (SSE2) has four. The same operations, so the same bits (tested).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scale_min_block_avx2(x: &[f32], s: &Search) -> ScaleMinBlock {
+    scale_min_block_lanes(x, s)
+}
+
+#[inline(always)]
+fn scale_min_block_lanes(x: &[f32], s: &Search) -> ScaleMinBlock {
+    let xt = by_lanes::<32>(x);
+    let mut w = [[0f32; LANES]; 32];
+    for g in 0..LANES {
         let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
+        for xi in &xt {
+            sum_x2 += xi[g] * xi[g];
         }
         let av_x = (sum_x2 / 32.0).sqrt();
-        let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let group: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32");
-        (scales[j], mins[j]) = scale_min_search(xs, &w, s, group);
+        for (wi, xi) in w.iter_mut().zip(&xt) {
+            wi[g] = av_x + xi[g].abs();
+        }
+    }
+    let mut lt = [[0u8; LANES]; 32];
+    let (scales, mins) = scale_min_search(&xt, &w, s, &mut lt);
+    let mut l: [u8; QK_K] = std::array::from_fn(|k| lt[k % 32][k / 32]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..LANES {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -274,18 +366,47 @@ pub(super) fn q5_k(x: &[f32], out: &mut [u8]) {
     }
 }
 
-/// Q6_K: 16 groups of 16, `w = d·sc·(q − 32)` with q in 0..64 and i8 sc.
-pub(super) fn q6_k(x: &[f32], out: &mut [u8]) {
+/// Q6_K's sixteen groups searched, eight at a time: their levels and scales.
+fn q6_k_search(x: &[f32]) -> ([u8; QK_K], [f32; 16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, detected just above.
+        return unsafe { q6_k_search_avx2(x) };
+    }
+    q6_k_search_lanes(x)
+}
+
+/// [`q6_k_search_lanes`] compiled for AVX2, as [`scale_min_block_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn q6_k_search_avx2(x: &[f32]) -> ([u8; QK_K], [f32; 16]) {
+    q6_k_search_lanes(x)
+}
+
+#[inline(always)]
+fn q6_k_search_lanes(x: &[f32]) -> ([u8; QK_K], [f32; 16]) {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
+    for half in 0..2 {
+        let xs = &x[128 * half..128 * half + 128];
+        let mut lt = [[0u8; LANES]; 16];
+        let found = scale_search(&by_lanes::<16>(xs), 32, &mut lt);
+        scales[LANES * half..LANES * half + LANES].copy_from_slice(&found);
+        for (k, q) in l[128 * half..128 * half + 128].iter_mut().enumerate() {
+            *q = lt[k % 16][k / 16];
+        }
+    }
+    (l, scales)
+}
+
+/// Q6_K: 16 groups of 16, `w = d·sc·(q − 32)` with q in 0..64 and i8 sc.
+pub(super) fn q6_k(x: &[f32], out: &mut [u8]) {
+    let (mut l, scales) = q6_k_search(x);
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for (g, xs) in x.chunks_exact(16).enumerate() {
-        let xs: &[f32; 16] = xs.try_into().expect("16 weights");
-        let group: &mut [u8; 16] = (&mut l[16 * g..16 * g + 16]).try_into().expect("16");
-        scales[g] = scale_search(xs, 32, group);
-        if scales[g].abs() > max_abs_scale {
-            max_abs_scale = scales[g].abs();
-            max_scale = scales[g];
+    for &sc in &scales {
+        if sc.abs() > max_abs_scale {
+            max_abs_scale = sc.abs();
+            max_scale = sc;
         }
     }
     if max_abs_scale < GROUP_MAX_EPS {
@@ -326,6 +447,50 @@ pub(super) fn q6_k(x: &[f32], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 build of the searches against the baseline one, on rows like real weights and
+    /// on degenerate ones: the same levels, scales and mins to the bit.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_searches_equal_the_baseline_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: skipped");
+            return;
+        }
+        let mut seed = 9u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for case in 0..64 {
+            let x: Vec<f32> = (0..QK_K)
+                .map(|i| match case % 4 {
+                    0 => next() * 0.05,
+                    1 if i % 37 == 0 => next() * 20.0,
+                    2 if i < 64 => 0.0,
+                    3 => next().abs(),
+                    _ => next(),
+                })
+                .collect();
+            for s in [&Q4_K_SEARCH, &Q5_K_SEARCH] {
+                let a = scale_min_block_lanes(&x, s);
+                // SAFETY: AVX2 was detected above.
+                let b = unsafe { scale_min_block_avx2(&x, s) };
+                assert_eq!((a.l, a.scales), (b.l, b.scales), "case {case}");
+                assert_eq!(
+                    (a.d.to_bits(), a.dmin.to_bits()),
+                    (b.d.to_bits(), b.dmin.to_bits())
+                );
+            }
+            let (la, sa) = q6_k_search_lanes(&x);
+            // SAFETY: AVX2 was detected above.
+            let (lb, sb) = unsafe { q6_k_search_avx2(&x) };
+            assert_eq!(la, lb, "case {case}");
+            assert_eq!(sa.map(f32::to_bits), sb.map(f32::to_bits), "case {case}");
+        }
+    }
 
     #[test]
     fn nearest_int_rounds_half_to_even_as_ggml() {
