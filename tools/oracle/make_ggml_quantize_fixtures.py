@@ -109,20 +109,26 @@ def quantize_fixtures() -> dict:
     return out
 
 
-def requantized_files() -> dict:
+def llama_quantize(src: Path, dst: Path, ftype: int) -> None:
+    """llama.cpp's llama_model_quantize, as llama-quantize runs it (no importance matrix),
+    allowed to re-quantize an already quantized file."""
     import llama_cpp
 
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    params.allow_requantize = True
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    assert rc == 0, f"llama_model_quantize failed for ftype {ftype}"
+
+
+def requantized_files() -> dict:
     ids = json.loads((TINY_DIR / "summary_kquants.json").read_text())["prompt_ids"]
     src = TINY_DIR / "mistral_k.q6_k.gguf"
     report = {}
     for suffix, ftype in REQUANT_FILES:
         dst = TINY_DIR / f"mistral_k.requant_{suffix}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.nthread = 2
-        params.allow_requantize = True
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-        assert rc == 0, f"llama_model_quantize failed for ftype {ftype}"
+        llama_quantize(src, dst, ftype)
         lc = llama_logits(dst, ids)
         lc.astype(np.float32).tofile(TINY_DIR / f"mistral_k.requant_{suffix}.llamacpp.f32.bin")
         counts: dict[str, int] = {}
@@ -145,18 +151,11 @@ def requantize_digests(src: Path, ftypes: list[tuple[str, int]], dst_json: Path)
     """llama_model_quantize of `src` to each file type; each tensor's type and digest."""
     import tempfile
 
-    import llama_cpp
-
     out = {"from": src.name, "files": {}}
     with tempfile.TemporaryDirectory() as td:
         for suffix, ftype in ftypes:
             dst = Path(td) / f"out.{suffix}.gguf"
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = ftype
-            params.nthread = 2
-            params.allow_requantize = True
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-            assert rc == 0, f"llama_model_quantize failed for ftype {ftype}"
+            llama_quantize(src, dst, ftype)
             out["files"][suffix] = {"ftype": ftype, "tensors": tensor_digests(dst)}
     dst_json.write_text(json.dumps(out, indent=1) + "\n")
     return {suffix: sorted({t for t, _ in f["tensors"].values()}) for suffix, f in out["files"].items()}

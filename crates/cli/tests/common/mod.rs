@@ -36,6 +36,14 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// How many rows of `width` logits (one per position) lie within `tol` of `want`'s.
+pub fn positions_within(got: &[f32], want: &[f32], width: usize, tol: f32) -> usize {
+    got.chunks_exact(width)
+        .zip(want.chunks_exact(width))
+        .filter(|(a, b)| max_abs_diff(a, b) < tol)
+        .count()
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter()

@@ -146,13 +146,7 @@ fn scale_min_search(
             }
         }
         let better: [bool; LANES] = std::array::from_fn(|g| fits[g] && error[g] < best_error[g]);
-        for (li, ai) in l.iter_mut().zip(&aux) {
-            for g in 0..LANES {
-                if better[g] {
-                    li[g] = ai[g];
-                }
-            }
-        }
+        take_levels(&better, &aux, l);
         for g in 0..LANES {
             if better[g] {
                 best_error[g] = error[g];
@@ -216,13 +210,7 @@ fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes 
         let (sum_lx, sum_l2) = sums(&iscale, &mut aux);
         let better: [bool; LANES] =
             std::array::from_fn(|g| sum_l2[g] > 0.0 && sum_lx[g] * sum_lx[g] > best[g] * sum_l2[g]);
-        for (li, ai) in l.iter_mut().zip(&aux) {
-            for g in 0..LANES {
-                if better[g] {
-                    li[g] = ai[g];
-                }
-            }
-        }
+        take_levels(&better, &aux, l);
         for g in 0..LANES {
             if better[g] {
                 scale[g] = sum_lx[g] / sum_l2[g];
@@ -236,6 +224,22 @@ fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes 
         scale[g] = 0.0;
     }
     scale
+}
+
+/// Each group's levels from `found` where `better` says so.
+#[inline(always)]
+fn take_levels<const N: usize>(
+    better: &[bool; LANES],
+    found: &[[u8; LANES]; N],
+    l: &mut [[u8; LANES]; N],
+) {
+    for (li, fi) in l.iter_mut().zip(found) {
+        for g in 0..LANES {
+            if better[g] {
+                li[g] = fi[g];
+            }
+        }
+    }
 }
 
 /// `x` (groups of `N` weights, LANES of them) laid out as `[weight][group]`.
