@@ -164,7 +164,8 @@ fn kl_divergence_of_a_requantized_model_matches_llama_cpp() {
         rel(f(&got["base_perplexity"]), f(&kl["ppl_base"])) < 0.01,
         "{got} vs {kl}"
     );
-    // bora and llama.cpp differ by ~0.003 nats on the same file; the Q4_0 shift is ~0.38.
+    // bora and llama.cpp differ by ~0.001 nats on the same file; the Q4_0 shift is ~0.26 (the
+    // tied token embedding is Q8_0 in a Q4_0 file, as llama-quantize writes it).
     assert!(
         rel(f(&got["kld_mean"]), f(&kl["kld_mean"])) < 0.05,
         "{got} vs {kl}"
