@@ -11,14 +11,19 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// A fixture of little-endian f32.
+fn fixture_f32(name: &str) -> Vec<f32> {
+    fixture(name)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 #[test]
 fn every_type_dequantizes_as_the_gguf_package_does() {
     for dtype in DType::ALL.into_iter().filter(|d| *d != DType::F32) {
         let raw = fixture(&format!("{dtype}.bin"));
-        let want: Vec<f32> = fixture(&format!("{dtype}.f32.bin"))
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let want: Vec<f32> = fixture_f32(&format!("{dtype}.f32.bin"));
         assert_eq!(dtype.row_bytes(want.len()), Ok(raw.len()), "{dtype}");
         let mut got = vec![0f32; want.len()];
         dequantize_row(dtype, &raw, &mut got);
@@ -33,10 +38,7 @@ fn every_type_dequantizes_as_the_gguf_package_does() {
 /// writes the same bytes for the same input.
 #[test]
 fn legacy_types_quantize_as_the_gguf_package_does() {
-    let x: Vec<f32> = fixture("quantize_input.f32.bin")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let x: Vec<f32> = fixture_f32("quantize_input.f32.bin");
     for dtype in [
         DType::Q8_0,
         DType::Q4_0,
@@ -59,10 +61,7 @@ fn legacy_types_quantize_as_the_gguf_package_does() {
 /// and spiky groups among ordinary ones).
 #[test]
 fn k_quants_quantize_as_ggml_does() {
-    let x: Vec<f32> = fixture("kquant_input.f32.bin")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let x: Vec<f32> = fixture_f32("kquant_input.f32.bin");
     for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
         let want = fixture(&format!("{dtype}.quantized.bin"));
         let mut got = vec![0u8; dtype.row_bytes(x.len()).unwrap()];

@@ -185,8 +185,9 @@ fn fallback(wanted: DType, cols: usize) -> DType {
     }
 }
 
-/// One tensor's rows, expanded to f32 and stored as `to` (or copied, where stored so): the rows of each of `parts` in
-/// turn (all of one shape), row `i` of a part taking its input row `row_of(i)`.
+/// One tensor's rows, expanded to f32 and stored as `to` (or copied, where stored so): the
+/// rows of each of `parts` in turn (all of one shape), row `i` of a part taking its input row
+/// `row_of(i)`.
 fn convert(
     parts: &[MatRef<'_>],
     to: DType,
