@@ -7,7 +7,7 @@ Usage:  python tools/oracle/make_ggml_quantize_fixtures.py
 
 1. tests/fixtures/quants/kquant_input.f32.bin: 48 super-blocks of 256 weights (normal rows,
    outliers, all-zero, constant, one-signed, tiny and huge groups) and
-   {Q4_K,Q5_K,Q6_K}.quantized.bin: the bytes ggml_quantize_chunk writes for them, called in
+   {Q2_K,Q3_K,Q4_K,Q5_K,Q6_K}.quantized.bin: the bytes ggml_quantize_chunk writes for them, called in
    llama.cpp's libggml-base as llama-cpp-python bundles it.
 2. tests/fixtures/tiny/mistral_k.requant_{q4_k_m,q5_k_m}.gguf: llama.cpp's llama_model_quantize
    of mistral_k.q6_k.gguf to Q4_K_M and Q5_K_M (re-quantized from the Q6_K weights, as `bora
@@ -17,10 +17,12 @@ Usage:  python tools/oracle/make_ggml_quantize_fixtures.py
 3. tests/fixtures/tiny/mixtral8.q8_0.gguf: a tiny Mixtral-shaped model with 8 experts (random
    weights, Q8_0), where llama.cpp's rules for 8-expert models apply, and
    tiny/mixtral8.requant.json: each tensor's type and SHA-256 in llama.cpp's re-quantization
-   of it to Q4_K_S, Q4_K_M and Q5_K_M.
+   of it to each k-quant file type (Q2_K … Q6_K).
+   tests/fixtures/tiny/gqa4.q8_0.gguf and tiny/gqa4.requant.json: the same for a tiny dense
+   model whose KV heads each serve four query heads (Q2_K's attn_v rule depends on that).
 4. tests/fixtures/smollm2/requant.json: each tensor's type and SHA-256 in llama.cpp's
-   re-quantization of SmolLM2-135M-Instruct.Q4_1.gguf (tools/fetch-demo-model.sh) to Q4_K_S,
-   Q4_K_M, Q5_K_M and Q6_K: a real model's shapes (576-wide rows, tied embeddings) meet
+   re-quantization of SmolLM2-135M-Instruct.Q4_1.gguf (tools/fetch-demo-model.sh) to each
+   k-quant file type: a real model's shapes (576-wide rows, tied embeddings, 30 layers) meet
    llama.cpp's fallbacks and output rules.
 """
 
@@ -41,9 +43,12 @@ from check_gguf_llamacpp import llama_logits  # noqa: E402
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 QUANTS_DIR = FIXTURES / "quants"
 TINY_DIR = FIXTURES / "tiny"
-KQUANTS = (QT.Q4_K, QT.Q5_K, QT.Q6_K)
+KQUANTS = (QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K)
 # llama.cpp's llama_ftype values.
 REQUANT_FILES = [("q4_k_m", 15), ("q5_k_m", 17)]
+# llama-quantize's k-quant file types (Q2_K_S is left out: it needs an importance matrix).
+K_FILE_TYPES = [("q2_k", 10), ("q3_k_s", 11), ("q3_k_m", 12), ("q3_k_l", 13), ("q4_k_s", 14),
+                ("q4_k_m", 15), ("q5_k_s", 16), ("q5_k_m", 17), ("q6_k", 18)]
 
 
 def ggml_base() -> ctypes.CDLL:
@@ -167,32 +172,33 @@ def requantized_smollm2() -> dict:
     root = Path(__file__).resolve().parents[2]
     src = Path(subprocess.run([str(root / "tools" / "fetch-demo-model.sh")], check=True,
                               capture_output=True, text=True).stdout.strip())
-    return requantize_digests(src, [("q4_k", 14), ("q4_k_m", 15), ("q5_k_m", 17), ("q6_k", 18)],
-                              FIXTURES / "smollm2" / "requant.json")
+    return requantize_digests(src, K_FILE_TYPES, FIXTURES / "smollm2" / "requant.json")
 
 
-def eight_expert_model() -> dict:
-    """Random weights in Mixtral's layout, 8 experts, stored Q8_0 (llama.cpp quantizes Q8_0
-    targets as copies, which the test then also covers)."""
-    rng = np.random.default_rng(8)
-    n_embd, n_ff, n_layer, n_vocab, n_expert = 256, 32, 2, 256, 8
-    path = TINY_DIR / "mixtral8.q8_0.gguf"
+def random_model(path: Path, name: str, seed: int, n_ff: int, n_head: int, n_head_kv: int,
+                 n_expert: int) -> None:
+    """Random weights in Mistral's layout (Mixtral's with experts), 256 wide, 2 layers, stored
+    Q8_0 (llama.cpp quantizes Q8_0 targets as copies, which the tests then also cover)."""
+    rng = np.random.default_rng(seed)
+    n_embd, n_layer, n_vocab = 256, 2, 256
+    n_kv = n_embd // n_head * n_head_kv
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<0x{i:02X}>".encode() for i in range(n_vocab)])
     w.add_token_scores([0.0] * n_vocab)
     w.add_token_types([int(gguf.TokenType.BYTE)] * n_vocab)
-    w.add_name("bora-tiny-mixtral8")
+    w.add_name(name)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(1e6)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(2)
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q8_0))
 
     def q8(name: str, *shape: int) -> None:
@@ -206,28 +212,47 @@ def eight_expert_model() -> dict:
     for l in range(n_layer):
         f32(f"blk.{l}.attn_norm.weight", n_embd)
         q8(f"blk.{l}.attn_q.weight", n_embd, n_embd)
-        q8(f"blk.{l}.attn_k.weight", 128, n_embd)
-        q8(f"blk.{l}.attn_v.weight", 128, n_embd)
+        q8(f"blk.{l}.attn_k.weight", n_kv, n_embd)
+        q8(f"blk.{l}.attn_v.weight", n_kv, n_embd)
         q8(f"blk.{l}.attn_output.weight", n_embd, n_embd)
         f32(f"blk.{l}.ffn_norm.weight", n_embd)
-        f32(f"blk.{l}.ffn_gate_inp.weight", n_expert, n_embd)
-        q8(f"blk.{l}.ffn_gate_exps.weight", n_expert, n_ff, n_embd)
-        q8(f"blk.{l}.ffn_up_exps.weight", n_expert, n_ff, n_embd)
-        q8(f"blk.{l}.ffn_down_exps.weight", n_expert, n_embd, n_ff)
+        if n_expert:
+            f32(f"blk.{l}.ffn_gate_inp.weight", n_expert, n_embd)
+            q8(f"blk.{l}.ffn_gate_exps.weight", n_expert, n_ff, n_embd)
+            q8(f"blk.{l}.ffn_up_exps.weight", n_expert, n_ff, n_embd)
+            q8(f"blk.{l}.ffn_down_exps.weight", n_expert, n_embd, n_ff)
+        else:
+            q8(f"blk.{l}.ffn_gate.weight", n_ff, n_embd)
+            q8(f"blk.{l}.ffn_up.weight", n_ff, n_embd)
+            q8(f"blk.{l}.ffn_down.weight", n_embd, n_ff)
     f32("output_norm.weight", n_embd)
     q8("output.weight", n_vocab, n_embd)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return requantize_digests(path, [("q4_k", 14), ("q4_k_m", 15), ("q5_k_m", 17)],
-                              TINY_DIR / "mixtral8.requant.json")
+
+
+def eight_expert_model() -> dict:
+    """8 experts of 32-wide FFNs (whose rows fall back from 256-weight types), 4 query heads on
+    2 KV heads: llama.cpp's rules for 8-expert models."""
+    path = TINY_DIR / "mixtral8.q8_0.gguf"
+    random_model(path, "bora-tiny-mixtral8", 8, n_ff=32, n_head=4, n_head_kv=2, n_expert=8)
+    return requantize_digests(path, K_FILE_TYPES, TINY_DIR / "mixtral8.requant.json")
+
+
+def gqa4_model() -> dict:
+    """Dense, 8 query heads on 2 KV heads (Mistral 7B's ratio), 256-wide FFN."""
+    path = TINY_DIR / "gqa4.q8_0.gguf"
+    random_model(path, "bora-tiny-gqa4", 4, n_ff=256, n_head=8, n_head_kv=2, n_expert=0)
+    return requantize_digests(path, K_FILE_TYPES, TINY_DIR / "gqa4.requant.json")
 
 
 def main() -> None:
     summary = {"oracle": "llama.cpp's ggml (llama-cpp-python " + __import__("llama_cpp").__version__ + ")",
                "quantize_chunk": quantize_fixtures(), "requantized": requantized_files(),
-               "mixtral8": eight_expert_model(), "smollm2": requantized_smollm2()}
+               "mixtral8": eight_expert_model(), "gqa4": gqa4_model(),
+               "smollm2": requantized_smollm2()}
     (TINY_DIR / "summary_requant.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 

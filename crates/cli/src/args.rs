@@ -210,7 +210,8 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
-    /// f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q4_k_m, q5_k_m or q6_k (llama.cpp's file types).
+    /// llama-quantize's file types: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m,
+    /// q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k (q3_k, q4_k, q5_k: the _m mixes).
     #[arg(long = "type", value_parser = crate::commands::quantize::parse_file_type)]
     pub file_type: crate::commands::quantize::FileType,
 }

@@ -135,10 +135,10 @@ fn requantizes_as_llama_quantize_does(src: &Path, digests: &Path, tag: &str) {
     }
 }
 
-/// A real model: SmolLM2-135M-Instruct Q4_1 to q4_k, q4_k_m, q5_k_m and q6_k. Its 576-wide
-/// rows don't split into 256-weight blocks, so this holds bora to llama.cpp's fallbacks
-/// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0) and to its rule for a token embedding that is also
-/// the output.
+/// A real model: SmolLM2-135M-Instruct Q4_1 to each k-quant file type (q2_k … q6_k). Its
+/// 576-wide rows don't split into 256-weight blocks, so this holds bora to llama.cpp's
+/// fallbacks (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0) and to its rule for a
+/// token embedding that is also the output; its 30 layers give Q3_K_M a first sixteenth.
 #[test]
 fn smollm2_is_requantized_as_llama_quantize_does() {
     requantizes_as_llama_quantize_does(
@@ -148,9 +148,9 @@ fn smollm2_is_requantized_as_llama_quantize_does() {
     );
 }
 
-/// A tiny 8-expert Mixtral-shaped file (Q8_0) to q4_k, q4_k_m and q5_k_m: llama.cpp's rules for
-/// 8-expert models (attn_k and attn_v Q8_0, attn_output Q5_K) and its copy of tensors already
-/// in the wanted type.
+/// A tiny 8-expert Mixtral-shaped file (Q8_0) to each k-quant file type: llama.cpp's rules for
+/// 8-expert models (attn_k and attn_v Q8_0, attn_output Q5_K in the smaller mixes), its
+/// fallbacks for the experts' 32-wide rows, and its copy of tensors already in the wanted type.
 #[test]
 fn eight_expert_model_is_requantized_as_llama_quantize_does() {
     requantizes_as_llama_quantize_does(
@@ -158,6 +158,14 @@ fn eight_expert_model_is_requantized_as_llama_quantize_does() {
         &tiny("mixtral8.requant.json"),
         "mixtral8",
     );
+}
+
+/// A tiny dense file (Q8_0) whose KV heads each serve four query heads, as Mistral 7B's do,
+/// to each k-quant file type: every tensor splits into 256-weight blocks, and Q2_K's attn_v is
+/// Q4_K here (Q3_K where fewer query heads share a KV head, as in SmolLM2).
+#[test]
+fn four_queries_a_kv_head_model_is_requantized_as_llama_quantize_does() {
+    requantizes_as_llama_quantize_does(&tiny("gqa4.q8_0.gguf"), &tiny("gqa4.requant.json"), "gqa4");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::DType;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantizeError {
     #[error(
-        "bora cannot quantize to {0} (it can to Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
+        "bora cannot quantize to {0} (it can to Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
     )]
     Unsupported(DType),
     #[error(transparent)]
@@ -21,12 +21,14 @@ pub enum QuantizeError {
 }
 
 /// The types [`quantize_row`] writes.
-pub const QUANTIZABLE: [DType; 8] = [
+pub const QUANTIZABLE: [DType; 10] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
     DType::Q5_1,
+    DType::Q2_K,
+    DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
@@ -39,6 +41,10 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
     }
     let bytes = dtype.row_bytes(x.len())?;
     assert_eq!(out.len(), bytes, "output row has the wrong size");
+    if dtype.block_elems() == crate::blocks::QK_K {
+        kquant::quantize_row(dtype, x, out);
+        return Ok(());
+    }
     let n = dtype.block_elems();
     for (xs, blk) in x
         .chunks_exact(n)
@@ -50,9 +56,6 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
             DType::Q4_1 => q4_1(xs, blk),
             DType::Q5_0 => q5_0(xs, blk),
             DType::Q5_1 => q5_1(xs, blk),
-            DType::Q4_K => kquant::q4_k(xs, blk),
-            DType::Q5_K => kquant::q5_k(xs, blk),
-            DType::Q6_K => kquant::q6_k(xs, blk),
             _ => unreachable!("checked above"),
         }
     }
@@ -215,7 +218,9 @@ mod tests {
         assert!(e(DType::Q5_0) < 0.08 && e(DType::Q5_1) < 0.08, "{errors:?}");
         assert!(e(DType::Q4_0) < 0.15 && e(DType::Q4_1) < 0.15, "{errors:?}");
         assert!(e(DType::Q4_K) < 0.15, "{errors:?}");
+        assert!(e(DType::Q3_K) < 0.25 && e(DType::Q2_K) < 0.4, "{errors:?}");
         assert!(e(DType::Q8_0) < e(DType::Q6_K) && e(DType::Q6_K) < e(DType::Q4_K));
+        assert!(e(DType::Q4_K) < e(DType::Q3_K) && e(DType::Q3_K) < e(DType::Q2_K));
         assert!(e(DType::Q5_0) < e(DType::Q4_0) && e(DType::Q5_1) < e(DType::Q4_1));
     }
 
@@ -229,10 +234,10 @@ mod tests {
             dequantize_row(dtype, &q, &mut y);
             assert!(y.iter().all(|&v| v == 0.0), "{dtype}");
         }
-        let mut q = vec![0u8; 110];
+        let mut q = vec![0u8; 512];
         assert_eq!(
-            quantize_row(DType::Q3_K, &[0.0; 256], &mut q),
-            Err(QuantizeError::Unsupported(DType::Q3_K))
+            quantize_row(DType::F16, &[0.0; 256], &mut q),
+            Err(QuantizeError::Unsupported(DType::F16))
         );
         assert!(matches!(
             quantize_row(DType::Q4_0, &[0.0; 33], &mut q),

@@ -62,7 +62,13 @@ fn legacy_types_quantize_as_the_gguf_package_does() {
 #[test]
 fn k_quants_quantize_as_ggml_does() {
     let x: Vec<f32> = fixture_f32("kquant_input.f32.bin");
-    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+    for dtype in [
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
         let want = fixture(&format!("{dtype}.quantized.bin"));
         let mut got = vec![0u8; dtype.row_bytes(x.len()).unwrap()];
         bora_kernels::quantize::quantize_row(dtype, &x, &mut got).unwrap();

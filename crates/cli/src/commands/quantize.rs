@@ -27,17 +27,30 @@ pub enum FileType {
     Q4_1,
     Q5_0,
     Q5_1,
-    /// llama.cpp's Q4_K_S: Q4_K, with Q5_K for the first four attn_v and the first eighth of
-    /// ffn_down (output Q6_K).
-    Q4K,
-    /// Q4_K, with Q6_K for output and for attn_v / ffn_down in llama.cpp's "more bits" layers.
+    /// Q2_K, with Q3_K for ffn_down and attn_output, and attn_v Q4_K where four or more query
+    /// heads share a KV head (Q3_K where fewer do).
+    Q2K,
+    /// Q3_K throughout (the output Q6_K, as in every k-quant mix).
+    Q3KS,
+    /// Q3_K, with Q5_K for the first two attn_v and the first sixteenth of ffn_down, Q4_K for
+    /// the other attn_v, ffn_down and attn_output.
+    Q3KM,
+    /// Q3_K, with Q5_K for attn_v, ffn_down and attn_output.
+    Q3KL,
+    /// Q4_K, with Q5_K for the first four attn_v and the first eighth of ffn_down.
+    Q4KS,
+    /// Q4_K, with Q6_K for attn_v / ffn_down in llama.cpp's "more bits" layers.
     Q4KM,
+    /// Q5_K throughout.
+    Q5KS,
     /// Q5_K, with Q6_K where Q4_K_M has it.
     Q5KM,
     Q6K,
 }
 
-const FILE_TYPES: [(&str, FileType); 11] = [
+/// The names `--type` takes: llama-quantize's, its aliases included (q3_k, q4_k and q5_k are
+/// the _M mixes there too).
+const FILE_TYPES: [(&str, FileType); 19] = [
     ("f32", FileType::F32),
     ("f16", FileType::F16),
     ("q8_0", FileType::Q8_0),
@@ -45,8 +58,16 @@ const FILE_TYPES: [(&str, FileType); 11] = [
     ("q4_1", FileType::Q4_1),
     ("q5_0", FileType::Q5_0),
     ("q5_1", FileType::Q5_1),
-    ("q4_k", FileType::Q4K),
+    ("q2_k", FileType::Q2K),
+    ("q3_k", FileType::Q3KM),
+    ("q3_k_s", FileType::Q3KS),
+    ("q3_k_m", FileType::Q3KM),
+    ("q3_k_l", FileType::Q3KL),
+    ("q4_k", FileType::Q4KM),
+    ("q4_k_s", FileType::Q4KS),
     ("q4_k_m", FileType::Q4KM),
+    ("q5_k", FileType::Q5KM),
+    ("q5_k_s", FileType::Q5KS),
     ("q5_k_m", FileType::Q5KM),
     ("q6_k", FileType::Q6K),
 ];
@@ -72,8 +93,10 @@ impl FileType {
             FileType::Q4_1 => DType::Q4_1,
             FileType::Q5_0 => DType::Q5_0,
             FileType::Q5_1 => DType::Q5_1,
-            FileType::Q4K | FileType::Q4KM => DType::Q4_K,
-            FileType::Q5KM => DType::Q5_K,
+            FileType::Q2K => DType::Q2_K,
+            FileType::Q3KS | FileType::Q3KM | FileType::Q3KL => DType::Q3_K,
+            FileType::Q4KS | FileType::Q4KM => DType::Q4_K,
+            FileType::Q5KS | FileType::Q5KM => DType::Q5_K,
             FileType::Q6K => DType::Q6_K,
         }
     }
@@ -88,8 +111,13 @@ impl FileType {
             FileType::Q8_0 => 7,
             FileType::Q5_0 => 8,
             FileType::Q5_1 => 9,
-            FileType::Q4K => 14,
+            FileType::Q2K => 10,
+            FileType::Q3KS => 11,
+            FileType::Q3KM => 12,
+            FileType::Q3KL => 13,
+            FileType::Q4KS => 14,
             FileType::Q4KM => 15,
+            FileType::Q5KS => 16,
             FileType::Q5KM => 17,
             FileType::Q6K => 18,
         }
@@ -111,6 +139,8 @@ fn layer_of(name: &str) -> Option<usize> {
 struct ModelShape {
     n_layers: usize,
     n_experts: usize,
+    /// Query heads per KV head (0 where the file does not say).
+    n_gqa: usize,
     /// No `output.weight`: the token embedding is also the output matrix, and gets its type.
     tied_output: bool,
 }
@@ -139,25 +169,44 @@ fn target(ft: FileType, name: &str, shape: &[usize], m: &ModelShape) -> DType {
             base
         }
     } else if name.contains("attn_v.") {
+        let below = |n: usize| layer.is_some_and(|l| l < n);
         match ft {
             // Each KV head serves many query heads; an 8-expert model's attention is a
             // small part of its size.
             _ if eight_experts => DType::Q8_0,
+            FileType::Q2K if m.n_gqa >= 4 => DType::Q4_K,
+            FileType::Q2K => DType::Q3_K,
+            FileType::Q3KM if below(2) => DType::Q5_K,
+            FileType::Q3KM => DType::Q4_K,
+            FileType::Q3KL => DType::Q5_K,
             FileType::Q4KM | FileType::Q5KM if more_bits => DType::Q6_K,
-            FileType::Q4K if layer.is_some_and(|l| l < 4) => DType::Q5_K,
+            FileType::Q4KS if below(4) => DType::Q5_K,
             _ => base,
         }
     } else if name.contains("attn_k.") && eight_experts {
         DType::Q8_0
-    } else if name.contains("attn_output.")
-        && eight_experts
-        && matches!(ft, FileType::Q4K | FileType::Q4KM)
-    {
-        DType::Q5_K
-    } else if name.contains("ffn_down") {
+    } else if name.contains("attn_output.") {
         match ft {
+            FileType::Q2K | FileType::Q3KS | FileType::Q3KM | FileType::Q4KS | FileType::Q4KM
+                if eight_experts =>
+            {
+                DType::Q5_K
+            }
+            _ if eight_experts => base,
+            FileType::Q2K => DType::Q3_K,
+            FileType::Q3KM => DType::Q4_K,
+            FileType::Q3KL => DType::Q5_K,
+            _ => base,
+        }
+    } else if name.contains("ffn_down") {
+        let below = |n: usize| layer.is_some_and(|l| l < n);
+        match ft {
+            FileType::Q2K => DType::Q3_K,
+            FileType::Q3KM if below(m.n_layers / 16) => DType::Q5_K,
+            FileType::Q3KM => DType::Q4_K,
+            FileType::Q3KL => DType::Q5_K,
             FileType::Q4KM | FileType::Q5KM if more_bits => DType::Q6_K,
-            FileType::Q4K if layer.is_some_and(|l| l < m.n_layers / 8) => DType::Q5_K,
+            FileType::Q4KS if below(m.n_layers / 8) => DType::Q5_K,
             _ => base,
         }
     } else {
@@ -173,6 +222,7 @@ fn fallback(wanted: DType, cols: usize) -> DType {
         return wanted;
     }
     let next = match wanted {
+        DType::Q2_K | DType::Q3_K => DType::Q4_0,
         DType::Q4_K => DType::Q5_0,
         DType::Q5_K => DType::Q5_1,
         DType::Q6_K => DType::Q8_0,
@@ -265,9 +315,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             .and_then(Value::as_u64)
             .unwrap_or(0) as usize
     };
+    let n_heads = count("attention.head_count");
+    // As llama.cpp reads a file: without a KV head count, as many KV heads as query heads.
+    let n_kv_heads = if metadata.contains_key(&format!("{arch}.attention.head_count_kv")) {
+        count("attention.head_count_kv")
+    } else {
+        n_heads
+    };
     let shape = ModelShape {
         n_layers: count("block_count"),
         n_experts: count("expert_count"),
+        n_gqa: n_heads.checked_div(n_kv_heads).unwrap_or(0),
         tied_output: !sources.iter().any(|t| t.name == "output.weight"),
     };
     let mut specs = Vec::with_capacity(sources.len());
@@ -371,6 +429,7 @@ mod tests {
         let dense = ModelShape {
             n_layers: 32,
             n_experts: 0,
+            n_gqa: 4,
             tied_output: false,
         };
         let t = |name: &str, cols: usize| target(FileType::Q4KM, name, &[4096, cols], &dense);
