@@ -68,17 +68,41 @@ pub(crate) struct Panel {
     /// Per block, each token's `s` (what Q4_1/Q5_1's min meets); empty for other types.
     s: Vec<f32>,
     /// Per block, [`ints_per_block`] i32 per token: the integer sums' starting values
-    /// (−offset · Σ q) for the 32-weight types and Q6_K's 16-groups, or for Q4_K/Q5_K the
-    /// 32-group quant sums as i16 pairs.
+    /// (−offset · Σ q) for the 32-weight types and Q6_K's and Q3_K's 16-groups, or the quant
+    /// sums as i16 pairs that the mins meet: of Q4_K/Q5_K's 32-groups, Q2_K's 16-groups.
     pub(crate) ints: Vec<i32>,
 }
 
 /// How many i32 a [`Panel`] keeps per token and block for `dtype`.
 fn ints_per_block(dtype: DType) -> usize {
+    match k_ints(dtype) {
+        KInts::Pairs32 => 4,
+        KInts::Pairs16 => 8,
+        KInts::Offset16(_) => 16,
+        KInts::None => 1,
+    }
+}
+
+/// What a panel keeps for a k-quant's integer sums (see [`Panel::ints`]).
+#[derive(Clone, Copy)]
+enum KInts {
+    /// −offset · Σ q of each 16-group: the sums' starting values (Q6_K, Q3_K).
+    Offset16(i32),
+    /// Σ q of each 32-group, two to an i32 (Q4_K, Q5_K).
+    Pairs32,
+    /// Σ q of each 16-group, two to an i32 (Q2_K).
+    Pairs16,
+    /// Not a k-quant.
+    None,
+}
+
+fn k_ints(dtype: DType) -> KInts {
     match dtype {
-        DType::Q4_K | DType::Q5_K => 4,
-        DType::Q6_K => 16,
-        _ => 1,
+        DType::Q6_K => KInts::Offset16(32),
+        DType::Q3_K => KInts::Offset16(4),
+        DType::Q4_K | DType::Q5_K => KInts::Pairs32,
+        DType::Q2_K => KInts::Pairs16,
+        _ => KInts::None,
     }
 }
 
@@ -124,7 +148,7 @@ impl Panel {
                         _ => mixed(),
                     })
                     .collect();
-                self.fill_k(&rows, ints_per_block(dtype) == 16);
+                self.fill_k(&rows, k_ints(dtype));
             }
         }
         debug_assert_eq!(self.ints.len(), self.d.len() * ints_per_block(dtype));
@@ -155,9 +179,8 @@ impl Panel {
     }
 
     /// 256-element blocks: quants chunk-major (per block, each 32-group's tokens back to back,
-    /// so a group's reads are one run of N·32 bytes), then per token its scale and either
-    /// Q6_K's per-16 starting sums (−32·bsum) or Q4_K/Q5_K's 32-group sums as i16 pairs.
-    fn fill_k(&mut self, rows: &[&[BlockQ8K]], q6: bool) {
+    /// so a group's reads are one run of N·32 bytes), then per token its scale and `ints`.
+    fn fill_k(&mut self, rows: &[&[BlockQ8K]], ints: KInts) {
         let blocks = rows.first().map_or(0, |r| r.len());
         for i in 0..blocks {
             for c in 0..QK_K / 32 {
@@ -170,12 +193,18 @@ impl Panel {
             for r in rows {
                 let y = &r[i];
                 self.d.push(y.d);
-                if q6 {
-                    self.ints.extend(y.bsums.iter().map(|&v| -32 * v as i32));
-                } else {
-                    let sum32 = |g: usize| y.bsums[2 * g] as i32 + y.bsums[2 * g + 1] as i32;
-                    self.ints
-                        .extend((0..4).map(|p| (sum32(2 * p) & 0xFFFF) | (sum32(2 * p + 1) << 16)));
+                let pair = |a: i32, b: i32| (a & 0xFFFF) | (b << 16);
+                match ints {
+                    KInts::Offset16(o) => self.ints.extend(y.bsums.iter().map(|&v| -o * v as i32)),
+                    KInts::Pairs32 => {
+                        let sum32 = |g: usize| y.bsums[2 * g] as i32 + y.bsums[2 * g + 1] as i32;
+                        self.ints
+                            .extend((0..4).map(|p| pair(sum32(2 * p), sum32(2 * p + 1))));
+                    }
+                    KInts::Pairs16 => self.ints.extend(
+                        (0..8).map(|p| pair(y.bsums[2 * p] as i32, y.bsums[2 * p + 1] as i32)),
+                    ),
+                    KInts::None => unreachable!("a k-quant panel"),
                 }
             }
         }

@@ -68,7 +68,9 @@ fn avx2_kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
         DType::Q8_0 => (unpack_q8_0, q8_0),
         DType::Q4_K => (unpack_k4::<144, 16, 0>, k4::<{ flush_steps(15) }>),
         DType::Q5_K => (unpack_k4::<176, 48, 16>, k4::<{ flush_steps(31) }>),
-        DType::Q6_K => (unpack_q6k, q6k),
+        DType::Q6_K => (unpack_q6k, k16::<{ flush_steps(63) }>),
+        DType::Q3_K => (unpack_q3k, k16::<{ flush_steps(7) }>),
+        DType::Q2_K => (unpack_q2k, q2k),
         _ => return None,
     })
 }
@@ -79,7 +81,8 @@ pub(crate) fn tile_bytes(dtype: DType, cols: usize) -> usize {
     let per_block = match dtype {
         DType::Q4_1 | DType::Q5_1 => LEGACY_PER_BLOCK + 1,
         DType::Q4_K | DType::Q5_K => K4_PER_BLOCK,
-        DType::Q6_K => Q6K_PER_BLOCK,
+        DType::Q6_K | DType::Q3_K => K16_PER_BLOCK,
+        DType::Q2_K => Q2K_PER_BLOCK,
         DType::Q8_0 => Q8_0_PER_BLOCK,
         _ => LEGACY_PER_BLOCK,
     };
@@ -614,8 +617,9 @@ unsafe fn k4<const FLUSH: usize>(
     store(out, acc);
 }
 
-/// Vectors per unpacked Q6_K block: eight per 32-element chunk, then its sixteen `d·sc`.
-const Q6K_PER_BLOCK: usize = 8 * 8 + 16;
+/// Vectors per unpacked Q6_K or Q3_K block: eight per 32-element chunk, then its sixteen
+/// `d·sc`.
+const K16_PER_BLOCK: usize = 8 * 8 + 16;
 
 /// Q6_K tiles: per block, the eight 32-element chunks' 6-bit values q (4 bits of `ql`, 2 of
 /// `qh`), in element order, then `d·sc_g` of the sixteen 16-groups.
@@ -628,7 +632,7 @@ unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
     let (rows, n) = tile_rows(w, row_bytes, SIZE);
     let (nib, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
     dst.clear();
-    dst.reserve(n * Q6K_PER_BLOCK);
+    dst.reserve(n * K16_PER_BLOCK);
     for i in 0..n {
         let at = i * SIZE;
         for c in 0..8 {
@@ -668,18 +672,75 @@ unsafe fn unpack_q6k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
     }
 }
 
-/// Q6_K: per 16-group g, `w = d·sc_g·(q − 32)`, the −32 in the panel's starting sums.
+/// Q3_K tiles: per block, the eight 32-element chunks' values u = q + 4 in 0..8 (two bits of
+/// `qs`, the third of `hmask`), in element order, then `d·sc_g` of the sixteen 16-groups: the
+/// layout of [`unpack_q6k`]'s, for [`k16`].
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_q6k`], `p` a panel filled
-/// for Q6_K from rows as long.
+/// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
-    let n = unpacked_blocks(u, Q6K_PER_BLOCK, p);
+unsafe fn unpack_q3k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
+    const SIZE: usize = 110;
+    let (rows, n) = tile_rows(w, row_bytes, SIZE);
+    let (two, one) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x01));
+    dst.clear();
+    dst.reserve(n * K16_PER_BLOCK);
+    for i in 0..n {
+        let at = i * SIZE;
+        for c in 0..8 {
+            // Chunk c = 4h + j: bits 2j of qs[32h..] (after the 32 hmask bytes), bit c of hmask.
+            let (h, j) = (c / 4, c % 4);
+            let lshift = _mm_cvtsi32_si128(2 * j as i32);
+            let hshift = _mm_cvtsi32_si128(c as i32);
+            let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+                let lo2 = _mm256_and_si256(
+                    _mm256_srl_epi16(load32(rows[r], at + 32 + 32 * h), lshift),
+                    two,
+                );
+                let hi = _mm256_and_si256(_mm256_srl_epi16(load32(rows[r], at), hshift), one);
+                _mm256_or_si256(lo2, _mm256_slli_epi16::<2>(hi))
+            });
+            dst.extend_from_slice(&transpose(values));
+        }
+        let d = f16_lanes(&rows, at + 108);
+        let scales: [[i16; 16]; ROWS] = std::array::from_fn(|r| {
+            let s: &[u8; 12] = rows[r][at + 96..at + 108].try_into().expect("12 bytes");
+            crate::kquants::unpack_scales_q3_k(s)
+        });
+        for h in 0..2 {
+            let sc = transpose(std::array::from_fn(|r| {
+                let s: &[i16; 8] = scales[r][8 * h..8 * h + 8].try_into().expect("8 scales");
+                // SAFETY: `s` is 16 readable bytes; the load is unaligned.
+                _mm256_cvtepi16_epi32(unsafe { _mm_loadu_si128(s.as_ptr().cast()) })
+            }));
+            for scg in sc {
+                dst.push(_mm256_castps_si256(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(scg),
+                    d,
+                )));
+            }
+        }
+    }
+}
+
+/// Q6_K and Q3_K: per 16-group g, `w = d·sc_g·(u − o)` (o: 32, 4), the −o in the panel's
+/// starting sums; the pair sums widened every `FLUSH` steps.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_q6k`] or [`unpack_q3k`],
+/// `p` a panel filled for the type from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k16<const FLUSH: usize>(
+    u: &[__m256i],
+    p: &Panel,
+    ahead: &[u8],
+    out: &mut [[f32; ROWS]; TOKENS],
+) {
+    let n = unpacked_blocks(u, K16_PER_BLOCK, p);
     let mut ahead = Ahead::new(ahead, n);
     let mut acc = [_mm256_setzero_ps(); TOKENS];
     let blocks = u
-        .chunks_exact(Q6K_PER_BLOCK)
+        .chunks_exact(K16_PER_BLOCK)
         .zip(p.qs.chunks_exact(QK_K * TOKENS));
     let per_token =
         p.d.chunks_exact(TOKENS)
@@ -694,9 +755,7 @@ unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TO
             let ws = &blk[8 * c + 4 * half..8 * c + 4 * half + 4];
             // SAFETY: chunk c's quants of the panel's tokens, 32 each back to back; this
             // 16-group's are the 16 bytes at 16·half of each.
-            let s = unsafe {
-                sums::<{ flush_steps(63) }>(start, ws, &q[32 * TOKENS * c + 16 * half..], 32)
-            };
+            let s = unsafe { sums::<FLUSH>(start, ws, &q[32 * TOKENS * c + 16 * half..], 32) };
             let dsg = _mm256_castsi256_ps(blk[64 + g]);
             for t in 0..TOKENS {
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsg, block_acc[t]);
@@ -710,17 +769,126 @@ unsafe fn q6k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TO
     store(out, acc);
 }
 
+/// Vectors per unpacked Q2_K block: eight per 32-element chunk, the sixteen `d·sc` (f32), the
+/// eight min pairs (i16: group 2p low, 2p + 1 high), `dmin`.
+const Q2K_PER_BLOCK: usize = 8 * 8 + 16 + 8 + 1;
+
+/// Q2_K tiles: per block, the eight 32-element chunks' values u in 0..4 (two bits of `qs`), in
+/// element order, then the groups' `d·sc`, their mins in pairs, and `dmin`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q2k(w: &[u8], row_bytes: usize, dst: &mut Vec<__m256i>) {
+    const SIZE: usize = 84;
+    let (rows, n) = tile_rows(w, row_bytes, SIZE);
+    let (two, nib) = (_mm256_set1_epi8(0x03), _mm256_set1_epi32(0x0F));
+    dst.clear();
+    dst.reserve(n * Q2K_PER_BLOCK);
+    for i in 0..n {
+        let at = i * SIZE;
+        for c in 0..8 {
+            // Chunk c = 4h + j: bits 2j of qs[32h..] (after the 16 scale bytes).
+            let (h, j) = (c / 4, c % 4);
+            let shift = _mm_cvtsi32_si128(2 * j as i32);
+            let values: [__m256i; ROWS] = std::array::from_fn(|r| {
+                _mm256_and_si256(
+                    _mm256_srl_epi16(load32(rows[r], at + 16 + 32 * h), shift),
+                    two,
+                )
+            });
+            dst.extend_from_slice(&transpose(values));
+        }
+        let scale_bytes: [__m128i; ROWS] = std::array::from_fn(|r| {
+            let b: &[u8; 16] = rows[r][at..at + 16].try_into().expect("16 scale bytes");
+            // SAFETY: `b` is 16 readable bytes; the load is unaligned.
+            unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+        });
+        // Each byte: the group's scale in the low nibble, its min in the high one.
+        let d = f16_lanes(&rows, at + 80);
+        for h in 0..2 {
+            let sc = transpose(scale_bytes.map(|b| {
+                let bytes = if h == 0 { b } else { _mm_srli_si128::<8>(b) };
+                _mm256_and_si256(_mm256_cvtepu8_epi32(bytes), nib)
+            }));
+            for scg in sc {
+                dst.push(_mm256_castps_si256(_mm256_mul_ps(
+                    _mm256_cvtepi32_ps(scg),
+                    d,
+                )));
+            }
+        }
+        // Sixteen i16 mins a row: dword p holds groups 2p and 2p + 1.
+        let mins = transpose(scale_bytes.map(|b| _mm256_srli_epi16::<4>(_mm256_cvtepu8_epi16(b))));
+        dst.extend_from_slice(&mins);
+        dst.push(_mm256_castps_si256(f16_lanes(&rows, at + 82)));
+    }
+}
+
+/// Q2_K: per 16-group g, `w = d·sc_g·u − dmin·m_g`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `u` unpacked by [`unpack_q2k`], `p` a panel filled
+/// for Q2_K from rows as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TOKENS]) {
+    let n = unpacked_blocks(u, Q2K_PER_BLOCK, p);
+    let mut ahead = Ahead::new(ahead, n);
+    let mut acc = [_mm256_setzero_ps(); TOKENS];
+    let blocks = u
+        .chunks_exact(Q2K_PER_BLOCK)
+        .zip(p.qs.chunks_exact(QK_K * TOKENS));
+    let per_token =
+        p.d.chunks_exact(TOKENS)
+            .zip(p.ints.chunks_exact(8 * TOKENS));
+    for ((blk, q), (dy, group_sums)) in blocks.zip(per_token) {
+        ahead.step();
+        let mut block_acc = [_mm256_setzero_ps(); TOKENS];
+        for g in 0..16 {
+            let (c, half) = (g / 2, g % 2);
+            let zero = [_mm256_setzero_si256(); TOKENS];
+            let ws = &blk[8 * c + 4 * half..8 * c + 4 * half + 4];
+            // SAFETY: chunk c's quants of the panel's tokens, 32 each back to back; this
+            // 16-group's are the 16 bytes at 16·half of each.
+            let s = unsafe {
+                sums::<{ flush_steps(3) }>(zero, ws, &q[32 * TOKENS * c + 16 * half..], 32)
+            };
+            let dsg = _mm256_castsi256_ps(blk[64 + g]);
+            for t in 0..TOKENS {
+                block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsg, block_acc[t]);
+            }
+        }
+        let pairs = &blk[80..88];
+        let dmin = _mm256_castsi256_ps(blk[88]);
+        let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
+        let group_sums: &[i32; 8 * TOKENS] = group_sums.try_into().expect("8 sums a token");
+        for t in 0..TOKENS {
+            let y = _mm256_set1_ps(dy[t]);
+            let mut mins = _mm256_setzero_si256();
+            for (pr, &mp) in pairs.iter().enumerate() {
+                let gs = _mm256_set1_epi32(group_sums[8 * t + pr]);
+                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mp, gs));
+            }
+            acc[t] = _mm256_fmadd_ps(block_acc[t], y, acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, y), acc[t]);
+        }
+    }
+    store(out, acc);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::act_quant::QuantizedRow;
 
-    const TYPES: [DType; 8] = [
+    const TYPES: [DType; 10] = [
         DType::Q4_0,
         DType::Q8_0,
         DType::Q4_1,
         DType::Q5_0,
         DType::Q5_1,
+        DType::Q2_K,
+        DType::Q3_K,
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
