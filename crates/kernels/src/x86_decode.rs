@@ -65,7 +65,7 @@ pub(crate) struct DecodeRow {
     offsets: Vec<Line<i32>>,
     scales: Vec<Line<f32>>,
     tail: Vec<([i8; 32], f32)>,
-    /// Q4_K, Q5_K and Q6_K: the row's Q8_K blocks ([`kquants`]).
+    /// The k-quants: the row's Q8_K blocks ([`kquants`]).
     k: Vec<kquants::KAct>,
 }
 
@@ -180,6 +180,8 @@ pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
             DType::Q4_K if isa.level() >= Level::Avx2 => Some(avx2::q4_k_rows),
             DType::Q5_K if isa.level() >= Level::Avx2 => Some(avx2::q5_k_rows),
             DType::Q6_K if isa.level() >= Level::Avx2 => Some(avx2::q6_k_rows),
+            DType::Q3_K if isa.level() >= Level::Avx2 => Some(avx2::q3_k_rows),
+            DType::Q2_K if isa.level() >= Level::Avx2 => Some(avx2::q2_k_rows),
             _ => None,
         };
     }
@@ -379,6 +381,8 @@ mod tests {
         for dtype in [
             DType::Q4_0,
             DType::Q8_0,
+            DType::Q2_K,
+            DType::Q3_K,
             DType::Q4_K,
             DType::Q5_K,
             DType::Q6_K,
@@ -431,7 +435,14 @@ mod tests {
     fn decode_kernel_speed() {
         let isa = crate::dispatch::isa();
         let cols = 4096;
-        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        for dtype in [
+            DType::Q4_0,
+            DType::Q8_0,
+            DType::Q2_K,
+            DType::Q3_K,
+            DType::Q4_K,
+            DType::Q6_K,
+        ] {
             let Some(kernel) = kernel(isa, dtype) else {
                 continue;
             };

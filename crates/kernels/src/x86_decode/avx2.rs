@@ -487,3 +487,130 @@ pub(super) unsafe fn q6_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out
         *o = hsum(acc);
     }
 }
+
+/// Q3_K's sixteen 6-bit scales, minus 32, as i16 words: the low four bits are nibbles of
+/// bytes 0..8 (scale g < 8 the low nibble of byte g, g ≥ 8 the high one of byte g − 8), the top
+/// two bits are bits 2·(g/4) of byte 8 + g % 4. Built in one 128-bit register: for the top
+/// bits, dword k of the four bytes broadcast is shifted right by 2k, which puts the bits of
+/// scales 4k..4k + 4 at the bottom of its bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q3_k_scales(blk: &[u8]) -> __m256i {
+    let low: &[u8; 8] = blk[96..104].try_into().expect("8 scale bytes");
+    let top = u32::from_le_bytes(blk[104..108].try_into().expect("4 scale bytes"));
+    // SAFETY: `low` is 8 readable bytes; the load is unaligned.
+    let low = unsafe { _mm_loadl_epi64(low.as_ptr() as *const __m128i) };
+    let nibble = _mm_set1_epi8(0x0F);
+    let low = _mm_unpacklo_epi64(
+        _mm_and_si128(low, nibble),
+        _mm_and_si128(_mm_srli_epi16(low, 4), nibble),
+    );
+    let top = _mm_srlv_epi32(_mm_set1_epi32(top as i32), _mm_set_epi32(6, 4, 2, 0));
+    let top = _mm_slli_epi16(_mm_and_si128(top, _mm_set1_epi8(0x03)), 4);
+    let scales = _mm_sub_epi8(_mm_or_si128(low, top), _mm_set1_epi8(32));
+    _mm256_cvtepi8_epi16(scales)
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q3_K blocks and `x` laid out for Q3_K (as for Q6_K: quants in
+/// order, negated 16-sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q3_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * 110);
+    let (two_bits, one_bit) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x04));
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm256_setzero_ps();
+        for (blk, a) in row.chunks_exact(110).zip(&x.k) {
+            prefetch_group(blk);
+            let scales = q3_k_scales(blk);
+            // Values are u − 4: the sum starts from −4 · Σ scale · (sum of its 16 quants)
+            // (`sums` holds those sums negated).
+            let mut sum = _mm256_slli_epi32(_mm256_madd_epi16(scales, load_sums(a)), 2);
+            let hmask = load_at(blk, 0);
+            for half in 0..2 {
+                let sh = match half {
+                    0 => _mm256_permute2x128_si256::<0x00>(scales, scales),
+                    _ => _mm256_permute2x128_si256::<0x11>(scales, scales),
+                };
+                let qs = load_at(blk, 32 + 32 * half);
+                for (p, mask) in Q6_K_SCALE.iter().enumerate() {
+                    // Values 32p..32p + 32 of the half: bits 2p of the qs bytes, and bit
+                    // 4·half + p of the hmask bytes moved to bit 2.
+                    let low = match p {
+                        0 => qs,
+                        1 => _mm256_srli_epi16(qs, 2),
+                        2 => _mm256_srli_epi16(qs, 4),
+                        _ => _mm256_srli_epi16(qs, 6),
+                    };
+                    let c = 4 * half + p;
+                    let high = match c {
+                        0 => _mm256_slli_epi16(hmask, 2),
+                        1 => _mm256_slli_epi16(hmask, 1),
+                        2 => hmask,
+                        _ => _mm256_srl_epi16(hmask, _mm_cvtsi32_si128(c as i32 - 2)),
+                    };
+                    let v = _mm256_or_si256(
+                        _mm256_and_si256(low, two_bits),
+                        _mm256_and_si256(high, one_bit),
+                    );
+                    let pairs =
+                        _mm256_maddubs_epi16(v, load_quants(&a.qs[2 * half + p / 2], p % 2));
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, spread_word(sh, mask)));
+                }
+            }
+            let d = f16_le([blk[108], blk[109]]) * a.d;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d), acc);
+        }
+        *o = hsum(acc);
+    }
+}
+
+/// # Safety
+/// As [`q4_0_rows`], for Q2_K blocks and `x` laid out for Q2_K (as for Q6_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q2_k_rows(rows: &[u8], row_bytes: usize, x: &DecodeRow, out: &mut [f32]) {
+    assert!(rows.len() >= out.len() * row_bytes && row_bytes == x.k.len() * 84);
+    let two_bits = _mm256_set1_epi8(0x03);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * row_bytes..(j + 1) * row_bytes];
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_min = _mm256_setzero_ps();
+        for (blk, a) in row.chunks_exact(84).zip(&x.k) {
+            prefetch_group(blk);
+            let sc: &[u8; 16] = blk[..16].try_into().expect("16 scale bytes");
+            // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+            let bytes = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            // Each byte: the group's scale in the low nibble, its min in the high one.
+            let scales = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F));
+            let mins = _mm256_srli_epi16(bytes, 4);
+            let mut sum = _mm256_setzero_si256();
+            for half in 0..2 {
+                let sh = match half {
+                    0 => _mm256_permute2x128_si256::<0x00>(scales, scales),
+                    _ => _mm256_permute2x128_si256::<0x11>(scales, scales),
+                };
+                let qs = load_at(blk, 16 + 32 * half);
+                for (p, mask) in Q6_K_SCALE.iter().enumerate() {
+                    let v = match p {
+                        0 => qs,
+                        1 => _mm256_srli_epi16(qs, 2),
+                        2 => _mm256_srli_epi16(qs, 4),
+                        _ => _mm256_srli_epi16(qs, 6),
+                    };
+                    let v = _mm256_and_si256(v, two_bits);
+                    let pairs =
+                        _mm256_maddubs_epi16(v, load_quants(&a.qs[2 * half + p / 2], p % 2));
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, spread_word(sh, mask)));
+                }
+            }
+            // The mins meet the negated 16-sums: −Σ m·(sum of its quants).
+            let neg_mins = _mm256_madd_epi16(mins, load_sums(a));
+            let d = f16_le([blk[80], blk[81]]) * a.d;
+            let dmin = f16_le([blk[82], blk[83]]) * a.d;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d), acc);
+            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(neg_mins), _mm256_set1_ps(dmin), acc_min);
+        }
+        *o = hsum(acc) + hsum(acc_min);
+    }
+}

@@ -40,8 +40,8 @@ pub(crate) struct KAct {
     pub(super) d: f32,
 }
 
-/// Lays out `x` for `dtype`'s kernel (Q4_K or Q6_K; Q5_K, which only the AVX2 kernels take,
-/// as Q4_K) into `out`.
+/// Lays out `x` for `dtype`'s kernel (Q4_K or Q6_K; of the types only the AVX2 kernels take,
+/// Q5_K as Q4_K, Q2_K and Q3_K as Q6_K) into `out`.
 pub(crate) fn fill(dtype: DType, x: &[BlockQ8K], out: &mut Vec<KAct>) {
     out.clear();
     out.extend(x.iter().map(|b| {
