@@ -186,11 +186,9 @@ fn scale_min_search<const N: usize>(
     (scale, min.map(|m| -m))
 }
 
-/// ggml's `make_qx_quants` with `rmse_type` 1 (errors weighted by x²) for eight groups of 16
-/// weights at once (`x[i][g]`, as [`scale_min_search`]): levels `l` (stored as `l + nmax`) and
-/// the scale of `x ≈ scale·l`, searched over 19 scales around `nmax / max|x|`.
+/// Each lane's value of largest magnitude (the first, on ties) and that magnitude.
 #[inline(always)]
-fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes {
+fn signed_max(x: &[Lanes; 16]) -> (Lanes, Lanes) {
     let mut max = [0f32; LANES];
     let mut amax = [0f32; LANES];
     for xi in x {
@@ -201,6 +199,15 @@ fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes 
             }
         }
     }
+    (max, amax)
+}
+
+/// ggml's `make_qx_quants` with `rmse_type` 1 (errors weighted by x²) for eight groups of 16
+/// weights at once (`x[i][g]`, as [`scale_min_search`]): levels `l` (stored as `l + nmax`) and
+/// the scale of `x ≈ scale·l`, searched over 19 scales around `nmax / max|x|`.
+#[inline(always)]
+fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes {
+    let (max, amax) = signed_max(x);
     let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     // Each lane's levels at its scale, and Σ w·x·l and Σ w·l² with w = x², in ggml's order.
     let sums = |iscale: &Lanes, levels: &mut [[u8; LANES]; 16]| {
@@ -520,16 +527,7 @@ fn q6_k(x: &[f32], out: &mut [u8], search: ScaleSearch) {
 #[inline(always)]
 fn q3_search(x: &[Lanes; 16], l: &mut [[u8; LANES]; 16]) -> Lanes {
     const NMAX: i32 = 4;
-    let mut max = [0f32; LANES];
-    let mut amax = [0f32; LANES];
-    for xi in x {
-        for g in 0..LANES {
-            if xi[g].abs() > amax[g] {
-                amax[g] = xi[g].abs();
-                max[g] = xi[g];
-            }
-        }
-    }
+    let (max, amax) = signed_max(x);
     let iscale: Lanes = std::array::from_fn(|g| -(NMAX as f32) / max[g]);
     let mut q = [[0i32; LANES]; 16];
     let (mut sum_lx, mut sum_l2) = ([0f32; LANES], [0f32; LANES]);

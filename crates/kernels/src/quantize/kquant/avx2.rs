@@ -196,9 +196,10 @@ fn weighted_sums(x: &[Lanes; 16], iscale: __m256, lo: __m256i, hi: __m256i) -> (
     (sum_lx, sum_l2)
 }
 
-/// [`super::scale_search`] (ggml's `make_qx_quants`, `rmse_type` 1), the same results.
+/// Each lane's value of largest magnitude (the first, on ties) and that magnitude.
 #[target_feature(enable = "avx2")]
-pub(super) fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes {
+#[inline]
+fn signed_max(x: &[Lanes; 16]) -> (__m256, __m256) {
     let zero = _mm256_setzero_ps();
     let (mut max, mut amax) = (zero, zero);
     for xi in x {
@@ -208,6 +209,14 @@ pub(super) fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]
         amax = select(amax, ax, larger);
         max = select(max, xi, larger);
     }
+    (max, amax)
+}
+
+/// [`super::scale_search`] (ggml's `make_qx_quants`, `rmse_type` 1), the same results.
+#[target_feature(enable = "avx2")]
+pub(super) fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]) -> Lanes {
+    let zero = _mm256_setzero_ps();
+    let (max, amax) = signed_max(x);
     // Note x − 0 is x, bit for bit, so `level` with a zero offset is ggml's `nearest_int(iscale·x)`.
     let (lo, hi) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
     let iscale = _mm256_div_ps(_mm256_set1_ps(-(nmax as f32)), max);
@@ -244,14 +253,7 @@ pub(super) fn scale_search(x: &[Lanes; 16], nmax: i32, l: &mut [[u8; LANES]; 16]
 pub(super) fn q3_search(x: &[Lanes; 16], l: &mut [[u8; LANES]; 16]) -> Lanes {
     const NMAX: i32 = 4;
     let zero = _mm256_setzero_ps();
-    let (mut max, mut amax) = (zero, zero);
-    for xi in x {
-        let xi = load(xi);
-        let ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0), xi);
-        let larger = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
-        amax = select(amax, ax, larger);
-        max = select(max, xi, larger);
-    }
+    let (max, amax) = signed_max(x);
     let (lo, hi) = (_mm256_set1_epi32(-NMAX), _mm256_set1_epi32(NMAX - 1));
     let iscale = _mm256_div_ps(_mm256_set1_ps(-(NMAX as f32)), max);
     let mut q = [_mm256_setzero_si256(); 16];
