@@ -564,6 +564,36 @@ unsafe fn unpack_k4<const SIZE: usize, const QS: usize, const FIFTH: usize>(
     }
 }
 
+/// Adds a block with mins (Q4_K, Q5_K, Q2_K) to each token's sums:
+/// `acc[t] += d_t·(block_acc[t] − dmin·Σ_p madd(pairs[p], sums of token t, pair p))`, the
+/// mins two i16 a dword (`pairs`), the token's group sums two i16 an i32 (`group_sums`, `P`
+/// a token).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn add_block_with_mins<const P: usize>(
+    acc: &mut [__m256; TOKENS],
+    block_acc: &[__m256; TOKENS],
+    pairs: &[__m256i; P],
+    dmin: __m256i,
+    dy: &[f32],
+    group_sums: &[i32],
+) {
+    let dmin = _mm256_castsi256_ps(dmin);
+    let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
+    for t in 0..TOKENS {
+        let y = _mm256_set1_ps(dy[t]);
+        let sums: &[i32; P] = group_sums[P * t..P * t + P]
+            .try_into()
+            .expect("P sums a token");
+        let mut mins = _mm256_setzero_si256();
+        for (&mp, &gs) in pairs.iter().zip(sums) {
+            mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mp, _mm256_set1_epi32(gs)));
+        }
+        acc[t] = _mm256_fmadd_ps(block_acc[t], y, acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, y), acc[t]);
+    }
+}
+
 /// Q4_K/Q5_K: per 32-group j, `w = d·sc_j·u − dmin·m_j`; the pair sums widened every `FLUSH`
 /// steps ([`flush_steps`] of the type's largest u: 8 for Q4_K, 4 for Q5_K).
 ///
@@ -599,20 +629,8 @@ unsafe fn k4<const FLUSH: usize>(
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsj, block_acc[t]);
             }
         }
-        let pairs = &blk[72..76];
-        let dmin = _mm256_castsi256_ps(blk[76]);
-        let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
-        let group_sums: &[i32; 4 * TOKENS] = group_sums.try_into().expect("4 sums a token");
-        for t in 0..TOKENS {
-            let y = _mm256_set1_ps(dy[t]);
-            let mut mins = _mm256_setzero_si256();
-            for (pr, &mp) in pairs.iter().enumerate() {
-                let gs = _mm256_set1_epi32(group_sums[4 * t + pr]);
-                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mp, gs));
-            }
-            acc[t] = _mm256_fmadd_ps(block_acc[t], y, acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, y), acc[t]);
-        }
+        let pairs: &[__m256i; 4] = blk[72..76].try_into().expect("4 min pairs");
+        add_block_with_mins(&mut acc, &block_acc, pairs, blk[76], dy, group_sums);
     }
     store(out, acc);
 }
@@ -858,20 +876,8 @@ unsafe fn q2k(u: &[__m256i], p: &Panel, ahead: &[u8], out: &mut [[f32; ROWS]; TO
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t]), dsg, block_acc[t]);
             }
         }
-        let pairs = &blk[80..88];
-        let dmin = _mm256_castsi256_ps(blk[88]);
-        let dy: &[f32; TOKENS] = dy.try_into().expect("a scale a token");
-        let group_sums: &[i32; 8 * TOKENS] = group_sums.try_into().expect("8 sums a token");
-        for t in 0..TOKENS {
-            let y = _mm256_set1_ps(dy[t]);
-            let mut mins = _mm256_setzero_si256();
-            for (pr, &mp) in pairs.iter().enumerate() {
-                let gs = _mm256_set1_epi32(group_sums[8 * t + pr]);
-                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mp, gs));
-            }
-            acc[t] = _mm256_fmadd_ps(block_acc[t], y, acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, y), acc[t]);
-        }
+        let pairs: &[__m256i; 8] = blk[80..88].try_into().expect("8 min pairs");
+        add_block_with_mins(&mut acc, &block_acc, pairs, blk[88], dy, group_sums);
     }
     store(out, acc);
 }
