@@ -159,6 +159,7 @@ fn target(ft: FileType, name: &str, shape: &[usize], m: &ModelShape) -> DType {
     let base = ft.base();
     let layer = layer_of(name);
     let more_bits = layer.is_some_and(|l| use_more_bits(l, m.n_layers));
+    let below = |n: usize| layer.is_some_and(|l| l < n);
     let eight_experts = m.n_experts == 8;
     let wanted = if name == "output.weight" || (m.tied_output && name == "token_embd.weight") {
         if !cols.is_multiple_of(base.block_elems()) {
@@ -169,7 +170,6 @@ fn target(ft: FileType, name: &str, shape: &[usize], m: &ModelShape) -> DType {
             base
         }
     } else if name.contains("attn_v.") {
-        let below = |n: usize| layer.is_some_and(|l| l < n);
         match ft {
             // Each KV head serves many query heads; an 8-expert model's attention is a
             // small part of its size.
@@ -199,7 +199,6 @@ fn target(ft: FileType, name: &str, shape: &[usize], m: &ModelShape) -> DType {
             _ => base,
         }
     } else if name.contains("ffn_down") {
-        let below = |n: usize| layer.is_some_and(|l| l < n);
         match ft {
             FileType::Q2K => DType::Q3_K,
             FileType::Q3KM if below(m.n_layers / 16) => DType::Q5_K,
