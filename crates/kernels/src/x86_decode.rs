@@ -173,23 +173,29 @@ fn wide(isa: Isa) -> bool {
 
 /// The kernel for `dtype`, where this CPU (at `isa`) has one.
 pub(crate) fn kernel(isa: Isa, dtype: DType) -> Option<RowsKernel> {
-    if !wide(isa) {
-        return match dtype {
-            DType::Q4_0 if isa.level() >= Level::Avx2 => Some(avx2::q4_0_rows),
-            DType::Q8_0 if isa.level() >= Level::Avx2 => Some(avx2::q8_0_rows),
-            DType::Q4_K if isa.level() >= Level::Avx2 => Some(avx2::q4_k_rows),
-            DType::Q5_K if isa.level() >= Level::Avx2 => Some(avx2::q5_k_rows),
-            DType::Q6_K if isa.level() >= Level::Avx2 => Some(avx2::q6_k_rows),
-            DType::Q3_K if isa.level() >= Level::Avx2 => Some(avx2::q3_k_rows),
-            DType::Q2_K if isa.level() >= Level::Avx2 => Some(avx2::q2_k_rows),
-            _ => None,
-        };
+    if wide(isa) {
+        match dtype {
+            DType::Q4_0 => return Some(q4_0_rows),
+            DType::Q8_0 => return Some(q8_0_rows),
+            DType::Q4_K => return Some(kquants::q4_k_rows),
+            DType::Q6_K => return Some(kquants::q6_k_rows),
+            _ => {}
+        }
+    }
+    // The AVX2 kernels, also for the k-quants that have no 512-bit kernel on CPUs that have
+    // one for others: they meet the same activation layout ([`kquants::fill`] does not
+    // depend on the instruction set), and the row kernels were 2–3× slower.
+    if isa.level() < Level::Avx2 {
+        return None;
     }
     match dtype {
-        DType::Q4_0 => Some(q4_0_rows),
-        DType::Q8_0 => Some(q8_0_rows),
-        DType::Q4_K => Some(kquants::q4_k_rows),
-        DType::Q6_K => Some(kquants::q6_k_rows),
+        DType::Q4_0 => Some(avx2::q4_0_rows),
+        DType::Q8_0 => Some(avx2::q8_0_rows),
+        DType::Q4_K => Some(avx2::q4_k_rows),
+        DType::Q5_K => Some(avx2::q5_k_rows),
+        DType::Q6_K => Some(avx2::q6_k_rows),
+        DType::Q3_K => Some(avx2::q3_k_rows),
+        DType::Q2_K => Some(avx2::q2_k_rows),
         _ => None,
     }
 }
@@ -441,6 +447,7 @@ mod tests {
             DType::Q2_K,
             DType::Q3_K,
             DType::Q4_K,
+            DType::Q5_K,
             DType::Q6_K,
         ] {
             let Some(kernel) = kernel(isa, dtype) else {

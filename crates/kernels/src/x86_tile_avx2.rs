@@ -44,12 +44,12 @@ pub(crate) type UnpackFn = unsafe fn(&[u8], usize, &mut Vec<__m256i>);
 /// reads arrive while this one computes.
 pub(crate) type TileFn = unsafe fn(&[__m256i], &Panel, &[u8], &mut [[f32; ROWS]; TOKENS]);
 
-/// The unpack and tile kernels for `dtype`, where the CPU has AVX2 but not the AVX-512 VNNI
-/// tiles (which are faster where they exist).
+/// The unpack and tile kernels for `dtype`, where the CPU has AVX2 but no AVX-512 VNNI tile
+/// for it (those are faster where they exist; they lack Q2_K and Q3_K, which on such CPUs
+/// took the row kernels, 2–2.5× slower here).
 pub(crate) fn kernels(isa: Isa, dtype: DType) -> Option<(UnpackFn, TileFn)> {
-    if (isa.level() >= Level::Avx512 && crate::dispatch::has_vnni())
-        || !crate::dispatch::tiles_enabled()
-    {
+    let vnni_tiles = crate::x86_tile::tile_kernel::<{ crate::x86_tile::TOKENS }>(isa, dtype);
+    if vnni_tiles.is_some() || !crate::dispatch::tiles_enabled() {
         return None;
     }
     avx2_kernels(isa, dtype)
