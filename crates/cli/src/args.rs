@@ -261,7 +261,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "TYPE")]
     pub kv_type: Option<bora_model::KvType>,
     /// Quantize a float checkpoint's weight matrices to this type while loading
-    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k).
+    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k).
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<bora_kernels::DType>,
 }

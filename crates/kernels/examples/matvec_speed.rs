@@ -22,12 +22,15 @@ fn main() {
         *b = (i as u32).wrapping_mul(2654435761) as u8 >> 1;
     }
     let data: &mut [u8] = &mut map;
-    // Small f16 scales in every scale field (random bytes there could be NaN, infinite or
-    // subnormal, and subnormal arithmetic is slow).
+    // Small f16 scales in every scale field (random bytes there could be NaN or infinite);
+    // `SCALE=0x0300` (or any half's bits) sets another, e.g. a subnormal one, which must not
+    // be slower.
+    let scale = std::env::var("SCALE").map_or(0x1c00, |s| {
+        u16::from_str_radix(s.trim_start_matches("0x"), 16).expect("SCALE: a half's bits in hex")
+    });
     for blk in data.chunks_exact_mut(dtype.block_bytes()) {
         for &f in dtype.scale_fields() {
-            blk[f] = 0;
-            blk[f + 1] = 0x1c;
+            blk[f..f + 2].copy_from_slice(&scale.to_le_bytes());
         }
     }
     if std::env::var("SUM").is_ok() {
