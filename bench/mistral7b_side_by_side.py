@@ -68,8 +68,19 @@ def tensor_plan(kind: str):
     return plan
 
 
-# Offsets of the f16 scales in one block: random bytes there could be NaN or huge.
-SCALE_FIELDS = {"Q4_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
+# Offsets of the f16 scales in one block (random bytes there could be NaN or huge), and the
+# range they are drawn from. Speed must not depend on values, but it did on these: a
+# subnormal half converted in software cost a microcode assist per block (BENCHMARKS.md). So
+# each type's scales have the magnitude a Mistral-7B-like weight (σ ≈ 0.02) gives it. Q4_0,
+# Q8_0 and Q4_K scales are normal halves; Q6_K's d (a block's largest 16-weight scale ÷ 128,
+# about amax ÷ 4096 ≈ 1e-5) is a subnormal half in real files. Before the eighteenth session
+# Q6_K's were drawn from the others' range, all normal.
+SCALE_FIELDS = {
+    "Q4_0": ([0], (1e-4, 2e-3)),
+    "Q8_0": ([0], (1e-4, 2e-3)),
+    "Q4_K": ([0, 2], (1e-4, 2e-3)),
+    "Q6_K": ([208], (5e-6, 5e-5)),
+}
 
 
 def random_blocks(qt, nbytes: int, rng) -> np.ndarray:
@@ -78,8 +89,9 @@ def random_blocks(qt, nbytes: int, rng) -> np.ndarray:
     _, block_bytes = gguf.GGML_QUANT_SIZES[qt]
     raw = rng.integers(0, 256, nbytes, dtype=np.uint8)
     blocks = raw.reshape(-1, block_bytes)
-    for off in SCALE_FIELDS[qt.name]:
-        s = rng.uniform(1e-4, 2e-3, blocks.shape[0]).astype(np.float16)
+    offsets, (lo, hi) = SCALE_FIELDS[qt.name]
+    for off in offsets:
+        s = rng.uniform(lo, hi, blocks.shape[0]).astype(np.float16)
         blocks[:, off:off + 2] = s.view(np.uint8).reshape(-1, 2)
     return raw
 
