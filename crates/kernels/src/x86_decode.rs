@@ -379,20 +379,23 @@ mod tests {
     use super::*;
     use crate::x86::tests::random_row;
 
+    /// Every type with a decode kernel at some instruction set.
+    const DECODE_TYPES: [DType; 7] = [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
     /// Each kernel against the scalar reference on random rows, with whole groups, a tail,
     /// or only a tail, several rows per call.
     #[test]
     fn decode_kernels_match_the_scalar_reference() {
         let isa = crate::dispatch::isa();
-        for dtype in [
-            DType::Q4_0,
-            DType::Q8_0,
-            DType::Q2_K,
-            DType::Q3_K,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ] {
+        for dtype in DECODE_TYPES {
             let Some(kernel) = kernel(isa, dtype) else {
                 eprintln!("{dtype}: no decode kernel at this CPU's instruction set");
                 continue;
@@ -441,15 +444,7 @@ mod tests {
     fn decode_kernel_speed() {
         let isa = crate::dispatch::isa();
         let cols = 4096;
-        for dtype in [
-            DType::Q4_0,
-            DType::Q8_0,
-            DType::Q2_K,
-            DType::Q3_K,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ] {
+        for dtype in DECODE_TYPES {
             let Some(kernel) = kernel(isa, dtype) else {
                 continue;
             };
