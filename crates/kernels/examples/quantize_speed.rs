@@ -2,7 +2,7 @@
 //! uniforms, a few spikes): `cargo run --release -p bora-kernels --example quantize_speed --
 //! [super-blocks] [rounds]`. Prints ns a super-block (median of the rounds) and a digest of
 //! the bytes, so two builds can be checked to write the same ones.
-use bora_kernels::{quantize::quantize_row, DType};
+use bora_kernels::quantize::{quantize_row, QUANTIZABLE};
 use std::time::Instant;
 
 fn main() {
@@ -27,13 +27,8 @@ fn main() {
             }
         })
         .collect();
-    for dtype in [
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    // The k-quants (256-weight super-blocks) among the types `quantize_row` writes.
+    for dtype in QUANTIZABLE.into_iter().filter(|d| d.block_elems() == 256) {
         let mut out = vec![0u8; blocks * dtype.block_bytes()];
         let mut times = Vec::new();
         for _ in 0..rounds {
